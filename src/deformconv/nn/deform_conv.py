@@ -1,0 +1,147 @@
+"""Deformable convolution layers.
+
+- ``DeformConv2d``: offsets (and mask) are given to ``forward``, as in torchvision.
+- ``DeformConv2dPack`` (v1) and ``ModulatedDeformConv2dPack`` (v2): the layer predicts its own
+  offsets (and mask) from its input with ``conv_offset``, an ordinary convolution of the same
+  kernel size, stride, padding and dilation, initialised to zero. Parameter names and channel
+  routing are those of mmcv/mmdetection, so their DCN checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ..ops import deform_conv2d
+
+_Size = Union[int, Tuple[int, int]]
+
+
+class DeformConv2d(nn.Module):
+    """Deformable convolution with externally given offsets; parameters as ``nn.Conv2d``'s.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
+            as in ``nn.Conv2d`` (zero padding only).
+        device, dtype: factory keywords for the parameters.
+
+    Shape:
+        ``forward(input[N, C, H, W], offset[N, 2*G*kH*kW, oH, oW], mask[N, G*kH*kW, oH, oW]
+        = None) -> [N, out_channels, oH, oW]``; the offset groups ``G`` follow from ``offset``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
+                 stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
+                 bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        if in_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by groups "
+                             f"({groups})")
+        if out_channels % groups:
+            raise ValueError(f"out_channels ({out_channels}) must be divisible by groups "
+                             f"({groups})")
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
+                                               *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The initialisation of ``nn.Conv2d``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, mask)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}")
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class DeformConv2dPack(DeformConv2d):
+    """Deformable convolution v1 that predicts its own offsets (Dai et al. 2017).
+
+    ``conv_offset`` maps the input to ``2*offset_groups*kH*kW`` offset channels with the same
+    kernel size, stride, padding and dilation. It starts at zero, so a new layer samples the
+    regular grid and equals ``nn.Conv2d`` with the same weight and bias.
+
+    Args:
+        offset_groups: channel groups that share one set of offsets (mmcv's
+            ``deform_groups``); must divide ``in_channels``.
+        The others as ``nn.Conv2d``.
+    """
+
+    _mask = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
+                 stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
+                 bias: bool = True, offset_groups: int = 1, device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, device=device, dtype=dtype)
+        if offset_groups < 1 or in_channels % offset_groups:
+            raise ValueError(f"offset_groups must be >= 1 and divide in_channels "
+                             f"({in_channels}), got {offset_groups}")
+        self.offset_groups = offset_groups
+        per_group = (3 if self._mask else 2) * self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(in_channels, offset_groups * per_group, self.kernel_size,
+                                     self.stride, self.padding, self.dilation, bias=True,
+                                     device=device, dtype=dtype)
+        self.init_offset()
+
+    def init_offset(self) -> None:
+        """Zero the offset predictor: the layer starts on the regular grid."""
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The offsets (and, for v2, the mask after its sigmoid) this layer uses on ``input``."""
+        return self.conv_offset(input), None
+
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        offset, mask = self.offset_and_mask(input)
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, mask)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", offset_groups={self.offset_groups}" if self.offset_groups != 1 else "")
+
+
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+    """Deformable convolution v2 that predicts its own offsets and mask (Zhu et al. 2018).
+
+    ``conv_offset`` has ``3*offset_groups*kH*kW`` output channels: the first
+    ``2*offset_groups*kH*kW`` are the offsets (interleaved, dy first), the last
+    ``offset_groups*kH*kW`` are mask logits passed through a sigmoid, as in mmcv's
+    ``ModulatedDeformConv2dPack``. With ``conv_offset`` at zero the mask is ``sigmoid(0) = 0.5``
+    everywhere, so a new layer computes ``0.5 * conv2d(input, weight) + bias``: the mmcv
+    convention, kept so that mmcv checkpoints and training recipes transfer unchanged.
+    """
+
+    _mask = True
+
+    def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        out = self.conv_offset(input)
+        n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
+        return out[:, :n_off], torch.sigmoid(out[:, n_off:])

@@ -1,0 +1,6 @@
+"""Deformable convolution ops: the public function and the registered operators."""
+
+from .deform_conv import deform_conv2d
+from . import registry
+
+__all__ = ["deform_conv2d", "registry"]
