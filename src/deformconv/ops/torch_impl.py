@@ -223,10 +223,10 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
 
     # Back to the caller's layouts and dtype.
     dt = input.dtype
-    gi = (g_in.view(N, H, W, C).permute(0, 3, 1, 2).to(dt).contiguous(memory_format=
-          torch.contiguous_format) if need_in else input.new_empty(0))
+    gi = (g_in.view(N, H, W, C).permute(0, 3, 1, 2).to(dt).contiguous()
+          if need_in else input.new_empty(0))
     gw = (g_w.view(groups, kH, kW, Cg, O // groups).permute(0, 4, 3, 1, 2)
-          .reshape(O, Cg, kH, kW).to(dt) if need_w else input.new_empty(0))
+          .to(dt).contiguous().view(O, Cg, kH, kW) if need_w else input.new_empty(0))
     go_ = g_off.to(dt) if need_om else input.new_empty(0)
     gm = g_mask.to(dt) if g_mask is not None else input.new_empty(0)
     gb = (grad_out.to(ct).sum((0, 2, 3)).to(dt) if need_b and bias is not None
