@@ -1,18 +1,24 @@
 """Pure-PyTorch deformable convolution: forward and explicit backward, on any device.
 
-The work is cut into chunks of whole images or of output rows, so the sampled columns of one
-chunk stay small (``COLUMN_BUDGET_BYTES``) and no column buffer for the whole batch is built.
+Layout. The input is copied once to channels-last with a one-pixel zero border,
+``src[(n, y + 1, x + 1, g), c]`` of shape ``(N * (H+2) * (W+2) * G, C/G)``. Every bilinear
+corner of a position inside ``(-1, H) x (-1, W)`` then has a row in ``src``, and corners
+beyond the image read the zero border: no per-corner validity test and no clamping.
+
+Work is cut into chunks of whole images or of output rows so that the sampled columns of one
+chunk stay near ``COLUMN_BUDGET_BYTES``; no column buffer for the whole batch is built.
 Per chunk:
 
-1. ``_plan`` computes, once per (position, tap, offset group), the four corner row indices
-   into a channels-last view of the input and their bilinear weights (mask and border folded
-   in). Channels of one offset group share that plan, so every gather reads a contiguous run of
-   ``C / offset_groups`` values.
-2. The forward gathers the four corners, blends them into columns ``(positions, K*C)`` and
-   multiplies by the weight (one GEMM per conv group).
-3. The backward forms the column gradient with a GEMM, scatters it to the input with
-   ``index_add_``, recomputes the columns for the weight gradient and reduces over channels for
-   the offset and mask gradients.
+1. ``_plan`` computes, once per (position, tap, offset group), the four corner rows of ``src``
+   and their bilinear weights times the mask. Channels of one offset group share that plan, so
+   each corner is a contiguous run of ``C/G`` values.
+2. Forward: ``embedding_bag(mode="sum", per_sample_weights=...)`` gathers and blends the four
+   corners in one vectorised pass, giving columns ``(positions, K*C)``; one GEMM per image and
+   conv group writes straight into the NCHW output.
+3. Backward: the column gradient is a GEMM; it is scattered to the input with ``index_add_``;
+   the weight gradient is a GEMM on recomputed columns; the offset and mask gradients need the
+   four dot products ``<column gradient, corner value>``, which are exactly the gradient of
+   ``embedding_bag`` with respect to its per-sample weights.
 
 Launchers here assume validated arguments (see ``deform_conv.py``).
 """
@@ -22,10 +28,11 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-# Size of the sampled columns of one chunk. A few MiB keeps a chunk in the last-level cache
-# while leaving the GEMM tall enough to run at full speed.
+# Target size of the sampled columns of one chunk: big enough that the GEMMs run at full speed
+# and per-op overheads vanish, small enough to stay in the last-level cache.
 COLUMN_BUDGET_BYTES = 4 << 20
 
 
@@ -41,7 +48,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _chunks(N: int, oH: int, oW: int, row_bytes: int):
+def _chunks(N: int, oH: int, row_bytes: int):
     """Yield (n0, n1, r0, r1): whole images when several fit the budget, else row blocks."""
     rows = max(1, COLUMN_BUDGET_BYTES // max(1, row_bytes))
     if rows >= oH:
@@ -54,84 +61,87 @@ def _chunks(N: int, oH: int, oW: int, row_bytes: int):
                 yield n, n + 1, r0, min(oH, r0 + rows)
 
 
+def _padded_channels_last(input: Tensor, G: int, dtype: torch.dtype) -> Tensor:
+    """(N, C, H, W) -> (N*(H+2)*(W+2)*G, C/G), zero border, in the compute dtype."""
+    N, C, H, W = input.shape
+    src = torch.zeros(N, H + 2, W + 2, C, dtype=dtype, device=input.device)
+    src[:, 1:H + 1, 1:W + 1].copy_(input.permute(0, 2, 3, 1))
+    return src.view(-1, C // G)
+
+
 class _Plan:
-    """Corner indices and weights of one chunk, shaped (b, R, oW, K, G) before flattening."""
+    """Sampling plan of one chunk. ``idx``/``wts`` are (M, 4) with M = b*R*oW*K*G."""
 
-    __slots__ = ("idx", "wts", "corner_ok", "ly", "lx", "inside", "mask", "shape")
+    __slots__ = ("idx", "wts", "ly", "lx", "inside", "mask")
 
-    def __init__(self, idx, wts, corner_ok, ly, lx, inside, mask, shape):
-        self.idx, self.wts, self.corner_ok = idx, wts, corner_ok
-        self.ly, self.lx, self.inside, self.mask, self.shape = ly, lx, inside, mask, shape
+    def __init__(self, idx, wts, ly, lx, inside, mask):
+        self.idx, self.wts, self.ly, self.lx, self.inside, self.mask = (idx, wts, ly, lx,
+                                                                        inside, mask)
 
 
 def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int, H: int,
           W: int, kH: int, kW: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int,
-          G: int, dtype: torch.dtype) -> _Plan:
+          G: int, dtype: torch.dtype, index_dtype: torch.dtype) -> _Plan:
+    """Rows are ordered (b, R, kH, oW, kW, G): the sampled columns are then, in memory, the
+    channels-last image ``S`` of shape (b, R*kH, oW*kW, C) whose kH x kW patches are the taps of
+    each output pixel, so the convolution is ``conv2d(S, weight, stride=(kH, kW))``."""
     b, R = n1 - n0, r1 - r0
-    K = kH * kW
     oW = offset.shape[-1]
     dev = offset.device
-    # offset channel 2*(g*K + k) is dy, +1 is dx -> (b, G, K, 2, R, oW) -> (b, R, oW, K, G)
-    off = offset[n0:n1, :, r0:r1].to(dtype).view(b, G, K, 2, R, oW)
-    dy = off[:, :, :, 0].permute(0, 3, 4, 2, 1)
-    dx = off[:, :, :, 1].permute(0, 3, 4, 2, 1)
-    ki = torch.arange(K, device=dev)
-    base_y = ((torch.arange(r0, r1, device=dev) * sh - ph).view(R, 1, 1)
-              + (ki // kW * dh).view(1, 1, K)).to(dtype).view(1, R, 1, K, 1)
-    base_x = ((torch.arange(oW, device=dev) * sw - pw).view(1, oW, 1)
-              + (ki % kW * dw).view(1, 1, K)).to(dtype).view(1, 1, oW, K, 1)
-    y = base_y + dy
-    x = base_x + dx
-    # Outside (-1, H) x (-1, W), or not finite (NaN fails every comparison): no contribution.
+    # offset channel 2*(g*K + i*kW + j) is dy, +1 is dx: (b, G, kH, kW, 2, R, oW)
+    off = offset[n0:n1, :, r0:r1].view(b, G, kH, kW, 2, R, oW).to(dtype)
+    order = (0, 4, 2, 5, 3, 1)  # (b, G, kH, kW, R, oW) -> (b, R, kH, oW, kW, G)
+    dy = off[:, :, :, :, 0].permute(*order)
+    dx = off[:, :, :, :, 1].permute(*order)
+    base_y = ((torch.arange(r0, r1, device=dev) * sh - ph).view(R, 1)
+              + (torch.arange(kH, device=dev) * dh).view(1, kH)).to(dtype)
+    base_x = ((torch.arange(oW, device=dev) * sw - pw).view(oW, 1)
+              + (torch.arange(kW, device=dev) * dw).view(1, kW)).to(dtype)
+    # Logical (row-major) order from here on, whatever the offsets' strides.
+    y = (base_y.view(1, R, kH, 1, 1, 1) + dy).contiguous()
+    x = (base_x.view(1, 1, 1, oW, kW, 1) + dx).contiguous()
+    # Outside (-1, H) x (-1, W) or not finite (NaN fails every comparison): no contribution.
     inside = (y > -1) & (y < H) & (x > -1) & (x < W)
-    zero = torch.zeros((), dtype=dtype, device=dev)
-    y = torch.where(inside, y, zero)
-    x = torch.where(inside, x, zero)
-    y0f, x0f = torch.floor(y), torch.floor(x)
-    ly, lx = y - y0f, x - x0f
-    hy, hx = 1 - ly, 1 - lx
-    y0, x0 = y0f.long(), x0f.long()  # in [-1, H-1] x [-1, W-1]
-    vy0, vy1 = y0 >= 0, y0 < H - 1
-    vx0, vx1 = x0 >= 0, x0 < W - 1
-    y0c, y1c = y0.clamp(min=0), (y0 + 1).clamp(max=H - 1)
-    x0c, x1c = x0.clamp(min=0), (x0 + 1).clamp(max=W - 1)
-    # Row of the channels-last input viewed as (N*H*W*G, C/G).
-    nn_ = torch.arange(n0, n1, device=dev).view(b, 1, 1, 1, 1)
-    gg = torch.arange(G, device=dev).view(1, 1, 1, 1, G)
-
-    def row(yc, xc):
-        return ((nn_ * H + yc) * W + xc) * G + gg
-
-    idx = (row(y0c, x0c), row(y0c, x1c), row(y1c, x0c), row(y1c, x1c))
+    y = torch.where(inside, y, 0.0)
+    x = torch.where(inside, x, 0.0)
+    y0, x0 = torch.floor(y), torch.floor(x)
+    ly, lx = y - y0, x - x0
+    # Row of corner (y0, x0) in the padded source; the others are +G, +(W+2)G, +(W+3)G.
+    Wp = W + 2
+    img = (torch.arange(n0, n1, device=dev) * (H + 2)).view(b, 1, 1, 1, 1, 1)
+    g = torch.arange(G, device=dev).view(1, 1, 1, 1, 1, G)
+    base = ((img + y0.long() + 1) * Wp + (x0.long() + 1)) * G + g
+    corners = torch.tensor([0, G, Wp * G, (Wp + 1) * G], device=dev)
+    idx = (base.unsqueeze(-1) + corners).view(-1, 4).to(index_dtype)
     m = inside.to(dtype)
     msk = None
     if mask is not None:
-        msk = mask[n0:n1, :, r0:r1].to(dtype).view(b, G, K, R, oW).permute(0, 3, 4, 2, 1)
+        msk = mask[n0:n1, :, r0:r1].view(b, G, kH, kW, R, oW).permute(*order)
+        msk = msk.to(dtype).contiguous()
         m = m * msk
-    ok = (vy0 & vx0, vy0 & vx1, vy1 & vx0, vy1 & vx1)
-    bil = (hy * hx, hy * lx, ly * hx, ly * lx)
-    wts = [(w * c * m).reshape(-1, 1) for w, c in zip(bil, ok)]
-    return _Plan([i.reshape(-1) for i in idx], wts, ok, ly, lx, inside, msk, (b, R, oW, K, G))
+    wy = torch.stack((1 - ly, ly), -1).mul_(m.unsqueeze(-1))
+    wx = torch.stack((1 - lx, lx), -1)
+    wts = (wy.unsqueeze(-1) * wx.unsqueeze(-2)).view(-1, 4)
+    return _Plan(idx, wts, ly, lx, inside, msk)
 
 
-def _weight_mats(weight: Tensor, groups: int) -> Tensor:
-    """(O, Cg, kH, kW) -> (groups, K*Cg, Og), rows ordered (tap, channel) like the columns."""
-    O, Cg, kH, kW = weight.shape
-    Og = O // groups
-    return weight.view(groups, Og, Cg, kH, kW).permute(0, 3, 4, 2, 1).reshape(
-        groups, kH * kW * Cg, Og)
+def _sample(src: Tensor, p: _Plan, weights: Optional[Tensor] = None) -> Tensor:
+    """Columns (M, C/G): the four corners gathered and blended in one pass."""
+    return F.embedding_bag(p.idx, src, per_sample_weights=p.wts if weights is None else weights,
+                           mode="sum")
 
 
-def _to_groups(t: Tensor, P: int, K: int, groups: int) -> Tensor:
-    """(P, K*C) columns -> (groups, P, K*Cg)."""
-    C = t.shape[1] // K
-    return t.view(P, K, groups, C // groups).permute(2, 0, 1, 3).reshape(groups, P, -1)
+def _group_cols(cols: Tensor, K: int, groups: int, j: int) -> Tensor:
+    """Columns of conv group j, (P, K*Cg); a view when there is one group."""
+    if groups == 1:
+        return cols
+    P, KC = cols.shape
+    Cg = KC // K // groups
+    return cols.view(P, K, groups, Cg)[:, :, j].reshape(P, K * Cg)
 
 
-def _from_groups(t: Tensor, K: int) -> Tensor:
-    """(groups, P, K*Cg) -> (P, K*C)."""
-    groups, P, KCg = t.shape
-    return t.view(groups, P, K, KCg // K).permute(1, 2, 0, 3).reshape(P, -1)
+def _index_dtype(src: Tensor) -> torch.dtype:
+    return torch.int32 if src.shape[0] < 2 ** 31 - 1 else torch.int64
 
 
 def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
@@ -140,36 +150,27 @@ def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optio
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
     K = kH * kW
-    groups = C // Cg
+    groups, Og = C // Cg, O // (C // Cg)
     G = offset.shape[1] // (2 * K)
     oH, oW = out_size(H, W, kH, kW, sh, sw, ph, pw, dh, dw)
     ct = _compute_dtype(input.dtype)
-    out = torch.empty(N, O, oH, oW, dtype=input.dtype, device=input.device)
     if N == 0:
-        return out
-    src = input.to(ct).permute(0, 2, 3, 1).contiguous().view(-1, C // G)
-    wmat = _weight_mats(weight.to(ct), groups)
+        return input.new_empty(N, O, oH, oW)
+    out = torch.empty(N, O, oH, oW, dtype=ct, device=input.device)
+    src = _padded_channels_last(input, G, ct)
+    it = _index_dtype(src)
+    w = weight.to(ct)
     b_ = bias.to(ct) if bias is not None else None
-    for n0, n1, r0, r1 in _chunks(N, oH, oW, oW * K * C * src.element_size()):
-        p = _plan(offset, mask, n0, n1, r0, r1, H, W, kH, kW, sh, sw, ph, pw, dh, dw, G, ct)
-        P = (n1 - n0) * (r1 - r0) * oW
-        cols = _columns(src, p).view(P, K * C)
-        res = torch.bmm(_to_groups(cols, P, K, groups), wmat)  # (groups, P, Og)
-        res = res.permute(1, 0, 2).reshape(n1 - n0, r1 - r0, oW, O)
-        if b_ is not None:
-            res = res + b_
-        out[n0:n1, :, r0:r1].copy_(res.permute(0, 3, 1, 2))
-    return out
+    for n0, n1, r0, r1 in _chunks(N, oH, oW * K * C * src.element_size()):
+        p = _plan(offset, mask, n0, n1, r0, r1, H, W, kH, kW, sh, sw, ph, pw, dh, dw, G, ct, it)
+        S = _as_image(_sample(src, p), n1 - n0, r1 - r0, oW, kH, kW)
+        out[n0:n1, :, r0:r1] = F.conv2d(S, w, b_, stride=(kH, kW), groups=groups)
+    return out.to(input.dtype)
 
 
-def _columns(src: Tensor, p: _Plan) -> Tensor:
-    """Blend the four gathered corners: (M, C/G) with M = positions * K * G."""
-    cols = torch.index_select(src, 0, p.idx[0]).mul_(p.wts[0])
-    tmp = torch.empty_like(cols)
-    for i in range(1, 4):
-        torch.index_select(src, 0, p.idx[i], out=tmp)
-        cols.addcmul_(tmp, p.wts[i])
-    return cols
+def _as_image(cols: Tensor, b: int, R: int, oW: int, kH: int, kW: int) -> Tensor:
+    """Sampled columns (M, C/G) as the NCHW view of the channels-last image S."""
+    return cols.view(b, R * kH, oW * kW, -1).permute(0, 3, 1, 2)
 
 
 def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
@@ -184,78 +185,100 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
     K = kH * kW
-    groups = C // Cg
+    groups, Og = C // Cg, O // (C // Cg)
     G = offset.shape[1] // (2 * K)
-    Cpg = C // G
     oH, oW = grad_out.shape[2], grad_out.shape[3]
     ct = _compute_dtype(input.dtype)
     dev = input.device
 
-    g_in = torch.zeros(N * H * W * G, Cpg, dtype=ct, device=dev) if need_in else None
-    g_w = torch.zeros(groups, K * Cg, O // groups, dtype=ct, device=dev) if need_w else None
+    g_in = (torch.zeros(N * (H + 2) * (W + 2) * G, C // G, dtype=ct, device=dev)
+            if need_in else None)
+    g_w2 = torch.zeros(O, K * Cg, dtype=ct, device=dev) if need_w else None
     g_off = torch.zeros(offset.shape, dtype=ct, device=dev) if need_om else None
     g_mask = (torch.zeros(mask.shape, dtype=ct, device=dev)
               if need_om and mask is not None else None)
 
     if N > 0 and (need_in or need_w or need_om):
-        src = input.to(ct).permute(0, 2, 3, 1).contiguous().view(-1, Cpg)
-        wmat = _weight_mats(weight.to(ct), groups)
+        src = _padded_channels_last(input, G, ct)
+        it = _index_dtype(src)
+        w = weight.to(ct)
         go_all = grad_out.to(ct)
-        for n0, n1, r0, r1 in _chunks(N, oH, oW, oW * K * C * src.element_size()):
+        for n0, n1, r0, r1 in _chunks(N, oH, oW * K * C * src.element_size()):
             b, R = n1 - n0, r1 - r0
-            P = b * R * oW
             p = _plan(offset, mask, n0, n1, r0, r1, H, W, kH, kW, sh, sw, ph, pw, dh, dw, G,
-                      ct)
-            go = go_all[n0:n1, :, r0:r1].permute(0, 2, 3, 1).reshape(P, groups, O // groups)
-            go = go.transpose(0, 1)  # (groups, P, Og)
+                      ct, it)
+            go = go_all[n0:n1, :, r0:r1]
             if need_w:
-                cols = _columns(src, p).view(P, K * C)
-                g_w.baddbmm_(_to_groups(cols, P, K, groups).transpose(1, 2), go)
+                # Weight gradient: grad_out (O, P) @ columns (P, K*C), tap-major per position.
+                cols = _sample(src, p).view(b, R, kH, oW, kW, C)
+                cols = cols.permute(0, 1, 3, 2, 4, 5).reshape(b, R * oW, K * C)
+                for n in range(b):
+                    go_n = go[n].reshape(O, R * oW)
+                    for j in range(groups):
+                        o = slice(j * Og, (j + 1) * Og)
+                        g_w2[o].addmm_(go_n[o], _group_cols(cols[n], K, groups, j))
             if not (need_in or need_om):
                 continue
-            # Column gradient, laid out like the columns: (M, C/G).
-            gcol = _from_groups(torch.bmm(go, wmat.transpose(1, 2)), K).view(-1, Cpg)
+            # Column gradient: the input gradient of conv2d(S, weight, stride=(kH, kW)).
+            S_like = torch.empty(b, R * kH, oW * kW, C, dtype=ct, device=dev)
+            (gS, _, _) = torch.ops.aten.convolution_backward(
+                go, S_like.permute(0, 3, 1, 2), w, None, [kH, kW], [0, 0], [1, 1], False,
+                [0, 0], groups, [True, False, False])
+            gcol = gS.permute(0, 2, 3, 1).reshape(-1, C // G)
             if need_in:
                 for i in range(4):
-                    g_in.index_add_(0, p.idx[i], gcol * p.wts[i])
+                    g_in.index_add_(0, p.idx[:, i], gcol * p.wts[:, i:i + 1])
             if need_om:
-                _offset_mask_grad(src, gcol, p, g_off, g_mask, n0, n1, r0, r1)
+                _offset_mask_grad(_corner_dots(gcol, src, p), p, g_off, g_mask, n0, n1, r0, r1)
 
-    # Back to the caller's layouts and dtype.
     dt = input.dtype
-    gi = (g_in.view(N, H, W, C).permute(0, 3, 1, 2).to(dt).contiguous()
-          if need_in else input.new_empty(0))
-    gw = (g_w.view(groups, kH, kW, Cg, O // groups).permute(0, 4, 3, 1, 2)
-          .to(dt).contiguous().view(O, Cg, kH, kW) if need_w else input.new_empty(0))
-    go_ = g_off.to(dt) if need_om else input.new_empty(0)
-    gm = g_mask.to(dt) if g_mask is not None else input.new_empty(0)
-    gb = (grad_out.to(ct).sum((0, 2, 3)).to(dt) if need_b and bias is not None
-          else input.new_empty(0))
+
+    def empty():
+        return input.new_empty(0)
+
+    gi = (g_in.view(N, H + 2, W + 2, C)[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)
+          .to(dt).contiguous() if need_in else empty())
+    gw = (g_w2.view(O, kH, kW, Cg).permute(0, 3, 1, 2).to(dt).contiguous()
+          if need_w else empty())
+    go_ = g_off.to(dt) if need_om else empty()
+    gm = g_mask.to(dt) if g_mask is not None else empty()
+    gb = (grad_out.to(ct).sum((0, 2, 3)).to(dt) if need_b and bias is not None else empty())
     return gi, gw, go_, gm, gb
 
 
-def _offset_mask_grad(src: Tensor, gcol: Tensor, p: _Plan, g_off: Tensor,
-                      g_mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int) -> None:
-    """d/d(dy, dx, mask) from the four corner dot products s_ab = <gcol, corner value>."""
-    b, R, oW, K, G = p.shape
-    s = []
-    tmp = torch.empty_like(gcol)
-    zero = gcol.new_zeros(())
-    for i in range(4):
-        torch.index_select(src, 0, p.idx[i], out=tmp)
-        # A corner outside the image was gathered at a clamped index: it must count as 0.
-        s.append(torch.where(p.corner_ok[i], (tmp * gcol).sum(1).view(b, R, oW, K, G), zero))
-    s00, s01, s10, s11 = s
+def _corner_dots(gcol: Tensor, src: Tensor, p: _Plan) -> Tensor:
+    """(M, 4): <gcol[m], src[idx[m, ab]]>, the gradient of ``_sample`` wrt its weights."""
+    M = p.idx.shape[0]
+    flat = p.idx.reshape(-1)
+    bags = torch.arange(0, 4 * M, 4, dtype=flat.dtype, device=flat.device)
+    owner = torch.arange(4 * M, dtype=flat.dtype, device=flat.device) // 4
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        gcol, src, flat, bags, owner, 0, -1).view(M, 4)
+
+
+def _offset_mask_grad(s: Tensor, p: _Plan, g_off: Tensor, g_mask: Optional[Tensor], n0: int,
+                      n1: int, r0: int, r1: int) -> None:
+    """d/d(dy, dx, mask) from s[:, ab] = <column gradient, corner value>.
+
+    ``s`` is the gradient with respect to the corner weights ``m * wy_a * wx_b`` and carries
+    no mask; the floor-based one-sided derivative follows from differentiating ``wy``, ``wx``
+    in ``ly``, ``lx`` with ``floor`` held constant.
+    """
+    b, R, kH, oW, kW, G = p.ly.shape
+    s00, s01, s10, s11 = s.view(b, R, kH, oW, kW, G, 4).unbind(-1)
     ly, lx = p.ly, p.lx
     hy, hx = 1 - ly, 1 - lx
+    # d/dy of sum_ab s_ab * m * wy_a * wx_b = m * (hx (s10 - s00) + lx (s11 - s01))
     m = p.inside.to(ly.dtype)
-    m_all = m * p.mask if p.mask is not None else m
-    gy = m_all * (hx * (s10 - s00) + lx * (s11 - s01))
-    gx = m_all * (hy * (s01 - s00) + ly * (s11 - s10))
-    # (b, R, oW, K, G) -> offset layout (b, G, K, 2, R, oW)
-    view = g_off[n0:n1, :, r0:r1].view(b, G, K, 2, R, oW)
-    view[:, :, :, 0].copy_(gy.permute(0, 4, 3, 1, 2))
-    view[:, :, :, 1].copy_(gx.permute(0, 4, 3, 1, 2))
+    if p.mask is not None:
+        m = m * p.mask
+    gy = m * (hx * (s10 - s00) + lx * (s11 - s01))
+    gx = m * (hy * (s01 - s00) + ly * (s11 - s10))
+    back = (0, 5, 2, 4, 1, 3)  # (b, R, kH, oW, kW, G) -> (b, G, kH, kW, R, oW)
+    view = g_off[n0:n1, :, r0:r1].view(b, G, kH, kW, 2, R, oW)
+    view[:, :, :, :, 0].copy_(gy.permute(*back))
+    view[:, :, :, :, 1].copy_(gx.permute(*back))
     if g_mask is not None:
-        gm = m * (hy * hx * s00 + hy * lx * s01 + ly * hx * s10 + ly * lx * s11)
-        g_mask[n0:n1, :, r0:r1].view(b, G, K, R, oW).copy_(gm.permute(0, 4, 3, 1, 2))
+        gm = p.inside.to(ly.dtype) * (hy * hx * s00 + hy * lx * s01 + ly * hx * s10
+                                      + ly * lx * s11)
+        g_mask[n0:n1, :, r0:r1].view(b, G, kH, kW, R, oW).copy_(gm.permute(*back))
