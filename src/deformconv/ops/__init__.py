@@ -2,5 +2,8 @@
 
 from .deform_conv import deform_conv2d
 from . import registry
+from . import onnx  # imports torch.onnx only (cheap); onnx/onnxscript stay optional
+
+onnx.register_torchscript_symbolic()
 
 __all__ = ["deform_conv2d", "registry"]

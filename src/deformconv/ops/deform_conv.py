@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import onnx as _onnx
 from .registry import deform_conv2d_op
 from .torch_impl import out_size
 
@@ -55,6 +56,10 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
     pad_h, pad_w = _pair("padding", padding, 0)
     dil_h, dil_w = _pair("dilation", dilation, 1)
     _check(input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+    if _onnx.exporting_with_symbolic():
+        # torch.onnx.export(dynamo=True): emit the standard ONNX DeformConv node directly.
+        return _onnx.deform_conv2d_symbolic(input, weight, offset, mask, bias, stride_h,
+                                            stride_w, pad_h, pad_w, dil_h, dil_w)
     return deform_conv2d_op(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
                             dil_h, dil_w)
 
