@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import onnx as _onnx
+from .autocast import autocast_enabled
 from .registry import deform_conv2d_op
 from .torch_impl import out_size
 
@@ -82,12 +83,19 @@ def _check_tensor(name: str, t, ndim: int, ref: Optional[Tensor]) -> None:
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if ref is not None and t.dtype != ref.dtype:
+    if ref is not None and t.dtype != ref.dtype and not _autocast_mix(t, ref):
         raise TypeError(f"{name} must have the input's dtype {ref.dtype}, got {t.dtype}")
     if ref is not None and t.device != ref.device:
         raise ValueError(f"{name} must be on the input's device {ref.device}, got {t.device}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def _autocast_mix(t: Tensor, ref: Tensor) -> bool:
+    """Mixed float16/bfloat16/float32 arguments are fine under autocast: its rule casts them
+    all to float32 before the op runs (see ``autocast.py``)."""
+    low = (torch.float16, torch.bfloat16, torch.float32)
+    return t.dtype in low and ref.dtype in low and autocast_enabled(ref.device)
 
 
 def _check(input, offset, weight, bias, mask, sh, sw, ph, pw, dh, dw) -> None:
