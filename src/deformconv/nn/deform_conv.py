@@ -87,16 +87,25 @@ class DeformConv2dPack(DeformConv2d):
     regular grid and equals ``nn.Conv2d`` with the same weight and bias.
 
     Args:
-        offset_groups: channel groups that share one set of offsets (mmcv's
-            ``deform_groups``); must divide ``in_channels``.
-        The others as ``nn.Conv2d``.
+        offset_groups: channel groups that share one set of offsets; must divide
+            ``in_channels``.
+        deform_groups: mmcv's name for ``offset_groups`` (keyword only), accepted so that
+            mmcv/mmdetection layer arguments carry over; give one or the other.
+        The others as ``nn.Conv2d``. Note mmcv's v1 layer defaults to ``bias=False`` and
+        ours, like ``nn.Conv2d``, to ``bias=True``: pass it explicitly when porting.
     """
 
     _mask = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
-                 bias: bool = True, offset_groups: int = 1, device=None, dtype=None) -> None:
+                 bias: bool = True, offset_groups: int = 1, device=None, dtype=None, *,
+                 deform_groups: Optional[int] = None) -> None:
+        if deform_groups is not None:
+            if offset_groups not in (1, deform_groups):
+                raise ValueError(f"offset_groups ({offset_groups}) and its mmcv alias "
+                                 f"deform_groups ({deform_groups}) disagree; give only one")
+            offset_groups = deform_groups
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, device=device, dtype=dtype)
         if offset_groups < 1 or in_channels % offset_groups:

@@ -2,5 +2,10 @@
 
 from .deform_conv import deform_conv2d
 from . import registry
+from . import autocast
+from . import onnx  # imports torch.onnx only (cheap); onnx/onnxscript stay optional
+
+autocast.register()
+onnx.register_torchscript_symbolic()
 
 __all__ = ["deform_conv2d", "registry"]

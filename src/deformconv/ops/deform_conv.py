@@ -7,6 +7,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import onnx as _onnx
+from .autocast import autocast_enabled
 from .registry import deform_conv2d_op
 from .torch_impl import out_size
 
@@ -55,6 +57,10 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
     pad_h, pad_w = _pair("padding", padding, 0)
     dil_h, dil_w = _pair("dilation", dilation, 1)
     _check(input, offset, weight, bias, mask, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+    if _onnx.exporting_with_symbolic():
+        # torch.onnx.export(dynamo=True): emit the standard ONNX DeformConv node directly.
+        return _onnx.deform_conv2d_symbolic(input, weight, offset, mask, bias, stride_h,
+                                            stride_w, pad_h, pad_w, dil_h, dil_w)
     return deform_conv2d_op(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
                             dil_h, dil_w)
 
@@ -77,12 +83,19 @@ def _check_tensor(name: str, t, ndim: int, ref: Optional[Tensor]) -> None:
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if ref is not None and t.dtype != ref.dtype:
+    if ref is not None and t.dtype != ref.dtype and not _autocast_mix(t, ref):
         raise TypeError(f"{name} must have the input's dtype {ref.dtype}, got {t.dtype}")
     if ref is not None and t.device != ref.device:
         raise ValueError(f"{name} must be on the input's device {ref.device}, got {t.device}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def _autocast_mix(t: Tensor, ref: Tensor) -> bool:
+    """Mixed float16/bfloat16/float32 arguments are fine under autocast: its rule casts them
+    all to float32 before the op runs (see ``autocast.py``)."""
+    low = (torch.float16, torch.bfloat16, torch.float32)
+    return t.dtype in low and ref.dtype in low and autocast_enabled(ref.device)
 
 
 def _check(input, offset, weight, bias, mask, sh, sw, ph, pw, dh, dw) -> None:

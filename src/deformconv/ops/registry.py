@@ -39,8 +39,10 @@ def deform_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, o
                               mask: Optional[Tensor], bias: Optional[Tensor], stride_h: int,
                               stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
                               output_mask: List[bool]) -> _Grads:
-    return torch_impl.deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, stride_h,
-                                        stride_w, pad_h, pad_w, dil_h, dil_w, output_mask)
+    grads = torch_impl.deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, stride_h,
+                                         stride_w, pad_h, pad_w, dil_h, dil_w, output_mask)
+    # The fake implementation promises contiguous gradients (inductor checks the strides).
+    return tuple(g.contiguous() for g in grads)
 
 
 @deform_conv2d_backward_op.register_fake
