@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "data and compare it with the float64 reference")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.set_defaults(func=_check)
+    b = sub.add_parser("bench", help="CPU benchmark: deformconv against nn.Conv2d (the floor), "
+                       "onnxruntime, torchvision and a grid_sample baseline, alternating in one "
+                       "process; medians and ratios, optionally saved as JSON")
+    from .bench import add_arguments, run_cli
+    add_arguments(b)
+    b.set_defaults(func=run_cli)
     i = sub.add_parser("info", help="versions and available kernels")
     i.set_defaults(func=_info)
     return p

@@ -1,0 +1,175 @@
+"""CPU benchmark: contenders alternating in one process, medians, ratios to nn.Conv2d.
+
+The method is written down in ``benchmarks/README.md``. Results are rows of data (JSON) with
+the machine, the versions and the commit they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from .contenders import CONTENDERS, Problem
+
+# The DCN layers of a detector at 800x1333 (strides 8, 16, 32) and a few-channel shape where
+# sampling dominates; then the sweep's variants.
+SHAPES = [Problem(2, 128, 100, 168, 128), Problem(2, 256, 50, 84, 256),
+          Problem(2, 512, 25, 42, 512), Problem(8, 64, 56, 56, 64)]
+VARIANTS = [Problem(2, 256, 50, 84, 256, offset_groups=4),
+            Problem(2, 256, 50, 84, 256, stride=2),
+            Problem(2, 256, 50, 84, 256, dilation=2, padding=2)]
+QUICK = [Problem(1, 32, 20, 24, 32), Problem(2, 16, 12, 12, 16, offset_groups=2)]
+
+
+def machine_info() -> Dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    info: Dict[str, object] = {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    from .. import __version__
+    info["deformconv"] = __version__
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+            timeout=5).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout
+        if dirty.strip():
+            info["commit"] += "-dirty"
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = "unknown"
+    return info
+
+
+def time_contenders(fns: Dict[str, callable], repeats: int, warmup: int) -> Dict[str, List[float]]:
+    """Run every contender ``warmup`` times, then ``repeats`` rounds, alternating in each."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        order = names if r % 2 == 0 else names[::-1]  # alternate, so drift hits all alike
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_extra_forward_bytes(p: Problem) -> int:
+    """Peak memory a forward adds beyond its inputs and output, measured in a fresh process.
+
+    The child allocates the inputs, notes its peak resident size, runs one forward and notes it
+    again; the growth minus the output's size is the extra memory (buffers, columns).
+    """
+    code = (
+        "import resource, torch, json, sys\n"
+        "from deformconv.bench.contenders import Problem\n"
+        "from deformconv import deform_conv2d\n"
+        f"p = Problem(**{p.__dict__!r})\n"
+        "x, off, w, b, m, go = p.tensors(); del go\n"
+        "small = torch.randn(1, p.C, 8, 8); ko = p.kernel * p.kernel\n"
+        "deform_conv2d(small, torch.zeros(1, 2 * p.offset_groups * ko, 8 + 2 * p.padding - "
+        "p.kernel + 1, 8 + 2 * p.padding - p.kernel + 1), w, b, padding=p.padding)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "y = deform_conv2d(x, off, w, b, stride=p.stride, padding=p.padding, "
+        "dilation=p.dilation, mask=m)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps([before * 1024, after * 1024, y.numel() * y.element_size()]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ))
+    before, after, out_bytes = json.loads(out.stdout.strip().splitlines()[-1])
+    return max(0, after - before - out_bytes)
+
+
+def run_problem(p: Problem, names: List[str], repeats: int, warmup: int) -> List[dict]:
+    rows = []
+    built = {k: CONTENDERS[k](p) for k in names}
+    for mode in ("forward", "train"):
+        fns = {k: v[mode] for k, v in built.items() if v[mode] is not None}
+        with torch.set_grad_enabled(mode == "train"):
+            times = time_contenders(fns, repeats, warmup)
+        floor = statistics.median(times["conv2d"])
+        for k, ts in times.items():
+            med = statistics.median(ts)
+            rows.append({"shape": p.name, "mode": mode, "contender": k,
+                         "median_ms": round(med * 1e3, 3),
+                         "min_ms": round(min(ts) * 1e3, 3),
+                         "ratio_to_conv2d": round(med / floor, 3), "repeats": len(ts)})
+    return rows
+
+
+def geomean(xs: List[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def summarize(rows: List[dict], shapes: List[Problem]) -> List[dict]:
+    """Geometric mean of the ratios over the main shapes, per contender and mode."""
+    main = {p.name for p in shapes}
+    out = []
+    for mode in ("forward", "train"):
+        for k in CONTENDERS:
+            rs = [r["ratio_to_conv2d"] for r in rows
+                  if r["mode"] == mode and r["contender"] == k and r["shape"] in main]
+            if len(rs) == len(main):
+                out.append({"mode": mode, "contender": k, "geomean_ratio": round(geomean(rs), 3)})
+    return out
+
+
+def run(shapes: List[Problem], variants: List[Problem], names: List[str], repeats: int,
+        warmup: int, memory: bool, out_path: Optional[str], log=print) -> dict:
+    info = machine_info()
+    log(f"# {info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
+        f"commit {info['commit']}")
+    rows: List[dict] = []
+    for p in shapes + variants:
+        new = run_problem(p, names, repeats, warmup)
+        rows += new
+        for r in new:
+            log(f"{r['shape']:<28} {r['mode']:<8} {r['contender']:<20} "
+                f"{r['median_ms']:>10.2f} ms  x{r['ratio_to_conv2d']:.2f}")
+    summary = summarize(rows, shapes)
+    for s in summary:
+        log(f"geomean over main shapes: {s['mode']:<8} {s['contender']:<20} "
+            f"x{s['geomean_ratio']:.2f}")
+    result = {"machine": info, "rows": rows, "summary": summary,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if memory and shapes:
+        p = shapes[0]
+        extra = peak_extra_forward_bytes(p)
+        x, off, w, b, m, go = p.tensors()
+        io = (x.numel() + go.numel()) * 4
+        result["memory"] = {"shape": p.name, "peak_extra_forward_bytes": extra,
+                            "input_plus_output_bytes": io, "ratio": round(extra / io, 3)}
+        log(f"peak extra memory of a forward on {p.name}: {extra / 2**20:.1f} MiB = "
+            f"{extra / io:.2f} x (input + output = {io / 2**20:.1f} MiB)")
+    if out_path:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=1)
+        log(f"wrote {out_path}")
+    return result
