@@ -36,7 +36,7 @@ def _sample_plan(off_ptr,   # offset (N, 2*G*K, oH, oW)
     channel 0), their validity (inside the image, pixel valid), the fractional parts ``ly``,
     ``lx`` and the factor ``mm`` = inside * mask that multiplies every sample.
     """
-    K: tl.constexpr = KH * KW
+    K = KH * KW
     i = k // KW
     j = k % KW
     ch = g * K + k
@@ -123,7 +123,7 @@ def _deform_conv2d_fwd_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_C: tl.constexpr):
     """Implicit GEMM: out tile [BLOCK_M pixels, BLOCK_N channels of conv group pid 2]."""
-    K: tl.constexpr = KH * KW
+    K = KH * KW
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     grp = tl.program_id(2).to(tl.int64)
@@ -185,7 +185,7 @@ def _deform_conv2d_bwd_data_kernel(
     (atomics) and reduced over the channels of the offset group against the corner values,
     which gives the offset and mask gradients of the tile without atomics.
     """
-    K: tl.constexpr = KH * KW
+    K = KH * KW
     pid_m = tl.program_id(0).to(tl.int64)
     oHW = oH * oW
     pix_ok, n, rem, oy, ox = _pixels(pid_m, P, oHW, oW, BLOCK_M)
@@ -281,7 +281,7 @@ def _deform_conv2d_bwd_weight_kernel(
     The sampled columns are recomputed per pixel tile; each split writes its own partial sum
     (no atomics, deterministic); the launcher adds the SPLIT partials.
     """
-    K: tl.constexpr = KH * KW
+    K = KH * KW
     pid0 = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2).to(tl.int64)

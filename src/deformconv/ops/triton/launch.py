@@ -20,6 +20,7 @@ Triton.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -116,7 +117,8 @@ def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optio
     return out
 
 
-def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device) -> Tensor:
+@functools.lru_cache(maxsize=64)
+def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device: torch.device) -> Tensor:
     """Rows (c_lo, c_hi, conv group, offset group): blocks inside one conv and offset group."""
     cuts = sorted(set(range(0, C + 1, Cg)) | set(range(0, C + 1, Cpg)))
     rows = []
@@ -126,9 +128,11 @@ def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device) -> Tensor:
     return torch.tensor(rows, dtype=torch.int32, device=device)
 
 
-def _gpu_bwd_blocks(Og: int) -> Tuple[int, int, int]:
-    bn = min(128, max(16, triton.next_power_of_2(Og)))
-    return 64, bn, 32
+def _gpu_bwd_blocks(Og: int, dtype: torch.dtype) -> Tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N or BLOCK_O, BLOCK_C) of the backward kernels on a GPU. float32 tiles
+    are capped lower to stay within the shared memory of pre-Hopper GPUs."""
+    cap = 64 if dtype == torch.float32 else 128
+    return 64, min(cap, max(16, triton.next_power_of_2(Og))), 32
 
 
 def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
@@ -162,7 +166,7 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     g_w = empty
     cuda = input.is_cuda
     if cuda:
-        bm, bn, bc = _gpu_bwd_blocks(Og)
+        bm, bn, bc = _gpu_bwd_blocks(Og, dt)
     else:
         bm, bn, bc = (INTERPRETER_BLOCKS[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_C"))
     warps = 4
@@ -185,7 +189,8 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                     P, C, H, W, oH, oW, Cg, Og, C // G, G, O, *shape_args,
                     KH=kH, KW=kW, HAS_MASK=mask is not None, NEED_IN=need_in, NEED_OM=need_om,
                     INPUT_PRECISION=prec, DOT_UPCAST=_dot_upcast(input),
-                    BLOCK_M=bm, BLOCK_O=bn, BLOCK_C=bc, num_warps=warps)
+                    BLOCK_M=bm, BLOCK_O=bn, BLOCK_C=bc, num_warps=warps,
+                    num_stages=2)
             if need_w:
                 blocks = _channel_blocks(C, Cg, C // G, bc, input.device)
                 n_tiles = triton.cdiv(P, bm)
@@ -197,7 +202,8 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                     x, off, msk, go, blocks, part, P, C, H, W, oH, oW, Cg, Og, G, O, groups,
                     split, *shape_args, KH=kH, KW=kW, HAS_MASK=mask is not None,
                     INPUT_PRECISION=prec, DOT_UPCAST=_dot_upcast(input),
-                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc, num_warps=warps)
+                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc, num_warps=warps,
+                    num_stages=2)
                 # (groups, K, Cg, Og) -> (O, Cg, kH, kW)
                 g_w = (part.sum(0).permute(0, 3, 2, 1).reshape(O, Cg, kH, kW).to(dt))
     if gi_det is not None:
