@@ -80,6 +80,8 @@ def _run(t, stride, pad, dil, dtype, output_mask=(True, True, True, True)):
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     grads = launch.deform_conv2d_bwd(grad_out.to(DEV), t["input"], t["weight"], t["offset"],
                                      t["mask"], t["bias"], *args, list(output_mask))
+    # Strides must match the registered fake implementation's (contiguous), or compile breaks.
+    assert out.is_contiguous() and all(g.is_contiguous() for g in grads)
     return out, grad_out, dict(zip(GRADS, grads))
 
 

@@ -205,7 +205,8 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                     BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc, num_warps=warps,
                     num_stages=2)
                 # (groups, K, Cg, Og) -> (O, Cg, kH, kW)
-                g_w = (part.sum(0).permute(0, 3, 2, 1).reshape(O, Cg, kH, kW).to(dt))
+                # (contiguous: the registered fake promises contiguous gradients)
+                g_w = part.sum(0).permute(0, 3, 2, 1).reshape(O, Cg, kH, kW).to(dt).contiguous()
     if gi_det is not None:
         gi = gi_det
     elif need_in:
