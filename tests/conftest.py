@@ -90,3 +90,4 @@ def assert_close_rel(got, want, rtol, name=""):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
