@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=32, help="channels of the last stage "
                    "(default 32)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="Adam, or SGD "
+                   "with momentum 0.9 (default adam)")
     p.add_argument("--limit", type=int, default=0, help="use only this many train and test "
                    "digits (for quick checks; default all)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_description(f"seed {seed} {variant}")
             t0 = time.perf_counter()
             train_model(model, train, args.epochs, seed, dist, args.batch_size, args.lr,
-                        progress=bar)
+                        progress=bar, optimizer=args.optimizer)
             seconds = time.perf_counter() - t0
             r = {"seed": seed, "variant": variant, "seconds": seconds, "converted": converted}
             r.update(_accuracies(predict(model, test, dist.device), test))
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         figures = [] if args.no_figures else _figures(first_deformable, test, args.out)
         settings = {"epochs": args.epochs, "seeds": f"{args.seed}..{args.seed + args.seeds - 1}",
                     "version": args.version, "width": args.width, "batch_size": args.batch_size,
-                    "lr": args.lr, "canvas": 32, "scale": SCALE, "device": str(dist.device),
+                    "lr": args.lr, "optimizer": args.optimizer, "canvas": 32, "scale": SCALE,
+                    "device": str(dist.device),
                     "processes": dist.world, "train_digits": len(train.labels),
                     "test_images": len(test.labels), "torch": torch.__version__}
         from .report import write_report
