@@ -202,7 +202,8 @@ def plot_sampling_points(images: Sequence[Tensor], regular: Sequence[Tensor],
             ax.set_ylim(H - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
-            cap = f"{name}: {len(p)} points"
+            distinct = len(torch.unique(p, dim=0)) if len(p) else 0
+            cap = f"{name}: {len(p)} points, {distinct} distinct"
             if titles is not None:
                 cap = f"{titles[r]}\n{cap}"
             ax.set_title(cap, fontsize=8)
