@@ -89,8 +89,6 @@ def _load_image(path: str, canvas: int):
 
 def _visualize(args: argparse.Namespace) -> int:
     """Draw where the demo network's last stage samples on one image."""
-    import os
-
     import torch
 
     from .demo.figures import centre_of_mass, sampling_figure
@@ -105,13 +103,11 @@ def _visualize(args: argparse.Namespace) -> int:
         image = _load_image(args.image, args.canvas)
         title = os.path.basename(args.image)
     else:
-        from .demo import SCALE, TEST_SEED
-        from .demo.data import load_digits_split, place_on_canvas
-        _, test = load_digits_split()
-        if not 0 <= args.index < len(test.labels):
-            raise SystemExit(f"visualize: --index must be in [0, {len(test.labels)}), got "
+        from .demo import demo_test_set
+        placed = demo_test_set()
+        if not 0 <= args.index < len(placed.labels):
+            raise SystemExit(f"visualize: --index must be in [0, {len(placed.labels)}), got "
                              f"{args.index}")
-        placed = place_on_canvas(test, torch.Generator().manual_seed(TEST_SEED), scale=SCALE)
         image = placed.images[args.index:args.index + 1]
         title = (f"demo test image {args.index} (label {placed.labels[args.index].item()}, "
                  f"scale x{placed.scale[args.index].item():.2f})")

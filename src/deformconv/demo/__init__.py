@@ -17,7 +17,7 @@ import torch
 
 from .data import Digits, load_digits_split, place_on_canvas
 from .model import build_model
-from .train import Dist, finish, init_distributed, predict, steps_per_run, train_model
+from .train import finish, init_distributed, predict, steps_per_run, train_model
 
 SCALE = (1.0, 3.4)
 SMALL, LARGE = 1.5, 2.26  # outer thirds of the log-uniform scale range
@@ -50,6 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "machine and lost 2x on a busy one)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def demo_test_set(limit: int = 0):
+    """The demo's fixed test images: every held-out digit placed twice (``Placed``)."""
+    _, test = load_digits_split(limit=limit)
+    twice = Digits(test.images.repeat(2, 1, 1), test.labels.repeat(2))
+    return place_on_canvas(twice, torch.Generator().manual_seed(TEST_SEED), scale=SCALE)
 
 
 def _accuracies(pred: torch.Tensor, test) -> dict:
@@ -88,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if dist.device.type == "cpu":
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    train, test_digits = load_digits_split(limit=args.limit)
-    test_twice = Digits(test_digits.images.repeat(2, 1, 1), test_digits.labels.repeat(2))
-    test = place_on_canvas(test_twice, torch.Generator().manual_seed(TEST_SEED), scale=SCALE)
+    train, _ = load_digits_split(limit=args.limit)
+    test = demo_test_set(args.limit)
     if dist.main:
         os.makedirs(os.path.join(args.out, "models"), exist_ok=True)
         print(f"deformconv demo: {len(train.labels)} training digits (new placement every "
@@ -154,4 +160,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run(p.parse_args(argv))
 
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "run", "main", "demo_test_set"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -119,12 +117,6 @@ def steps_per_run(train: Digits, epochs: int, batch_size: int = 64) -> int:
     return epochs * (len(train.labels) // batch_size)
 
 
-def barrier(dist: Dist) -> None:
-    if dist.world > 1:
-        import torch.distributed as d
-        d.barrier()
-
-
 def finish(dist: Dist) -> None:
     if dist.world > 1:
         import torch.distributed as d
@@ -133,4 +125,4 @@ def finish(dist: Dist) -> None:
 
 
 __all__ = ["Dist", "resolve_device", "init_distributed", "train_model", "predict",
-           "steps_per_run", "barrier", "finish", "Optional"]
+           "steps_per_run", "finish"]
