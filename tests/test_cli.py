@@ -49,12 +49,25 @@ def test_demo_then_visualize(tmp_path, capsys):
         (0, "plain"), (0, "deformable"), (1, "plain"), (1, "deformable")]
     assert res["runs"][1]["converted"] == ["features.6", "features.8", "features.10"]
     assert all(0 <= r["acc"] <= 1 for r in res["runs"])
+    assert all(r["spread_small"] > 0 for r in res["runs"] if r["variant"] == "deformable")
+    assert "correlation with size" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "![sampling_small.png](sampling_small.png)" in report
     for name in ("sampling_small.png", "sampling_large.png"):
         assert (out / name).read_bytes()[:8] == PNG
     state = torch.load(out / "models" / "deformable_seed0.pt")
     assert state["features.10.conv_offset.weight"].shape == (27, 32, 3, 3)
+    # Spread of the composed points: exactly the regular 3x3x3 grid's 8 px for a plain model,
+    # different once the offsets are trained.
+    from deformconv.demo import demo_test_set
+    from deformconv.demo.figures import sampling_spread
+    from deformconv.demo.model import model_from_state_dict
+    test = demo_test_set(limit=10)
+    plain = model_from_state_dict(torch.load(out / "models" / "plain_seed0.pt"))
+    sp = sampling_spread(plain, test.images, test.centre)
+    torch.testing.assert_close(sp, torch.full((20,), 8.0))
+    sp = sampling_spread(model_from_state_dict(state), test.images, test.centre)
+    assert (sp - 8).abs().max() > 1e-3
 
     model = str(out / "models" / "deformable_seed0.pt")
     fig = tmp_path / "v.png"

@@ -66,6 +66,17 @@ def _accuracies(pred: torch.Tensor, test) -> dict:
             "acc_large": ok[large].mean().item()}
 
 
+def _spread(model, test) -> dict:
+    """Spread of the composed sampling points at each test digit's centre, by digit size."""
+    from .figures import sampling_spread
+    sp = sampling_spread(model, test.images, test.centre)
+    small, large = test.scale < SMALL, test.scale >= LARGE
+    mid = ~small & ~large
+    corr = torch.corrcoef(torch.stack((sp, test.scale)))[0, 1].item() if len(sp) > 1 else 0.0
+    return {"spread_small": sp[small].mean().item(), "spread_mid": sp[mid].mean().item(),
+            "spread_large": sp[large].mean().item(), "spread_scale_corr": corr}
+
+
 def _figures(model, test, out: str) -> List[str]:
     from .figures import sampling_figure
     names = []
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             seconds = time.perf_counter() - t0
             r = {"seed": seed, "variant": variant, "seconds": seconds, "converted": converted}
             r.update(_accuracies(predict(model, test, dist.device), test))
+            if variant == "deformable" and dist.main:
+                r.update(_spread(model, test))
             runs.append(r)
             if dist.main:
                 torch.save(model.state_dict(),
@@ -149,6 +162,13 @@ def run(args: argparse.Namespace) -> int:
         for v in ("plain", "deformable"):
             accs = ", ".join(f"{100 * r['acc']:.1f}%" for r in runs if r["variant"] == v)
             print(f"test accuracy {v:>10}: {accs} (seeds {settings['seeds']})")
+        for r in runs:
+            if "spread_small" in r:
+                print(f"seed {r['seed']}: the deformable layers' 729 points spread "
+                      f"{r['spread_small']:.1f} / {r['spread_mid']:.1f} / "
+                      f"{r['spread_large']:.1f} px (rms) on small / medium / large digits "
+                      f"(regular grid: 8.0 px); correlation with digit size "
+                      f"{r['spread_scale_corr']:.2f}")
         print(f"report: {os.path.join(args.out, 'report.md')} ({total:.0f} s)")
     finish(dist)
     return 0

@@ -65,3 +65,28 @@ def sampling_figure(model: DigitNet, images: Tensor, path, centres: Sequence[Tup
         marks.append((px[0] * STRIDE + OFFSET, px[1] * STRIDE + OFFSET))
     return plot_sampling_points([im[0].cpu() for im in images], regular, learned, marks, path,
                                 titles)
+
+
+@torch.no_grad()
+def sampling_spread(model: DigitNet, images: Tensor, centres: Tensor,
+                    batch_size: int = 256) -> Tensor:
+    """How far the composed sampling points of the digit's centre pixel spread, per image.
+
+    Args:
+        model: a ``DigitNet``.
+        images (Tensor[M, 1, S, S]): canvas images.
+        centres (Tensor[M, 2]): canvas position (y, x) traced in each image.
+
+    Returns:
+        Tensor[M]: root-mean-square distance, in canvas pixels, of the 729 points from their
+        mean. A plain network's three 3x3 layers give ``4 * 2 = 8`` everywhere.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for b in range(0, len(images), batch_size):
+        stack = last_stage_sampling(model.eval(), images[b:b + batch_size].to(device))
+        size = stack[-1].offset.shape[-1]
+        for i, c in enumerate(centres[b:b + batch_size].tolist()):
+            p = effective_sampling_points(stack, feature_pixel(c, size), batch=i) * STRIDE
+            out.append((p - p.mean(0)).square().sum(1).mean().sqrt().cpu())
+    return torch.stack(out) if out else torch.empty(0)
