@@ -1,8 +1,9 @@
-"""The ``deformconv`` command line."""
+"""The ``deformconv`` command line: check, info, demo, visualize."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -61,6 +62,63 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+    return run(args)
+
+
+def _load_image(path: str, canvas: int):
+    """A grey image file as Tensor[1, 1, canvas, canvas] in [0, 1], dark background."""
+    import torch
+    from torch.nn import functional as F
+    try:
+        import matplotlib.image as mpimg
+    except ImportError as e:
+        raise ImportError("reading images needs matplotlib: pip install 'deformconv[plots]'") \
+            from e
+    a = torch.tensor(mpimg.imread(path), dtype=torch.float32)
+    if a.dim() == 3:
+        a = a[..., :3].mean(-1)
+    if a.max() > 1:
+        a = a / 255.0
+    if a.mean() > 0.5:  # dark strokes on a light page: invert, the demo's digits are light
+        a = 1 - a
+    return F.interpolate(a[None, None], size=(canvas, canvas), mode="bilinear",
+                         antialias=True, align_corners=False).clamp(0, 1)
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    """Draw where the demo network's last stage samples on one image."""
+    import torch
+
+    from .demo.figures import centre_of_mass, sampling_figure
+    from .demo.model import model_from_state_dict
+
+    if not os.path.exists(args.model):
+        raise SystemExit(f"visualize: no model at {args.model!r}; run `deformconv demo` first "
+                         f"or pass --model")
+    model = model_from_state_dict(torch.load(args.model, map_location="cpu",
+                                             weights_only=True))
+    if args.image:
+        image = _load_image(args.image, args.canvas)
+        title = os.path.basename(args.image)
+    else:
+        from .demo import demo_test_set
+        placed = demo_test_set()
+        if not 0 <= args.index < len(placed.labels):
+            raise SystemExit(f"visualize: --index must be in [0, {len(placed.labels)}), got "
+                             f"{args.index}")
+        image = placed.images[args.index:args.index + 1]
+        title = (f"demo test image {args.index} (label {placed.labels[args.index].item()}, "
+                 f"scale x{placed.scale[args.index].item():.2f})")
+    centre = tuple(args.pixel) if args.pixel else centre_of_mass(image[0, 0])
+    with torch.no_grad():
+        pred = model(image).argmax(1).item()
+    path = sampling_figure(model, image, args.out, [centre], [f"{title}, predicted {pred}"])
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deformconv", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,6 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=run_cli)
     i = sub.add_parser("info", help="versions and available kernels")
     i.set_defaults(func=_info)
+
+    from .demo import add_arguments
+    d = sub.add_parser("demo", help="train a plain and a deformable CNN on digits under random "
+                       "scale, rotation and shear; write accuracies, figures and a report",
+                       description="Trains a small CNN twice per seed on scikit-learn's digits "
+                       "placed on a 32x32 canvas under random geometry: plain, and with its "
+                       "last three 3x3 convolutions deformable. Prints both test accuracies "
+                       "and writes report.md, figures and state dicts to --out. Under "
+                       "`torchrun --nproc_per_node=N -m deformconv demo` it trains with "
+                       "DistributedDataParallel (gloo on CPU, NCCL on GPU).")
+    add_arguments(d)
+    d.set_defaults(func=_demo)
+
+    v = sub.add_parser("visualize", help="draw where a demo model's deformable layers sample "
+                       "on an image, to a PNG",
+                       description="Loads a state dict saved by `deformconv demo` and draws, "
+                       "for one feature pixel, the 729 input positions its three last 3x3 "
+                       "layers read (composed), beside the regular grid.")
+    v.add_argument("--model", default=os.path.join("deformconv-out", "models",
+                                                   "deformable_seed0.pt"),
+                   help="state dict saved by the demo (default "
+                   "deformconv-out/models/deformable_seed0.pt)")
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--image", help="an image file (PNG, ...), resized to the canvas; "
+                     "a light background is inverted")
+    src.add_argument("--index", type=int, default=0, help="a demo test image instead "
+                     "(default 0)")
+    v.add_argument("--pixel", type=float, nargs=2, metavar=("Y", "X"), help="canvas position "
+                   "to trace (default: the image's centre of mass)")
+    v.add_argument("--canvas", type=int, default=32, help="canvas size for --image "
+                   "(default 32)")
+    v.add_argument("--out", default="sampling.png", help="PNG to write (default sampling.png)")
+    v.set_defaults(func=_visualize)
     return p
 
 
