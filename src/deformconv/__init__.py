@@ -1,8 +1,9 @@
 """deformconv: deformable convolution (v1 and v2) for PyTorch."""
 
+from .convert import convert_to_deformable
 from .nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 from .ops import deform_conv2d
 
 __version__ = "0.1.0"
 __all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
-           "__version__"]
+           "convert_to_deformable", "__version__"]

@@ -50,15 +50,35 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    """Versions, and which kernel each device would run here."""
+    import importlib
     import platform
 
     import torch
 
     from . import __version__
+
+    def version(module: str) -> str:
+        try:
+            return getattr(importlib.import_module(module), "__version__", "installed")
+        except Exception as e:  # missing, or fails to load with this torch
+            return f"not available ({type(e).__name__})"
+
     print(f"deformconv {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"cuda available: {torch.cuda.is_available()}")
+          f"{torch.get_num_threads()} CPU threads")
+    print("kernels:")
+    print("  cpu:  pure PyTorch (embedding_bag sampling + oneDNN/BLAS convolution)")
+    triton = version("triton")
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        kind = ("Triton fused kernels" if not triton.startswith("not")
+                else "pure PyTorch (install the 'triton' extra for the fused kernels)")
+        print(f"  cuda: {kind} on {gpu}")
+    else:
+        print("  cuda: no GPU visible")
+    print(f"optional packages: triton {triton}, onnxruntime {version('onnxruntime')}, "
+          f"onnx {version('onnx')}, matplotlib {version('matplotlib')}")
     return 0
 
 

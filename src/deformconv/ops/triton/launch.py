@@ -13,8 +13,8 @@ to the pure-PyTorch path (``torch_impl``).
 Determinism: the forward, the offset/mask gradients and the weight gradient (split-K partial
 sums added by the launcher) are deterministic. The input gradient scatters with atomics; under
 ``torch.use_deterministic_algorithms(True)`` it is computed by ``torch_impl`` instead, whose
-``index_add_`` is deterministic in that mode, while the other gradients still come from
-Triton.
+scatter is a stably sorted gather (fixed summation order, no atomics), while the other
+gradients still come from Triton.
 """
 
 from __future__ import annotations
