@@ -39,7 +39,12 @@ GRADS = ("input", "weight", "offset", "mask", "bias")
 def _nan_fill_and_blocks(monkeypatch):
     monkeypatch.setattr(launch, "DEBUG_FILL_NAN", True)
     monkeypatch.setattr(launch, "INTERPRETER_BLOCKS", dict(launch.INTERPRETER_BLOCKS))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # allow_tf32 is a computed attribute that pytest 9.2's monkeypatch cannot undo: restore it
+    # by hand.
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _problem(N, C, H, W, O, k, stride, pad, dil, groups, G, mask, bias, dtype, seed=0):

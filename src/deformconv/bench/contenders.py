@@ -46,7 +46,8 @@ class Problem:
         oW = (self.W + 2 * self.padding - self.dilation * (k - 1) - 1) // self.stride + 1
         return oH, oW
 
-    def tensors(self, seed: int = 0):
+    def tensors(self, seed: int = 0, grad_out: bool = True):
+        """input, offset, weight, bias, mask and (``grad_out``) an output gradient, else None."""
         g = torch.Generator().manual_seed(seed)
         K = self.kernel * self.kernel
         oH, oW = self.out_hw()
@@ -56,7 +57,7 @@ class Problem:
         off = torch.randn(self.N, 2 * self.offset_groups * K, oH, oW, generator=g)
         off *= self.offset_std
         m = torch.rand(self.N, self.offset_groups * K, oH, oW, generator=g)
-        go = torch.randn(self.N, self.O, oH, oW, generator=g)
+        go = torch.randn(self.N, self.O, oH, oW, generator=g) if grad_out else None
         return x, off, w, b, m, go
 
 

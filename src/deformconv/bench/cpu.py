@@ -83,15 +83,17 @@ def time_contenders(fns: Dict[str, callable], repeats: int, warmup: int) -> Dict
 def peak_extra_forward_bytes(p: Problem) -> int:
     """Peak memory a forward adds beyond its inputs and output, measured in a fresh process.
 
-    The child allocates the inputs, notes its peak resident size, runs one forward and notes it
-    again; the growth minus the output's size is the extra memory (buffers, columns).
+    The child allocates the inputs (nothing else: a freed tensor would raise the baseline peak
+    and hide the forward's), warms the op up on a tiny input, notes its peak resident size,
+    runs one forward and notes it again; the growth minus the output's size is the extra
+    memory (buffers, columns).
     """
     code = (
         "import resource, torch, json, sys\n"
         "from deformconv.bench.contenders import Problem\n"
         "from deformconv import deform_conv2d\n"
         f"p = Problem(**{p.__dict__!r})\n"
-        "x, off, w, b, m, go = p.tensors(); del go\n"
+        "x, off, w, b, m, _ = p.tensors(grad_out=False)\n"
         "small = torch.randn(1, p.C, 8, 8); ko = p.kernel * p.kernel\n"
         "deform_conv2d(small, torch.zeros(1, 2 * p.offset_groups * ko, 8 + 2 * p.padding - "
         "p.kernel + 1, 8 + 2 * p.padding - p.kernel + 1), w, b, padding=p.padding)\n"
