@@ -69,17 +69,6 @@ def test_multi_image_chunks_match_reference(monkeypatch):
         assert_close_rel(a, b, 1e-11, n)
 
 
-@pytest.mark.parametrize("route", ["onednn", "gemm"])
-@pytest.mark.parametrize("name", ["default", "groups2-offset-groups3", "asym-stride-pad-dil"])
-def test_weight_gradient_routes(monkeypatch, route, name):
-    # Small channel counts take the oneDNN route by default; force each route in turn.
-    monkeypatch.setattr(torch_impl, "ONEDNN_WEIGHT_GRAD_MAX_CHANNELS",
-                        10 ** 6 if route == "onednn" else 0)
-    y, ry, names, got, want = run_both(deform_conv2d, GRID[name])
-    for n, a, b in zip(names, got, want):
-        assert_close_rel(a, b, 1e-11, n)
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_property_random_configurations(data):

@@ -35,11 +35,6 @@ from torch import Tensor
 # and per-op overheads vanish, small enough to stay in the last-level cache.
 COLUMN_BUDGET_BYTES = 8 << 20
 
-# Up to this many input channels per conv group, the weight gradient goes through oneDNN's
-# convolution backward on the tap image; above it, through a GEMM on a tap-major copy of the
-# columns. Measured on 2 cores (AMD EPYC, torch 2.13): oneDNN 1.3-1.4x faster at 64-256
-# channels, 3.5x slower at 512.
-ONEDNN_WEIGHT_GRAD_MAX_CHANNELS = 256
 
 
 def out_size(H: int, W: int, kH: int, kW: int, sh: int, sw: int, ph: int, pw: int, dh: int,
@@ -210,10 +205,9 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
 
     g_in = (torch.zeros(N * (H + 2) * (W + 2) * G, C // G, dtype=ct, device=dev)
             if need_in else None)
-    onednn_wgrad = Cg <= ONEDNN_WEIGHT_GRAD_MAX_CHANNELS
-    # Weight gradient as (O, Cg, kH, kW) on the oneDNN route, (O, K*Cg) on the GEMM route.
-    g_w = (torch.zeros((O, Cg, kH, kW) if onednn_wgrad else (O, K * Cg), dtype=ct, device=dev)
-           if need_w else None)
+    # Weight gradient as (O, K*Cg), columns ordered (tap, channel). oneDNN's weight gradient
+    # of the tap-image convolution was measured 1.1-1.4x slower per training step (2 threads).
+    g_w = torch.zeros(O, K * Cg, dtype=ct, device=dev) if need_w else None
     g_off = torch.zeros(offset.shape, dtype=ct, device=dev) if need_om else None
     g_mask = (torch.zeros(mask.shape, dtype=ct, device=dev)
               if need_om and mask is not None else None)
@@ -229,22 +223,14 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                       ct, it)
             go = go_all[n0:n1, :, r0:r1]
             if need_w:
-                cols = _sample(src, p)
-                if onednn_wgrad:
-                    # Weight gradient of conv2d(S, weight, stride=(kH, kW)).
-                    S = _as_image(cols, b, R, oW, kH, kW)
-                    g_w += torch.ops.aten.convolution_backward(
-                        go, S, w, None, [kH, kW], [0, 0], [1, 1], False, [0, 0], groups,
-                        [False, True, False])[1]
-                else:
-                    # grad_out (O, P) @ columns (P, K*C), tap-major per position.
-                    cols = cols.view(b, R, kH, oW, kW, C).permute(0, 1, 3, 2, 4, 5)
-                    cols = cols.reshape(b, R * oW, K * C)
-                    for n in range(b):
-                        go_n = go[n].reshape(O, R * oW)
-                        for j in range(groups):
-                            o = slice(j * Og, (j + 1) * Og)
-                            g_w[o].addmm_(go_n[o], _group_cols(cols[n], K, groups, j))
+                # grad_out (O, P) @ columns (P, K*C), tap-major per position.
+                cols = _sample(src, p).view(b, R, kH, oW, kW, C).permute(0, 1, 3, 2, 4, 5)
+                cols = cols.reshape(b, R * oW, K * C)
+                for n in range(b):
+                    go_n = go[n].reshape(O, R * oW)
+                    for j in range(groups):
+                        o = slice(j * Og, (j + 1) * Og)
+                        g_w[o].addmm_(go_n[o], _group_cols(cols[n], K, groups, j))
             if not (need_in or need_om):
                 continue
             # Column gradient: the input gradient of conv2d(S, weight, stride=(kH, kW)).
@@ -265,9 +251,8 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
 
     gi = (g_in.view(N, H + 2, W + 2, C)[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)
           .to(dt).contiguous() if need_in else empty())
-    if need_w and not onednn_wgrad:
-        g_w = g_w.view(O, kH, kW, Cg).permute(0, 3, 1, 2)
-    gw = g_w.to(dt).contiguous() if need_w else empty()
+    gw = (g_w.view(O, kH, kW, Cg).permute(0, 3, 1, 2).to(dt).contiguous()
+          if need_w else empty())
     go_ = g_off.to(dt) if need_om else empty()
     gm = g_mask.to(dt) if g_mask is not None else empty()
     gb = (grad_out.to(ct).sum((0, 2, 3)).to(dt) if need_b and bias is not None else empty())
