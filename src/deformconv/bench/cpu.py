@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -83,25 +82,30 @@ def time_contenders(fns: Dict[str, callable], repeats: int, warmup: int) -> Dict
 def peak_extra_forward_bytes(p: Problem) -> int:
     """Peak memory a forward adds beyond its inputs and output, measured in a fresh process.
 
-    The child allocates the inputs (nothing else: a freed tensor would raise the baseline peak
-    and hide the forward's), warms the op up on a tiny input, notes its peak resident size,
-    runs one forward and notes it again; the growth minus the output's size is the extra
-    memory (buffers, columns).
+    The child allocates the inputs, warms the op up on a tiny input, resets its peak resident
+    size (``/proc/self/clear_refs``; ``ru_maxrss`` would not do: Linux keeps it across fork and
+    exec, so the child would start from its parent's peak), notes its resident size, runs one
+    forward and reads the new peak (``VmHWM``); the growth minus the output's size is the
+    extra memory (buffers, columns). Linux only.
     """
     code = (
-        "import resource, torch, json, sys\n"
+        "import torch, json\n"
         "from deformconv.bench.contenders import Problem\n"
         "from deformconv import deform_conv2d\n"
+        "def status(key):\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))\n"
         f"p = Problem(**{p.__dict__!r})\n"
         "x, off, w, b, m, _ = p.tensors(grad_out=False)\n"
         "small = torch.randn(1, p.C, 8, 8); ko = p.kernel * p.kernel\n"
         "deform_conv2d(small, torch.zeros(1, 2 * p.offset_groups * ko, 8 + 2 * p.padding - "
         "p.kernel + 1, 8 + 2 * p.padding - p.kernel + 1), w, b, padding=p.padding)\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM)\n"
+        "before = status('VmRSS:')\n"
         "y = deform_conv2d(x, off, w, b, stride=p.stride, padding=p.padding, "
         "dilation=p.dilation, mask=m)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps([before * 1024, after * 1024, y.numel() * y.element_size()]))\n")
+        "after = status('VmHWM:')\n"
+        "print(json.dumps([before, after, y.numel() * y.element_size()]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=dict(os.environ))
     before, after, out_bytes = json.loads(out.stdout.strip().splitlines()[-1])
