@@ -84,19 +84,24 @@ def conv2d(p: Problem) -> Dict[str, Fn]:
                                                              [xg, *conv.parameters()], go)}
 
 
-def deformconv(p: Problem) -> Dict[str, Fn]:
-    from ..ops import deform_conv2d
-
+def _functional(op, p: Problem) -> Dict[str, Fn]:
+    """A contender with torchvision's functional signature ``op(x, offset, w, b, ..., mask)``."""
     x, off, w, b, m, go = p.tensors()
     args = dict(stride=p.stride, padding=p.padding, dilation=p.dilation)
     leaves = [t.clone().requires_grad_() for t in (x, off, w, b, m)]
 
     def fwd_train():
         xl, ol, wl, bl, ml = leaves
-        return deform_conv2d(xl, ol, wl, bl, mask=ml, **args)
+        return op(xl, ol, wl, bl, mask=ml, **args)
 
-    return {"forward": lambda: deform_conv2d(x, off, w, b, mask=m, **args),
+    return {"forward": lambda: op(x, off, w, b, mask=m, **args),
             "train": _train_fn(fwd_train, leaves, go)}
+
+
+def deformconv(p: Problem) -> Dict[str, Fn]:
+    from ..ops import deform_conv2d
+
+    return _functional(deform_conv2d, p)
 
 
 def grid_sample_baseline(p: Problem) -> Dict[str, Fn]:
@@ -155,6 +160,8 @@ def onnxruntime_deformconv(p: Problem) -> Dict[str, Fn]:
     model.ir_version = 9
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
+    # Its threads otherwise busy-wait after each run, taking the cores from the next contender.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     np_feeds = {k: v.numpy() for k, v in feeds.items()}
@@ -167,16 +174,7 @@ def torchvision_deformconv(p: Problem) -> Dict[str, Fn]:
         tv(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 1, 1))
     except Exception:  # not installed, or its compiled ops do not load with this torch
         return {"forward": None, "train": None}
-    x, off, w, b, m, go = p.tensors()
-    args = dict(stride=p.stride, padding=p.padding, dilation=p.dilation)
-    leaves = [t.clone().requires_grad_() for t in (x, off, w, b, m)]
-
-    def fwd_train():
-        xl, ol, wl, bl, ml = leaves
-        return tv(xl, ol, wl, bl, mask=ml, **args)
-
-    return {"forward": lambda: tv(x, off, w, b, mask=m, **args),
-            "train": _train_fn(fwd_train, leaves, go)}
+    return _functional(tv, p)
 
 
 CONTENDERS = {
