@@ -13,11 +13,14 @@ Per chunk:
    and their bilinear weights times the mask. Channels of one offset group share that plan, so
    each corner is a contiguous run of ``C/G`` values.
 2. Forward: ``embedding_bag(mode="sum", per_sample_weights=...)`` gathers and blends the four
-   corners in one vectorised pass, giving columns ``(positions, K*C)``; one GEMM per image and
-   conv group writes straight into the NCHW output.
-3. Backward: the column gradient is a GEMM; it is scattered to the input with ``index_add_``;
-   the weight gradient is a GEMM on recomputed columns; the offset and mask gradients need the
-   four dot products ``<column gradient, corner value>``, which are exactly the gradient of
+   corners in one vectorised pass. The rows are ordered so that the result is the
+   channels-last image ``S`` whose kH x kW patches hold each output pixel's taps; the
+   deformable convolution is then ``conv2d(S, weight, stride=(kH, kW), groups=groups)``, which
+   runs on oneDNN (measured about 2x faster than a plain GEMM of the same size on this CPU).
+3. Backward: the column gradient is the input gradient of that convolution; it is scattered
+   to the input by a stably sorted ``embedding_bag`` gather (deterministic, no atomics); the
+   weight gradient is a GEMM on recomputed columns; the offset and mask gradients need the four
+   dot products ``<column gradient, corner value>``, which are exactly the gradient of
    ``embedding_bag`` with respect to its per-sample weights.
 
 Launchers here assume validated arguments (see ``deform_conv.py``).
@@ -137,10 +140,9 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
     return _Plan(idx, wts, ly, lx, inside, msk)
 
 
-def _sample(src: Tensor, p: _Plan, weights: Optional[Tensor] = None) -> Tensor:
+def _sample(src: Tensor, p: _Plan) -> Tensor:
     """Columns (M, C/G): the four corners gathered and blended in one pass."""
-    return F.embedding_bag(p.idx, src, per_sample_weights=p.wts if weights is None else weights,
-                           mode="sum")
+    return F.embedding_bag(p.idx, src, per_sample_weights=p.wts, mode="sum")
 
 
 def _group_cols(cols: Tensor, K: int, groups: int, j: int) -> Tensor:
