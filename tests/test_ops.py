@@ -184,6 +184,23 @@ def test_offset_gradient_at_integer_positions_is_one_sided():
     assert torch.equal(off.grad[0, 1], want_dx)
 
 
+def test_offset_gradient_on_the_padding_border_is_one_sided():
+    # Zero offsets with padding 1 put the first row's and column's taps at exactly -1, where the
+    # sample is 0 but torchvision's floor-based derivative is the neighbour inside: I[0, x] - 0.
+    x = (torch.arange(12, dtype=torch.float64).view(1, 1, 3, 4) + 1) ** 2
+    w = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    off = torch.zeros(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    y = deform_conv2d(x, off, w, padding=1)
+    assert y[0, 0, 0].abs().max() == 0 and y[0, 0, :, 0].abs().max() == 0
+    y.sum().backward()
+    img = x[0, 0]
+    # Top row (y = -1): d/dy = I[0, x] inside the columns, 0 at x = -1 and x = W.
+    assert torch.equal(off.grad[0, 0, 0], torch.cat([img.new_zeros(1), img[0], img.new_zeros(1)]))
+    # Left column (x = -1): d/dx = I[y, 0] inside the rows, 0 at y = -1 and y = H.
+    assert torch.equal(off.grad[0, 1, :, 0], torch.cat([img.new_zeros(1), img[:, 0],
+                                                        img.new_zeros(1)]))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e30, -1e30])
 def test_hostile_offsets_contribute_zero(bad):
     case = Case(N=2, C=4, offset_groups=2)

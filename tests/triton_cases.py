@@ -121,6 +121,21 @@ def test_float32_forward_and_grads(name):
         assert grads["bias"].numel() == 0
 
 
+def test_integer_positions_on_the_padding_border():
+    # Zero and integer offsets with padding: taps at exactly -1 and at integers, where only
+    # the floor-based one-sided derivative is defined (the oracle's autograd gives it).
+    t = _problem(1, 4, 5, 6, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, True,
+                 torch.float32)
+    t["offset"] = torch.randint(-2, 3, t["offset"].shape, generator=torch.Generator()
+                                .manual_seed(3)).to(torch.float32).to(DEV)
+    t["offset"][:, :6] = 0.0
+    out, grad_out, grads = _run(t, (1, 1), (1, 1), (1, 1), torch.float32)
+    want, want_grads = _oracle(t, (1, 1), (1, 1), (1, 1), grad_out)
+    _close("output", out, want, torch.float32)
+    for name in GRADS:
+        _close(name, grads[name], want_grads[name], torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_dtypes(dtype):
     stride, pad, dil = (1, 1), (1, 1), (1, 1)

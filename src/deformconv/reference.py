@@ -20,10 +20,12 @@ def bilinear(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
     """Sample ``img`` (N, Cg, H, W) at positions ``y``, ``x`` (N, oH, oW) -> (N, Cg, oH, oW).
 
     Zero when y <= -1, y >= H, x <= -1 or x >= W; each corner outside the image counts as 0.
-    Non-finite positions are outside the image and give 0.
+    Non-finite positions are outside the image and give 0. At exactly -1 the formula itself
+    gives 0 (the image corner's weight is 0) while its one-sided derivative does not, so -1 is
+    kept inside: the derivative there is the floor-based one, as in torchvision.
     """
     N, Cg, H, W = img.shape
-    inside = (y > -1) & (y < H) & (x > -1) & (x < W)
+    inside = (y >= -1) & (y < H) & (x >= -1) & (x < W)
     y = torch.where(inside, y, torch.zeros_like(y))
     x = torch.where(inside, x, torch.zeros_like(x))
     y0 = torch.floor(y).detach()

@@ -2,7 +2,7 @@
 
 Layout. The input is copied once to channels-last with a one-pixel zero border,
 ``src[(n, y + 1, x + 1, g), c]`` of shape ``(N * (H+2) * (W+2) * G, C/G)``. Every bilinear
-corner of a position inside ``(-1, H) x (-1, W)`` then has a row in ``src``, and corners
+corner of a position inside ``[-1, H) x [-1, W)`` then has a row in ``src``, and corners
 beyond the image read the zero border: no per-corner validity test and no clamping.
 
 Work is cut into chunks of whole images or of output rows so that the sampled columns of one
@@ -109,8 +109,11 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
     # Logical (row-major) order from here on, whatever the offsets' strides.
     y = (base_y.view(1, R, kH, 1, 1, 1) + dy).contiguous()
     x = (base_x.view(1, 1, 1, oW, kW, 1) + dx).contiguous()
-    # Outside (-1, H) x (-1, W) or not finite (NaN fails every comparison): no contribution.
-    inside = (y > -1) & (y < H) & (x > -1) & (x < W)
+    # Outside [-1, H) x [-1, W) or not finite (NaN fails every comparison): no contribution.
+    # At exactly -1 the sample is 0 all the same (its only image corner has weight 0), but
+    # the one-sided offset derivative is not: I[0] - 0, as in torchvision. Zero offsets with
+    # padding put the first taps exactly there.
+    inside = (y >= -1) & (y < H) & (x >= -1) & (x < W)
     y = torch.where(inside, y, 0.0)
     x = torch.where(inside, x, 0.0)
     y0, x0 = torch.floor(y), torch.floor(x)

@@ -46,7 +46,7 @@ def _sample_plan(off_ptr,   # offset (N, 2*G*K, oH, oW)
     y = (oy * sh - ph + i * dh).to(tl.float32) + dy
     x = (ox * sw - pw + j * dw).to(tl.float32) + dx
     # Comparisons are False for NaN: non-finite positions are outside.
-    inside = pix_ok & (y > -1.0) & (y < H) & (x > -1.0) & (x < W)
+    inside = pix_ok & (y >= -1.0) & (y < H) & (x >= -1.0) & (x < W)
     y = tl.where(inside, y, 0.0)
     x = tl.where(inside, x, 0.0)
     y0f = tl.floor(y)
