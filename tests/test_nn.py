@@ -98,3 +98,68 @@ def test_layer_rejects_bad_groups():
     with pytest.raises(ValueError, match=r"offset_groups must be >= 1 and divide in_channels "
                                          r"\(4\), got 3"):
         DeformConv2dPack(4, 4, 3, offset_groups=3)
+
+
+@pytest.mark.parametrize("kwargs,exc,pattern", [
+    (dict(padding="full"), ValueError, r"padding must be an int, a pair of ints, 'valid' or "
+                                       r"'same', got 'full'"),
+    (dict(padding=-1), ValueError, r"padding must be >= 0, got -1"),
+    (dict(padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+    (dict(stride=True), TypeError, r"stride must be an int or a pair of ints, got True"),
+    (dict(stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1.5"),
+    (dict(kernel_size=0), ValueError, r"kernel_size must be >= 1, got 0"),
+    (dict(kernel_size=(3, 3, 3)), TypeError, r"kernel_size must be an int or a pair"),
+    (dict(in_channels=0), ValueError, r"in_channels must be >= 1, got 0"),
+    (dict(out_channels=0), ValueError, r"out_channels must be >= 1, got 0"),
+    (dict(groups=0), ValueError, r"groups must be >= 1, got 0"),
+    (dict(padding="same", stride=2), ValueError, r"padding='same' needs stride 1"),
+    (dict(padding="same", kernel_size=2), ValueError, r"padding='same' needs an even"),
+])
+@pytest.mark.parametrize("cls", [DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack])
+def test_constructor_rejects_bad_arguments(cls, kwargs, exc, pattern):
+    args = dict(in_channels=4, out_channels=6, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(exc, match=pattern):
+        cls(**args)
+
+
+def test_valid_and_same_padding_like_conv2d():
+    for padding, dilation in (("same", 1), ("same", 2), ("valid", 1)):
+        layer = DeformConv2dPack(4, 6, 3, padding=padding, dilation=dilation)
+        conv = torch.nn.Conv2d(4, 6, 3, padding=padding, dilation=dilation)
+        x = torch.randn(1, 4, 9, 8)
+        conv.load_state_dict({"weight": layer.weight, "bias": layer.bias})
+        torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [DeformConv2dPack, ModulatedDeformConv2dPack])
+def test_every_reinitialisation_starts_on_the_regular_grid(cls):
+    # Meta device then to_empty, then reset_parameters on the layer or on every submodule.
+    for reset_all in (False, True):
+        layer = cls(4, 4, 3, padding=1, device="meta").to_empty(device="cpu")
+        if reset_all:
+            layer.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters")
+                        else None)
+        else:
+            layer.reset_parameters()
+        assert torch.equal(layer.conv_offset.weight, torch.zeros_like(layer.conv_offset.weight))
+        assert torch.equal(layer.conv_offset.bias, torch.zeros_like(layer.conv_offset.bias))
+        x = torch.randn(1, 4, 6, 6)
+        scale = 0.5 if cls is ModulatedDeformConv2dPack else 1.0
+        want = scale * F.conv2d(x, layer.weight, None, padding=1) + layer.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    # A trained-looking predictor is zeroed again by reset_parameters.
+    layer = cls(4, 4, 3, padding=1)
+    torch.nn.init.ones_(layer.conv_offset.weight)
+    layer.reset_parameters()
+    assert layer.conv_offset.weight.abs().max() == 0
+
+
+@pytest.mark.parametrize("cls", [DeformConv2dPack, ModulatedDeformConv2dPack])
+def test_pack_layers_check_their_input(cls):
+    layer = cls(4, 6, 3, padding=1)
+    with pytest.raises(ValueError, match=r"input must have shape \(N, 4, H, W\), got "
+                                         r"\(1, 5, 8, 8\)"):
+        layer(torch.randn(1, 5, 8, 8))
+    with pytest.raises(TypeError, match=r"input must be a Tensor, got list"):
+        layer([1.0])

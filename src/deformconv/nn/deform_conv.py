@@ -14,11 +14,48 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
-
 from ..ops import deform_conv2d
+from ..ops.deform_conv import _pair
 
 _Size = Union[int, Tuple[int, int]]
+
+
+def _positive_int(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _padding(padding, kernel_size, stride, dilation):
+    """An int or pair, or 'valid' / 'same' as in nn.Conv2d ('same': stride 1, symmetric)."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError(f"padding='same' needs an even dilation*(kernel_size-1) to pad "
+                             f"symmetrically, got kernel_size={kernel_size}, "
+                             f"dilation={dilation}")
+        return (total[0] // 2, total[1] // 2)
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', "
+                         f"got {padding!r}")
+    return _pair("padding", padding, 0)
+
+
+class _ZeroInitConv2d(nn.Conv2d):
+    """The offset predictor: an nn.Conv2d whose initialisation is zero, so every way of
+    (re)initialising a layer (``reset_parameters``, meta device then ``to_empty``) starts it on
+    the regular grid. Its parameters are ``weight`` and ``bias`` as in nn.Conv2d."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
 
 class DeformConv2d(nn.Module):
@@ -38,6 +75,9 @@ class DeformConv2d(nn.Module):
                  stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
                  bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
+        in_channels = _positive_int("in_channels", in_channels)
+        out_channels = _positive_int("out_channels", out_channels)
+        groups = _positive_int("groups", groups)
         if in_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) must be divisible by groups "
                              f"({groups})")
@@ -47,10 +87,10 @@ class DeformConv2d(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = _pair("kernel_size", kernel_size, 1)
+        self.stride = _pair("stride", stride, 1)
+        self.dilation = _pair("dilation", dilation, 1)
+        self.padding = _padding(padding, self.kernel_size, self.stride, self.dilation)
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
                                                *self.kernel_size, **factory))
@@ -108,24 +148,38 @@ class DeformConv2dPack(DeformConv2d):
             offset_groups = deform_groups
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, device=device, dtype=dtype)
-        if offset_groups < 1 or in_channels % offset_groups:
+        if (not isinstance(offset_groups, int) or isinstance(offset_groups, bool)
+                or offset_groups < 1 or in_channels % offset_groups):
             raise ValueError(f"offset_groups must be >= 1 and divide in_channels "
-                             f"({in_channels}), got {offset_groups}")
+                             f"({in_channels}), got {offset_groups!r}")
         self.offset_groups = offset_groups
         per_group = (3 if self._mask else 2) * self.kernel_size[0] * self.kernel_size[1]
-        self.conv_offset = nn.Conv2d(in_channels, offset_groups * per_group, self.kernel_size,
-                                     self.stride, self.padding, self.dilation, bias=True,
-                                     device=device, dtype=dtype)
-        self.init_offset()
+        # Zero-initialised (in its own reset_parameters too): a new layer samples the grid.
+        self.conv_offset = _ZeroInitConv2d(in_channels, offset_groups * per_group,
+                                           self.kernel_size, self.stride, self.padding,
+                                           self.dilation, bias=True, device=device, dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s initialisation for the weight and bias, zero for ``conv_offset``."""
+        super().reset_parameters()
+        if "conv_offset" in self._modules:  # not yet built while the base class initialises
+            self.init_offset()
 
     def init_offset(self) -> None:
         """Zero the offset predictor: the layer starts on the regular grid."""
-        nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
+        self.conv_offset.reset_parameters()
 
     def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The offsets (and, for v2, the mask after its sigmoid) this layer uses on ``input``."""
-        return self.conv_offset(input), None
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() != 4 or input.shape[1] != self.in_channels:
+            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W), got "
+                             f"{tuple(input.shape)}")
+        return self._split(self.conv_offset(input))
+
+    def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        return out, None
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         offset, mask = self.offset_and_mask(input)
@@ -150,7 +204,6 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     _mask = True
 
-    def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        out = self.conv_offset(input)
+    def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         return out[:, :n_off], torch.sigmoid(out[:, n_off:])
