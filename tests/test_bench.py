@@ -44,6 +44,20 @@ def test_bench_command_writes_results(tmp_path, capsys):
     assert "geomean over main shapes" in capsys.readouterr().out
 
 
-def test_bench_rejects_unknown_contender():
-    with pytest.raises(SystemExit, match="unknown contenders"):
+def test_bench_rejects_unknown_contender(capsys):
+    with pytest.raises(SystemExit) as e:
         main(["bench", "--quick", "--contenders", "conv2d,nonsense"])
+    assert e.value.code == 2
+    assert "--contenders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--repeats", "0"], ["--repeats", "positive integer", "0"]),
+    (["--warmup", "-1"], ["--warmup", ">= 0", "-1"]),
+    (["--threads", "0"], ["--threads", "positive integer", "0"])])
+def test_bench_rejects_bad_counts(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick"] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert all(w in err for w in words), err

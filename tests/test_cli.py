@@ -16,12 +16,97 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_help_names_every_subcommand():
     text = build_parser().format_help()
-    for cmd in ("check", "info", "demo", "visualize"):
+    assert "check, info, bench, demo, visualize" in text
+    for cmd in ("check", "info", "bench", "demo", "visualize"):
         assert cmd in text
-    for cmd in ("check", "info", "demo", "visualize"):
+    for cmd in ("check", "info", "bench", "demo", "visualize"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
+
+
+@pytest.mark.parametrize("cmd", ["check", "info", "bench"])
+def test_subcommand_help_has_a_description(cmd, capsys):
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    text = capsys.readouterr().out
+    assert text.split("\n\n")[1].strip() and not text.split("\n\n")[1].startswith("options")
+
+
+def _usage_error(argv, capsys, *words):
+    """``main(argv)`` exits with code 2 and one error line naming all ``words``."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in err and "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--batch-size", "0"), ("--epochs", "0"), ("--seeds", "0"), ("--limit", "0"),
+    ("--limit", "-5"), ("--width", "0"), ("--threads", "-1"), ("--epochs", "two")])
+def test_demo_rejects_non_positive_ints(flag, value, capsys):
+    _usage_error(["demo", flag, value], capsys, flag, "positive integer", value)
+
+
+def test_demo_rejects_limit_below_batch_size_and_bad_lr(capsys):
+    _usage_error(["demo", "--limit", "10", "--device", "cpu"], capsys, "--limit", "64", "10")
+    _usage_error(["demo", "--lr", "0", "--device", "cpu"], capsys, "--lr", "0")
+
+
+def test_demo_batch_size_divides_by_processes(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    _usage_error(["demo", "--batch-size", "64", "--device", "cpu"], capsys, "--batch-size",
+                 "(3", "64")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_demo_cuda_without_gpu(capsys):
+    _usage_error(["demo", "--device", "cuda"], capsys,
+                 "--device cuda requested but no CUDA device is available")
+    _usage_error(["demo", "--device", "tpu"], capsys, "--device", "'tpu'")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Untrained demo state dicts (deformable and plain), saved like the demo saves them."""
+    from deformconv.demo.model import build_model
+    d = tmp_path_factory.mktemp("models")
+    for deformable in (True, False):
+        net, _ = build_model(deformable, 2, 8)
+        torch.save(net.state_dict(), d / f"{'deformable' if deformable else 'plain'}.pt")
+    return d
+
+
+def test_visualize_argument_errors(tiny_models, tmp_path, capsys):
+    model = str(tiny_models / "deformable.pt")
+    _usage_error(["visualize", "--model", model, "--image", str(tmp_path / "nonexist.png")],
+                 capsys, "--image", "nonexist.png", "does not exist")
+    (tmp_path / "m.json").write_text("{}")
+    _usage_error(["visualize", "--model", str(tmp_path / "m.json")], capsys, "--model",
+                 "state dict saved by `deformconv demo`", "m.json")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    _usage_error(["visualize", "--model", str(tmp_path / "other.pt")], capsys, "--model",
+                 "state dict saved by `deformconv demo`", "head.weight")
+    _usage_error(["visualize", "--model", str(tiny_models / "plain.pt")], capsys, "--model",
+                 "without deformable layers")
+    _usage_error(["visualize", "--model", model, "--pixel", "100", "-5"], capsys, "--pixel",
+                 "32x32", "100 -5")
+    _usage_error(["visualize", "--model", model, "--canvas", "30"], capsys, "--canvas",
+                 "multiple of 4", "30")
+    _usage_error(["visualize", "--model", str(tmp_path / "missing.pt")], capsys, "--model",
+                 "no model", "missing.pt")
+    _usage_error(["visualize", "--model", model, "--index", "-1"], capsys, "--index", "-1")
+
+
+def test_visualize_creates_the_out_folder(tiny_models, tmp_path, capsys):
+    fig = tmp_path / "new" / "dir" / "x.png"
+    assert main(["visualize", "--model", str(tiny_models / "deformable.pt"), "--index", "1",
+                 "--out", str(fig)]) == 0
+    assert fig.read_bytes()[:8] == PNG
 
 
 def test_python_dash_m(capsys):
@@ -82,5 +167,6 @@ def test_demo_then_visualize(tmp_path, capsys):
     assert main(["visualize", "--model", model, "--image", str(tmp_path / "one.png"),
                  "--pixel", "16", "16", "--out", str(fig2)]) == 0
     assert fig2.read_bytes()[:8] == PNG
-    with pytest.raises(SystemExit, match="no model"):
+    with pytest.raises(SystemExit):
         main(["visualize", "--model", str(tmp_path / "missing.pt")])
+    assert "no model" in capsys.readouterr().err

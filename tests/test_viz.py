@@ -110,3 +110,5 @@ def test_plot_writes_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     with pytest.raises(ValueError, match="same non-zero length"):
         plot_sampling_points([img[0, 0]], [], [], [], tmp_path / "q.png")
+    with pytest.raises(ValueError, match=r"images\[0\] must be a 2-D.*got shape \(1, 1,"):
+        plot_sampling_points([img], [pts], [pts], [(5, 5)], tmp_path / "r.png")

@@ -1,4 +1,4 @@
-"""The ``deformconv`` command line: check, info, demo, visualize."""
+"""The ``deformconv`` command line: check, info, bench, demo, visualize."""
 
 from __future__ import annotations
 
@@ -6,6 +6,47 @@ import argparse
 import os
 import sys
 from typing import List, Optional
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the error names what was given)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def check_device(parser: argparse.ArgumentParser, name: str) -> None:
+    """``parser.error`` (exit 2) when ``--device name`` asks for a device this machine lacks."""
+    import torch
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {name} requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            parser.error(f"--device {name} requested but only {torch.cuda.device_count()} "
+                         f"CUDA device(s) are visible")
+    elif dev.type != "cpu":
+        parser.error(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -83,7 +124,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    from .demo import run, validate
+    validate(args.parser, args)
     return run(args)
 
 
@@ -107,31 +149,78 @@ def _load_image(path: str, canvas: int):
                          antialias=True, align_corners=False).clamp(0, 1)
 
 
+def _load_model(parser: argparse.ArgumentParser, path: str):
+    """The demo network saved at ``path``, or ``parser.error`` saying what is wrong with it."""
+    import torch
+
+    from .demo.model import model_from_state_dict
+
+    if not os.path.isfile(path):
+        parser.error(f"--model: no model at {path!r}; run `deformconv demo` first or pass "
+                     f"--model")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or pickles more than tensors
+        parser.error(f"--model: expected a state dict saved by `deformconv demo`, got "
+                     f"{path!r}, which torch.load cannot read ({type(e).__name__})")
+    if not isinstance(state, dict) or "head.weight" not in state:
+        parser.error(f"--model: expected a state dict saved by `deformconv demo`, got "
+                     f"{path!r}, which holds a {type(state).__name__} without 'head.weight'")
+    if not any(k.endswith("conv_offset.weight") for k in state):
+        parser.error(f"--model: {path!r} is a plain demo network without deformable layers "
+                     f"(it samples the regular grid); pass a deformable_seedN.pt")
+    try:
+        return model_from_state_dict(state)
+    except Exception as e:  # right keys, wrong shapes
+        parser.error(f"--model: expected a state dict saved by `deformconv demo`, got "
+                     f"{path!r}, which does not load into the demo network "
+                     f"({type(e).__name__})")
+
+
 def _visualize(args: argparse.Namespace) -> int:
     """Draw where the demo network's last stage samples on one image."""
     import torch
 
     from .demo.figures import centre_of_mass, sampling_figure
-    from .demo.model import model_from_state_dict
 
-    if not os.path.exists(args.model):
-        raise SystemExit(f"visualize: no model at {args.model!r}; run `deformconv demo` first "
-                         f"or pass --model")
-    model = model_from_state_dict(torch.load(args.model, map_location="cpu",
-                                             weights_only=True))
+    parser = args.parser
+    if args.image is not None and not os.path.isfile(args.image):
+        parser.error(f"--image: expected an image file, got {args.image!r}, which does not "
+                     f"exist")
+    if args.canvas % 4:
+        parser.error(f"--canvas: expected a multiple of 4 (the network pools twice by 2), "
+                     f"got {args.canvas}")
+    canvas = args.canvas if args.image is not None else 32
+    if args.pixel is not None and not all(0 <= c <= canvas - 1 for c in args.pixel):
+        parser.error(f"--pixel: expected Y X within the {canvas}x{canvas} canvas "
+                     f"(0 to {canvas - 1}; feature map {canvas // 4}x{canvas // 4}, "
+                     f"feature pixel p at 4p + 1.5), got {args.pixel[0]:g} {args.pixel[1]:g}")
+    model = _load_model(parser, args.model)
     if args.image:
-        image = _load_image(args.image, args.canvas)
+        try:
+            image = _load_image(args.image, args.canvas)
+        except ImportError:
+            raise
+        except Exception as e:  # not an image matplotlib can read
+            parser.error(f"--image: expected an image file (PNG, ...), got {args.image!r}, "
+                         f"which cannot be read ({type(e).__name__}: {e})")
         title = os.path.basename(args.image)
     else:
         from .demo import demo_test_set
         placed = demo_test_set()
         if not 0 <= args.index < len(placed.labels):
-            raise SystemExit(f"visualize: --index must be in [0, {len(placed.labels)}), got "
-                             f"{args.index}")
+            parser.error(f"--index: expected an index in [0, {len(placed.labels)}), got "
+                         f"{args.index}")
         image = placed.images[args.index:args.index + 1]
         title = (f"demo test image {args.index} (label {placed.labels[args.index].item()}, "
                  f"scale x{placed.scale[args.index].item():.2f})")
     centre = tuple(args.pixel) if args.pixel else centre_of_mass(image[0, 0])
+    folder = os.path.dirname(args.out)
+    if folder:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            parser.error(f"--out: cannot create the folder {folder!r} ({e.strerror})")
     with torch.no_grad():
         pred = model(image).argmax(1).item()
     path = sampling_figure(model, image, args.out, [centre], [f"{title}, predicted {pred}"])
@@ -143,16 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deformconv", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="run a deformable layer forward and backward on random "
-                       "data and compare it with the float64 reference")
+                       "data and compare it with the float64 reference",
+                       description="Runs a v2 deformable layer forward and backward on random "
+                       "float64 data and compares the op's output and the gradients of all "
+                       "five inputs with the float64 loop reference; prints the relative "
+                       "errors and OK or MISMATCH (exit code 1).")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.set_defaults(func=_check)
     b = sub.add_parser("bench", help="CPU benchmark: deformconv against nn.Conv2d (the floor), "
                        "onnxruntime, torchvision and a grid_sample baseline, alternating in one "
-                       "process; medians and ratios, optionally saved as JSON")
+                       "process; medians and ratios, optionally saved as JSON",
+                       description="Times deformconv's forward and forward+backward on the "
+                       "CPU against nn.Conv2d of the same shape (the floor every ratio is "
+                       "taken against), onnxruntime, torchvision and a grid_sample baseline, "
+                       "alternating in one process, and measures forward peak memory; prints "
+                       "medians and ratios and, with --out, writes them as JSON.")
     from .bench import add_arguments, run_cli
     add_arguments(b)
-    b.set_defaults(func=run_cli)
-    i = sub.add_parser("info", help="versions and available kernels")
+    b.set_defaults(func=run_cli, parser=b)
+    i = sub.add_parser("info", help="versions and available kernels",
+                       description="Prints the versions of deformconv, Python and torch, the "
+                       "CPU thread count, which kernel the CPU and the GPU (if any) would run, "
+                       "and the versions of the optional packages.")
     i.set_defaults(func=_info)
 
     from .demo import add_arguments
@@ -165,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "`torchrun --nproc_per_node=N -m deformconv demo` it trains with "
                        "DistributedDataParallel (gloo on CPU, NCCL on GPU).")
     add_arguments(d)
-    d.set_defaults(func=_demo)
+    d.set_defaults(func=_demo, parser=d)
 
     v = sub.add_parser("visualize", help="draw where a demo model's deformable layers sample "
                        "on an image, to a PNG",
@@ -179,14 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     src = v.add_mutually_exclusive_group()
     src.add_argument("--image", help="an image file (PNG, ...), resized to the canvas; "
                      "a light background is inverted")
-    src.add_argument("--index", type=int, default=0, help="a demo test image instead "
+    src.add_argument("--index", type=_non_negative_int, default=0, help="a demo test image instead "
                      "(default 0)")
     v.add_argument("--pixel", type=float, nargs=2, metavar=("Y", "X"), help="canvas position "
-                   "to trace (default: the image's centre of mass)")
-    v.add_argument("--canvas", type=int, default=32, help="canvas size for --image "
+                   "to trace, within the canvas (default: the image's centre of mass)")
+    v.add_argument("--canvas", type=_positive_int, default=32, help="canvas size for --image "
                    "(default 32)")
-    v.add_argument("--out", default="sampling.png", help="PNG to write (default sampling.png)")
-    v.set_defaults(func=_visualize)
+    v.add_argument("--out", default="sampling.png", help="PNG to write; its folder is "
+                   "created (default sampling.png)")
+    v.set_defaults(func=_visualize, parser=v)
     return p
 
 

@@ -186,6 +186,10 @@ def plot_sampling_points(images: Sequence[Tensor], regular: Sequence[Tensor],
     if not (len(regular) == len(learned) == len(centres) == n) or n == 0:
         raise ValueError(f"images, regular, learned and centres must have the same non-zero "
                          f"length, got {n}, {len(regular)}, {len(learned)}, {len(centres)}")
+    for r, img in enumerate(images):
+        if img.dim() != 2:
+            raise ValueError(f"images[{r}] must be a 2-D grey image Tensor[H, W] (e.g. "
+                             f"x[0, 0] of an (N, C, H, W) batch), got shape {tuple(img.shape)}")
     fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.2 * n), squeeze=False)
     for r in range(n):
         img = images[r].detach().float().cpu()

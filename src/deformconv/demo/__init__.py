@@ -25,9 +25,10 @@ TEST_SEED = 20240  # the test placement is fixed, whatever --seed says
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=30, help="training epochs per run "
+    from ..cli import _positive_int
+    p.add_argument("--epochs", type=_positive_int, default=30, help="training epochs per run "
                    "(default 30)")
-    p.add_argument("--seeds", type=int, default=2, help="how many seeds to train each network "
+    p.add_argument("--seeds", type=_positive_int, default=2, help="how many seeds to train each network "
                    "with (default 2)")
     p.add_argument("--seed", type=int, default=0, help="first seed; runs use seed, seed+1, ... "
                    "(default 0)")
@@ -37,23 +38,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "'cuda', 'cuda:1', ...")
     p.add_argument("--version", type=int, choices=(1, 2), default=2, help="deformable "
                    "convolution v1 or v2 (default 2)")
-    p.add_argument("--width", type=int, default=32, help="channels of the last stage "
+    p.add_argument("--width", type=_positive_int, default=32, help="channels of the last stage "
                    "(default 32)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="global batch size; "
+                   "under torchrun it must divide by the number of processes (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="Adam, or SGD "
                    "with momentum 0.9 (default adam)")
-    p.add_argument("--limit", type=int, default=0, help="use only this many train and test "
-                   "digits (for quick checks; default all)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per process (default "
+    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N "
+                   "training and the first N held-out digits (for quick checks; each held-out "
+                   "digit is placed twice, so 2N test images; default all)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads per process (default "
                    "1: the layers are small, a second thread gained about 1.5x on an idle "
                    "machine and lost 2x on a busy one)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that need more than one argument or the machine; ``parser.error`` (exit 2)."""
+    from ..cli import check_device
+    check_device(parser, args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size % world:
+        parser.error(f"--batch-size: expected a multiple of the number of processes "
+                     f"({world}, from torchrun), got {args.batch_size}")
+    if args.limit is not None and args.limit < args.batch_size:
+        parser.error(f"--limit: expected at least --batch-size ({args.batch_size}) digits, "
+                     f"since incomplete batches are dropped, got {args.limit}")
+    if not args.lr > 0:
+        parser.error(f"--lr: expected a positive learning rate, got {args.lr}")
+
+
 def demo_test_set(limit: int = 0):
-    """The demo's fixed test images: every held-out digit placed twice (``Placed``)."""
+    """The demo's fixed test images (``Placed``): every held-out digit (the first ``limit``
+    of them when ``limit`` > 0) placed twice, under two different random placements drawn
+    from a fixed seed, so ``2 * len(held-out digits)`` images, the same in every run."""
     _, test = load_digits_split(limit=limit)
     twice = Digits(test.images.repeat(2, 1, 1), test.labels.repeat(2))
     return place_on_canvas(twice, torch.Generator().manual_seed(TEST_SEED), scale=SCALE)
@@ -103,15 +123,20 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device)
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    limit = args.limit or 0
     if dist.device.type == "cpu":
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    train, _ = load_digits_split(limit=args.limit)
-    test = demo_test_set(args.limit)
+    train, _ = load_digits_split(limit=limit)
+    test = demo_test_set(limit)
+    if len(train.labels) < args.batch_size:
+        raise ValueError(f"--batch-size must be at most the {len(train.labels)} training "
+                         f"digits, got {args.batch_size}")
     if dist.main:
         os.makedirs(os.path.join(args.out, "models"), exist_ok=True)
         print(f"deformconv demo: {len(train.labels)} training digits (new placement every "
-              f"epoch), {len(test.labels)} test images, device {dist.device}, "
+              f"epoch), {len(test.labels)} test images ({len(test.labels) // 2} held-out "
+              f"digits, each placed twice), device {dist.device}, "
               f"{dist.world} process(es), {torch.get_num_threads()} thread(s) each")
     bar = None
     if dist.main and not args.no_progress:
@@ -177,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="deformconv demo", description=__doc__)
     add_arguments(p)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    validate(p, args)
+    return run(args)
 
 
-__all__ = ["add_arguments", "run", "main", "demo_test_set"]
+__all__ = ["add_arguments", "validate", "run", "main", "demo_test_set"]
