@@ -1,4 +1,4 @@
-"""The ``deformconv`` command line: check, info, bench, demo, visualize."""
+"""The deformconv command line: check, info, bench, demo, visualize."""
 
 from __future__ import annotations
 
