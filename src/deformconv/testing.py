@@ -1,0 +1,174 @@
+"""One problem generator and one closeness helper, for the tests, the benchmarks and the GPU
+script alike (as ``torch.testing`` serves PyTorch's own tests).
+
+A :class:`Problem` is one call of a deformable convolution of any dimensionality: shapes,
+stride/padding/dilation, groups, offset groups, whether it has a mask and a bias. Its
+:meth:`Problem.tensors` draws the arguments from a seeded generator in float64 and rounds them
+once to the dtype under test, so an oracle that reads them in float64 sees exactly the kernel's
+inputs.
+
+:func:`assert_close` compares with one per-dtype tolerance table (:data:`TOLERANCE`), relative to
+``max(1, max |expected|)``, and refuses vacuous agreement (an all-zero expectation) and
+non-finite results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .ops import geometry
+
+ARGS = ("input", "offset", "weight", "bias", "mask")
+
+# Largest error allowed, relative to max(1, max |expected|), per dtype of the tensors under
+# test. float16/bfloat16 inputs are rounded once, then computed in float32, so the error is the
+# float32 accumulation's plus the output's rounding. Set near 10x the measured worst case.
+TOLERANCE: Dict[torch.dtype, float] = {
+    torch.float64: 1e-12,
+    torch.float32: 1e-5,
+    torch.float16: 3e-3,
+    torch.bfloat16: 2e-2,
+}
+
+
+def _tuple(v, n: int) -> Tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One deformable convolution call, ``R = len(size)`` spatial dimensions.
+
+    ``stride``, ``padding`` and ``dilation`` may be ints (the same in every dimension) or
+    tuples of ``R`` ints. ``offset_scale`` is the standard deviation of the offsets in pixels.
+    """
+
+    N: int = 2
+    C: int = 4
+    O: int = 6
+    size: Tuple[int, ...] = (6, 7)
+    kernel: Tuple[int, ...] = (3, 3)
+    stride: object = 1
+    padding: object = 1
+    dilation: object = 1
+    groups: int = 1
+    offset_groups: int = 1
+    mask: bool = True
+    bias: bool = True
+    offset_scale: float = 2.0
+    weight_scale: float = 1.0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.size)
+
+    @property
+    def strides(self) -> Tuple[int, ...]:
+        return _tuple(self.stride, self.ndim)
+
+    @property
+    def paddings(self) -> Tuple[int, ...]:
+        return _tuple(self.padding, self.ndim)
+
+    @property
+    def dilations(self) -> Tuple[int, ...]:
+        return _tuple(self.dilation, self.ndim)
+
+    @property
+    def out(self) -> Tuple[int, ...]:
+        return geometry.out_size(self.size, self.kernel, self.strides, self.paddings,
+                                 self.dilations)
+
+    @property
+    def taps(self) -> int:
+        return geometry.taps(self.kernel)
+
+    @property
+    def name(self) -> str:
+        s = f"{self.N}x{self.C}x{'x'.join(map(str, self.size))}->{self.O}"
+        s += f",k{'x'.join(map(str, self.kernel))}"
+        for k, v in (("s", self.stride), ("p", self.padding), ("d", self.dilation),
+                     ("g", self.groups), ("og", self.offset_groups)):
+            s += f",{k}{v}" if not isinstance(v, tuple) else f",{k}{'x'.join(map(str, v))}"
+        return s + ("" if self.mask else ",nomask") + ("" if self.bias else ",nobias")
+
+    def kwargs(self) -> dict:
+        """stride, padding and dilation as the public function takes them."""
+        return dict(stride=self.strides, padding=self.paddings, dilation=self.dilations)
+
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the convolution part (the same as the plain convolution's)."""
+        o = 1
+        for v in self.out:
+            o *= v
+        return 2 * self.N * self.O * o * (self.C // self.groups) * self.taps
+
+    def with_(self, **changes) -> "Problem":
+        return replace(self, **changes)
+
+    def tensors(self, dtype: torch.dtype = torch.float64, device="cpu", seed: int = 0,
+                requires_grad: bool = False) -> Dict[str, Optional[Tensor]]:
+        """input, offset, weight, bias, mask (None where the problem has none)."""
+        g = torch.Generator().manual_seed(seed)
+        R, K, o = self.ndim, self.taps, self.out
+        f64 = torch.float64
+        t = dict(
+            input=torch.randn(self.N, self.C, *self.size, generator=g, dtype=f64),
+            offset=torch.randn(self.N, R * self.offset_groups * K, *o, generator=g,
+                               dtype=f64) * self.offset_scale,
+            weight=torch.randn(self.O, self.C // self.groups, *self.kernel, generator=g,
+                               dtype=f64) * self.weight_scale,
+            bias=torch.randn(self.O, generator=g, dtype=f64) if self.bias else None,
+            mask=(torch.rand(self.N, self.offset_groups * K, *o, generator=g, dtype=f64)
+                  if self.mask else None),
+        )
+        out = {}
+        for k, v in t.items():
+            if v is not None:
+                v = v.to(dtype).to(device)
+                if requires_grad:
+                    v.requires_grad_()
+            out[k] = v
+        return out
+
+    def grad_out(self, dtype: torch.dtype = torch.float64, device="cpu",
+                 seed: int = 1) -> Tensor:
+        """A random upstream gradient of the output's shape."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(self.N, self.O, *self.out, generator=g,
+                           dtype=torch.float64).to(dtype).to(device)
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """max |actual - expected| / max(1, max |expected|), in float64."""
+    a = actual.detach().cpu().double()
+    e = expected.detach().cpu().double()
+    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+    return (a - e).abs().max().item() / scale if e.numel() else 0.0
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype: Optional[torch.dtype] = None,
+                 name: str = "", tol: Optional[float] = None) -> float:
+    """Assert ``actual`` matches ``expected`` within ``TOLERANCE[dtype]`` (or ``tol``).
+
+    ``dtype`` defaults to ``actual.dtype``. Fails on a shape mismatch, non-finite values in
+    ``actual`` where ``expected`` is finite, and an expectation that is all zeros (a check that
+    could not fail). Returns the relative error.
+    """
+    dtype = dtype or actual.dtype
+    tol = TOLERANCE[dtype] if tol is None else tol
+    assert tuple(actual.shape) == tuple(expected.shape), (
+        f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    if expected.numel() == 0:
+        return 0.0
+    finite = torch.isfinite(expected.detach().cpu())
+    assert torch.isfinite(actual.detach().cpu()[finite]).all(), f"{name}: non-finite values"
+    assert expected.detach().abs().max() > 0, f"{name}: expectation is all zeros"
+    err = relative_error(actual, expected)
+    assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g} ({dtype})"
+    return err
