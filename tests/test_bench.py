@@ -7,19 +7,19 @@ import json
 import pytest
 import torch
 
-from deformconv.bench.contenders import CONTENDERS, Problem
+from deformconv.bench import cpu
+from deformconv.bench.contenders import CONTENDERS, label, problem
 from deformconv.cli import main
+from deformconv.testing import assert_close
 
 
-@pytest.mark.parametrize("problem", [Problem(2, 4, 9, 8, 6), Problem(1, 6, 7, 7, 4, stride=2),
-                                     Problem(1, 8, 9, 10, 4, dilation=2, padding=2,
-                                             offset_groups=2)],
+@pytest.mark.parametrize("p", [problem(2, 4, 9, 8, 6), problem(1, 6, 7, 7, 4, stride=2),
+                               problem(1, 8, 9, 10, 4, dilation=2, padding=2, offset_groups=2)],
                          ids=["plain", "stride2", "dilation2-og2"])
-def test_contenders_agree(problem):
-    want = CONTENDERS["deformconv"](problem)["forward"]()
-    assert want.abs().max() > 0
+def test_contenders_agree(p):
+    want = CONTENDERS["deformconv"](p)["forward"]()
     for name in ("conv2d", "grid_sample+matmul", "onnxruntime"):
-        got = CONTENDERS[name](problem)["forward"]
+        got = CONTENDERS[name](p)["forward"]
         if got is None:
             continue
         got = got()
@@ -27,7 +27,7 @@ def test_contenders_agree(problem):
         if name == "conv2d":
             assert got.shape == want.shape  # same shape, different function (no sampling)
         else:
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=name)
+            assert_close(got, want, name=name)
 
 
 def test_bench_command_writes_results(tmp_path, capsys):
@@ -36,11 +36,21 @@ def test_bench_command_writes_results(tmp_path, capsys):
                  str(out)]) == 0
     res = json.loads(out.read_text())
     assert {"cpu", "threads", "torch", "commit", "deformconv"} <= set(res["machine"])
-    seen = {(r["contender"], r["mode"]) for r in res["rows"]}
-    assert {("conv2d", "forward"), ("deformconv", "forward"), ("deformconv", "train"),
-            ("grid_sample+matmul", "train")} <= seen
-    assert all(r["median_ms"] > 0 and r["ratio_to_conv2d"] > 0 for r in res["rows"])
-    assert res["memory"]["input_plus_output_bytes"] > 0
+    seen = {(r["shape"], r["contender"], r["mode"]) for r in res["rows"]}
+    for p in cpu.QUICK:
+        assert {(label(p), "conv2d", "forward"), (label(p), "deformconv", "forward"),
+                (label(p), "deformconv", "train"), (label(p), "grid_sample+matmul", "train")} <= seen
+    # Each ratio is the row's median over the floor's median of the same shape and mode.
+    floor = {(r["shape"], r["mode"]): r["median_ms"] for r in res["rows"]
+             if r["contender"] == "conv2d"}
+    for r in res["rows"]:
+        assert r["repeats"] == 1 and r["min_ms"] <= r["median_ms"]
+        assert r["ratio_to_conv2d"] == pytest.approx(
+            r["median_ms"] / floor[(r["shape"], r["mode"])], rel=1e-2, abs=1e-2)  # both rounded to 3 decimals
+    # Input plus output gradient of the first quick shape, float32.
+    p = cpu.QUICK[0]
+    assert res["memory"]["input_plus_output_bytes"] == 4 * (
+        p.N * p.C * p.size[0] * p.size[1] + p.N * p.O * p.out[0] * p.out[1])
     assert "geomean over main shapes" in capsys.readouterr().out
 
 

@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHAPES = [  # (N, C, H, W) -> O, 3x3, padding 1
     ((8, 128, 100, 168), 128), ((8, 256, 50, 84), 256), ((8, 512, 25, 42), 512),
     ((32, 64, 56, 56), 64)]
-DRY_SHAPES = [((1, 8, 5, 7), 8), ((2, 4, 4, 4), 4)]
-TOL = {"float32": 1e-4, "float16": 3e-3, "bfloat16": 3e-2}
+DRY_SHAPES = [((1, 8, 5, 7), 8)]
 
 
 def _args():
@@ -63,49 +62,52 @@ def _meta(torch):
     return {"gpu": gpu, "torch": torch.__version__, "triton": tv, "commit": commit}
 
 
-def _problem(torch, N, C, H, W, O, dtype, dev, groups=1, G=1, stride=1, dil=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    oH = (H + 2 - dil * 2 - 1) // stride + 1
-    oW = (W + 2 - dil * 2 - 1) // stride + 1
-    t = [torch.randn(N, C, H, W, generator=g), 2 * torch.randn(N, 18 * G, oH, oW, generator=g),
-         torch.randn(O, C // groups, 3, 3, generator=g) / (C // groups * 9) ** 0.5,
-         torch.randn(O, generator=g), torch.rand(N, 9 * G, oH, oW, generator=g)]
-    return [v.to(dtype).to(dev) for v in t]
+def _problem(N, C, H, W, O, **kwargs):
+    """A 3x3, padding 1 problem with weights scaled to unit output variance."""
+    from deformconv.testing import Problem
+
+    scale = (C // kwargs.get("groups", 1) * 9) ** -0.5
+    return Problem(N=N, C=C, O=O, size=(H, W), kernel=(3, 3), padding=1, weight_scale=scale,
+                   **kwargs)
+
+
+def _leaves(p, dtype, dev):
+    """input, offset, weight, bias, mask of ``p`` on ``dev``, requiring gradients."""
+    t = p.tensors(dtype, device=dev, requires_grad=True)
+    return [t[k] for k in ("input", "offset", "weight", "bias", "mask")]
 
 
 def check_correctness(torch, dev, meta):
     """Registered op (Triton on CUDA) vs the float64 oracle, forward and all grads."""
     from deformconv.ops import deform_conv2d
     from deformconv.reference import deform_conv2d_ref
+    from deformconv.testing import TOLERANCE, relative_error
 
     torch.backends.cuda.matmul.allow_tf32 = False
-    cases = [dict(N=2, C=24, H=11, W=13, O=20, groups=2, G=3),
-             dict(N=1, C=64, H=9, W=10, O=48, stride=2, dil=2)]
+    cases = [_problem(2, 24, 11, 13, 20, groups=2, offset_groups=3),
+             _problem(1, 64, 9, 10, 48, stride=2, dilation=2)]
     if dev == "cpu":
-        cases = [dict(N=1, C=6, H=5, W=6, O=4, groups=2, G=3)]
+        cases = [_problem(1, 6, 5, 6, 4, groups=2, offset_groups=3)]
     rows = []
     for dname in ("float32", "float16", "bfloat16"):
         dtype = getattr(torch, dname)
-        for case in cases:
-            s, d = case.get("stride", 1), case.get("dil", 1)
-            ts = [v.requires_grad_() for v in _problem(torch, dtype=dtype, dev=dev, **case)]
+        for p in cases:
+            ts = _leaves(p, dtype, dev)
             x, off, w, b, m = ts
-            out = deform_conv2d(x, off, w, b, stride=s, padding=1, dilation=d, mask=m)
-            go = torch.randn_like(out)
+            out = deform_conv2d(x, off, w, b, mask=m, **p.kwargs())
+            go = p.grad_out(dtype, device=dev)
             grads = torch.autograd.grad(out, ts, go)
             rs = [v.detach().cpu().double().requires_grad_() for v in ts]
-            ref = deform_conv2d_ref(rs[0], rs[1], rs[2], rs[3], s, 1, d, rs[4])
+            ref = deform_conv2d_ref(rs[0], rs[1], rs[2], rs[3], mask=rs[4], **p.kwargs())
             rgrads = torch.autograd.grad(ref, rs, go.cpu().double())
             worst = 0.0
-            for name, a, r in zip(("output", "input", "offset", "weight", "bias", "mask"),
-                                  (out, *grads), (ref, *rgrads)):
-                err = (a.detach().cpu().double() - r).abs().max().item()
-                rel = err / max(1.0, r.abs().max().item())
-                worst = max(worst, rel if torch.isfinite(a).all() else float("inf"))
-            ok = worst <= TOL[dname]
-            rows.append({**meta, "step": "correctness", "dtype": dname, "case": json.dumps(case),
-                         "max_rel_error": worst, "tolerance": TOL[dname], "passed": ok})
-            print(f"correctness {dname} {case}: max rel error {worst:.2e} "
+            for a, r in zip((out, *grads), (ref, *rgrads)):
+                finite = bool(torch.isfinite(a).all())
+                worst = max(worst, relative_error(a, r) if finite else float("inf"))
+            ok = worst <= TOLERANCE[dtype]
+            rows.append({**meta, "step": "correctness", "dtype": dname, "case": p.name,
+                         "max_rel_error": worst, "tolerance": TOLERANCE[dtype], "passed": ok})
+            print(f"correctness {dname} {p.name}: max rel error {worst:.2e} "
                   f"{'ok' if ok else 'FAILED'}")
     return rows
 
@@ -178,11 +180,11 @@ def _contenders(torch, dev, shape, O):
     import torch.nn.functional as F
 
     from deformconv.ops import deform_conv2d
-    N, C, H, W = shape
     res = {}
     bf16 = torch.bfloat16 if dev == "cuda" else torch.float32
-    x, off, w, b, m = [v.requires_grad_() for v in _problem(torch, N, C, H, W, O, bf16, dev)]
-    gy = torch.randn(N, O, off.shape[2], off.shape[3], device=dev, dtype=bf16)
+    p = _problem(*shape, O)
+    x, off, w, b, m = _leaves(p, bf16, dev)
+    gy = p.grad_out(bf16, device=dev)
     res["deformconv_triton"] = (lambda: deform_conv2d(x, off, w, b, padding=1, mask=m),
                                 lambda: deform_conv2d(x, off, w, b, padding=1,
                                                       mask=m).backward(gy), bf16)
@@ -205,11 +207,10 @@ def benchmark(torch, dev, meta, reps, shapes):
     timer = _timer(torch, dev)
     rows = []
     for shape, O in shapes:
-        N, C, H, W = shape
         cons = _contenders(torch, dev, shape, O)
-        flops = 2 * N * O * H * W * C * 9
+        flops = _problem(*shape, O).flops()
         for fwd, fb, _ in cons.values():  # warm-up (autotuning, cuDNN heuristics)
-            for _ in range(2):
+            for _ in range(2 if dev == "cuda" else 1):
                 with torch.no_grad():
                     fwd()
                 fb()

@@ -7,58 +7,37 @@ returns the output, ``train`` runs forward and backward. Contenders that cannot 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..testing import Problem
 
-@dataclass
-class Problem:
-    """One benchmark shape: (N, C, H, W) to O channels, kH x kW kernel, v2 (with a mask)."""
 
-    N: int
-    C: int
-    H: int
-    W: int
-    O: int
-    kernel: int = 3
-    stride: int = 1
-    padding: int = 1
-    dilation: int = 1
-    offset_groups: int = 1
-    offset_std: float = 2.0
+def problem(N: int, C: int, H: int, W: int, O: int, **kwargs) -> Problem:
+    """A benchmark shape: (N, C, H, W) to O channels, 3x3 kernel, padding 1, v2 (mask and
+    bias), offsets of 2 pixels, weights scaled by 0.05; ``kwargs`` override any field."""
+    args = dict(N=N, C=C, O=O, size=(H, W), kernel=(3, 3), padding=1, weight_scale=0.05)
+    args.update(kwargs)
+    return Problem(**args)
 
-    @property
-    def name(self) -> str:
-        s = f"{self.N}x{self.C}x{self.H}x{self.W}->{self.O}"
-        for k, v, d in (("s", self.stride, 1), ("d", self.dilation, 1),
-                        ("og", self.offset_groups, 1)):
-            if v != d:
-                s += f",{k}{v}"
-        return s
 
-    def out_hw(self):
-        k = self.kernel
-        oH = (self.H + 2 * self.padding - self.dilation * (k - 1) - 1) // self.stride + 1
-        oW = (self.W + 2 * self.padding - self.dilation * (k - 1) - 1) // self.stride + 1
-        return oH, oW
+def label(p: Problem) -> str:
+    """Short row label: the shape, then stride/dilation/offset groups where not 1."""
+    s = f"{p.N}x{p.C}x{'x'.join(map(str, p.size))}->{p.O}"
+    for k, v in (("s", p.stride), ("d", p.dilation), ("og", p.offset_groups)):
+        if v != 1:
+            s += f",{k}{v}"
+    return s
 
-    def tensors(self, seed: int = 0, grad_out: bool = True):
-        """input, offset, weight, bias, mask and (``grad_out``) an output gradient, else None."""
-        g = torch.Generator().manual_seed(seed)
-        K = self.kernel * self.kernel
-        oH, oW = self.out_hw()
-        x = torch.randn(self.N, self.C, self.H, self.W, generator=g)
-        w = torch.randn(self.O, self.C, self.kernel, self.kernel, generator=g) * 0.05
-        b = torch.randn(self.O, generator=g)
-        off = torch.randn(self.N, 2 * self.offset_groups * K, oH, oW, generator=g)
-        off *= self.offset_std
-        m = torch.rand(self.N, self.offset_groups * K, oH, oW, generator=g)
-        go = torch.randn(self.N, self.O, oH, oW, generator=g) if grad_out else None
-        return x, off, w, b, m, go
+
+def bench_tensors(p: Problem, seed: int = 0):
+    """input, offset, weight, bias, mask and an output gradient, float32."""
+    t = p.tensors(torch.float32, seed=seed)
+    return (t["input"], t["offset"], t["weight"], t["bias"], t["mask"],
+            p.grad_out(torch.float32, seed=seed + 1))
 
 
 Fn = Optional[Callable[[], object]]
@@ -74,8 +53,9 @@ def _train_fn(fwd: Callable[..., Tensor], leaves, go: Tensor) -> Callable[[], ob
 
 def conv2d(p: Problem) -> Dict[str, Fn]:
     """The floor: nn.Conv2d of the same shape (same multiply-adds, no sampling)."""
-    x, _, w, b, _, go = p.tensors()
-    conv = torch.nn.Conv2d(p.C, p.O, p.kernel, p.stride, p.padding, p.dilation)
+    x, _, w, b, _, go = bench_tensors(p)
+    conv = torch.nn.Conv2d(p.C, p.O, p.kernel, p.strides, p.paddings, p.dilations,
+                           groups=p.groups)
     with torch.no_grad():
         conv.weight.copy_(w)
         conv.bias.copy_(b)
@@ -86,8 +66,8 @@ def conv2d(p: Problem) -> Dict[str, Fn]:
 
 def _functional(op, p: Problem) -> Dict[str, Fn]:
     """A contender with torchvision's functional signature ``op(x, offset, w, b, ..., mask)``."""
-    x, off, w, b, m, go = p.tensors()
-    args = dict(stride=p.stride, padding=p.padding, dilation=p.dilation)
+    x, off, w, b, m, go = bench_tensors(p)
+    args = p.kwargs()
     leaves = [t.clone().requires_grad_() for t in (x, off, w, b, m)]
 
     def fwd_train():
@@ -106,24 +86,24 @@ def deformconv(p: Problem) -> Dict[str, Fn]:
 
 def grid_sample_baseline(p: Problem) -> Dict[str, Fn]:
     """The straightforward pure-PyTorch version: grid_sample every tap, then one matmul."""
-    x, off, w, b, m, go = p.tensors()
+    x, off, w, b, m, go = bench_tensors(p)
     leaves = [t.clone().requires_grad_() for t in (x, off, w, b, m)]
+    (sh, sw), (ph, pw), (dh, dw) = p.strides, p.paddings, p.dilations
 
     def fwd(x, off, w, b, m):
         N, C, H, W = x.shape
-        k, G = p.kernel, p.offset_groups
-        K = k * k
-        oH, oW = p.out_hw()
-        oy = torch.arange(oH, dtype=x.dtype) * p.stride - p.padding
-        ox = torch.arange(oW, dtype=x.dtype) * p.stride - p.padding
+        kW, G, K = p.kernel[1], p.offset_groups, p.taps
+        oH, oW = p.out
+        oy = torch.arange(oH, dtype=x.dtype) * sh - ph
+        ox = torch.arange(oW, dtype=x.dtype) * sw - pw
         off = off.view(N, G, K, 2, oH, oW)
         cols = []
         for g in range(G):
             xg = x[:, g * C // G:(g + 1) * C // G]
             for t in range(K):
-                i, j = divmod(t, k)
-                y = oy.view(1, oH, 1) + i * p.dilation + off[:, g, t, 0]
-                xx = ox.view(1, 1, oW) + j * p.dilation + off[:, g, t, 1]
+                i, j = divmod(t, kW)
+                y = oy.view(1, oH, 1) + i * dh + off[:, g, t, 0]
+                xx = ox.view(1, 1, oW) + j * dw + off[:, g, t, 1]
                 # Pixel centres at integers, align_corners=True; guard 1-pixel sizes.
                 grid = torch.stack((2 * xx / max(W - 1, 1) - 1, 2 * y / max(H - 1, 1) - 1), -1)
                 s = F.grid_sample(xg, grid, mode="bilinear", padding_mode="zeros",
@@ -145,11 +125,11 @@ def onnxruntime_deformconv(p: Problem) -> Dict[str, Fn]:
         from onnx import TensorProto, helper
     except ImportError:
         return {"forward": None, "train": None}
-    x, off, w, b, m, _ = p.tensors()
+    x, off, w, b, m, _ = bench_tensors(p)
     feeds = {"X": x, "W": w, "offset": off, "B": b, "mask": m}
     node = helper.make_node(
-        "DeformConv", list(feeds), ["Y"], kernel_shape=[p.kernel, p.kernel],
-        strides=[p.stride] * 2, dilations=[p.dilation] * 2, pads=[p.padding] * 4, group=1,
+        "DeformConv", list(feeds), ["Y"], kernel_shape=list(p.kernel), strides=list(p.strides),
+        dilations=list(p.dilations), pads=list(p.paddings) * 2, group=p.groups,
         offset_group=p.offset_groups)
     graph = helper.make_graph(
         [node], "deformconv_bench",

@@ -18,16 +18,17 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .contenders import CONTENDERS, Problem
+from ..testing import Problem
+from .contenders import CONTENDERS, bench_tensors, label, problem
 
 # The DCN layers of a detector at 800x1333 (strides 8, 16, 32) and a few-channel shape where
 # sampling dominates; then the sweep's variants.
-SHAPES = [Problem(2, 128, 100, 168, 128), Problem(2, 256, 50, 84, 256),
-          Problem(2, 512, 25, 42, 512), Problem(8, 64, 56, 56, 64)]
-VARIANTS = [Problem(2, 256, 50, 84, 256, offset_groups=4),
-            Problem(2, 256, 50, 84, 256, stride=2),
-            Problem(2, 256, 50, 84, 256, dilation=2, padding=2)]
-QUICK = [Problem(1, 32, 20, 24, 32), Problem(2, 16, 12, 12, 16, offset_groups=2)]
+SHAPES = [problem(2, 128, 100, 168, 128), problem(2, 256, 50, 84, 256),
+          problem(2, 512, 25, 42, 512), problem(8, 64, 56, 56, 64)]
+VARIANTS = [problem(2, 256, 50, 84, 256, offset_groups=4),
+            problem(2, 256, 50, 84, 256, stride=2),
+            problem(2, 256, 50, 84, 256, dilation=2, padding=2)]
+QUICK = [problem(1, 32, 20, 24, 32), problem(2, 16, 12, 12, 16, offset_groups=2)]
 
 
 def machine_info() -> Dict[str, object]:
@@ -88,22 +89,22 @@ def peak_extra_forward_bytes(p: Problem) -> int:
     forward and reads the new peak (``VmHWM``); the growth minus the output's size is the
     extra memory (buffers, columns). Linux only.
     """
+    fields = {k: getattr(p, k) for k in p.__dataclass_fields__ if k != "extra"}
     code = (
         "import torch, json\n"
-        "from deformconv.bench.contenders import Problem\n"
+        "from deformconv.bench.contenders import bench_tensors\n"
+        "from deformconv.testing import Problem\n"
         "from deformconv import deform_conv2d\n"
         "def status(key):\n"
         "    with open('/proc/self/status') as f:\n"
         "        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))\n"
-        f"p = Problem(**{p.__dict__!r})\n"
-        "x, off, w, b, m, _ = p.tensors(grad_out=False)\n"
-        "small = torch.randn(1, p.C, 8, 8); ko = p.kernel * p.kernel\n"
-        "deform_conv2d(small, torch.zeros(1, 2 * p.offset_groups * ko, 8 + 2 * p.padding - "
-        "p.kernel + 1, 8 + 2 * p.padding - p.kernel + 1), w, b, padding=p.padding)\n"
+        f"p = Problem(**{fields!r})\n"
+        "x, off, w, b, m, _ = bench_tensors(p)\n"
+        "small = p.with_(N=1, size=(8,) * p.ndim, stride=1, dilation=1)\n"
+        "deform_conv2d(**small.tensors(torch.float32), **small.kwargs())\n"
         "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM)\n"
         "before = status('VmRSS:')\n"
-        "y = deform_conv2d(x, off, w, b, stride=p.stride, padding=p.padding, "
-        "dilation=p.dilation, mask=m)\n"
+        "y = deform_conv2d(x, off, w, b, mask=m, **p.kwargs())\n"
         "after = status('VmHWM:')\n"
         "print(json.dumps([before, after, y.numel() * y.element_size()]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -122,7 +123,7 @@ def run_problem(p: Problem, names: List[str], repeats: int, warmup: int) -> List
         floor = statistics.median(times["conv2d"])
         for k, ts in times.items():
             med = statistics.median(ts)
-            rows.append({"shape": p.name, "mode": mode, "contender": k,
+            rows.append({"shape": label(p), "mode": mode, "contender": k,
                          "median_ms": round(med * 1e3, 3),
                          "min_ms": round(min(ts) * 1e3, 3),
                          "ratio_to_conv2d": round(med / floor, 3), "repeats": len(ts)})
@@ -135,7 +136,7 @@ def geomean(xs: List[float]) -> float:
 
 def summarize(rows: List[dict], shapes: List[Problem]) -> List[dict]:
     """Geometric mean of the ratios over the main shapes, per contender and mode."""
-    main = {p.name for p in shapes}
+    main = {label(p) for p in shapes}
     out = []
     for mode in ("forward", "train"):
         for k in CONTENDERS:
@@ -167,11 +168,11 @@ def run(shapes: List[Problem], variants: List[Problem], names: List[str], repeat
     if memory and shapes:
         p = shapes[0]
         extra = peak_extra_forward_bytes(p)
-        x, off, w, b, m, go = p.tensors()
+        x, _, _, _, _, go = bench_tensors(p)
         io = (x.numel() + go.numel()) * 4
-        result["memory"] = {"shape": p.name, "peak_extra_forward_bytes": extra,
+        result["memory"] = {"shape": label(p), "peak_extra_forward_bytes": extra,
                             "input_plus_output_bytes": io, "ratio": round(extra / io, 3)}
-        log(f"peak extra memory of a forward on {p.name}: {extra / 2**20:.1f} MiB = "
+        log(f"peak extra memory of a forward on {label(p)}: {extra / 2**20:.1f} MiB = "
             f"{extra / io:.2f} x (input + output = {io / 2**20:.1f} MiB)")
     if out_path:
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 import torch.onnx
 from torch import Tensor
 
-from .torch_impl import out_size
+from . import geometry
 
 OPSET = 19  # DeformConv-19: float16, float32, float64
 OPSET_BFLOAT16 = 22  # DeformConv-22 adds bfloat16
@@ -57,8 +57,8 @@ def deform_conv2d_symbolic(input: Tensor, weight: Tensor, offset: Tensor, mask: 
     """
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
-    G = offset.shape[1] // (2 * kH * kW)
-    oH, oW = out_size(H, W, kH, kW, sh, sw, ph, pw, dh, dw)
+    G = geometry.offset_groups(offset.shape[1], (kH, kW))
+    oH, oW = geometry.out_size((H, W), (kH, kW), (sh, sw), (ph, pw), (dh, dw))
     version = OPSET_BFLOAT16 if input.dtype == torch.bfloat16 else OPSET
     return torch.onnx.ops.symbolic(
         "DeformConv", [input, weight, offset, bias, mask],

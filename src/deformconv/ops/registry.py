@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import torch_impl
+from . import geometry, torch_impl
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -28,10 +28,10 @@ def deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Option
 
 @deform_conv2d_op.register_fake
 def _(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    N, _, H, W = input.shape
-    O, _, kH, kW = weight.shape
-    oH, oW = torch_impl.out_size(H, W, kH, kW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-    return input.new_empty(N, O, oH, oW)
+    N, _, *size = input.shape
+    O, _, *kernel = weight.shape
+    out = geometry.out_size(size, kernel, (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
+    return input.new_empty(N, O, *out)
 
 
 @torch.library.custom_op("deformconv::deform_conv2d_backward", mutates_args=())

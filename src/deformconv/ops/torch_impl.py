@@ -34,17 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import geometry
+
 # Target size of the sampled columns of one chunk: big enough that the GEMMs run at full speed
 # and per-op overheads vanish, small enough to stay in the last-level cache.
 COLUMN_BUDGET_BYTES = 8 << 20
-
-
-
-def out_size(H: int, W: int, kH: int, kW: int, sh: int, sw: int, ph: int, pw: int, dh: int,
-             dw: int) -> Tuple[int, int]:
-    oH = (H + 2 * ph - dh * (kH - 1) - 1) // sh + 1
-    oW = (W + 2 * pw - dw * (kW - 1) - 1) // sw + 1
-    return oH, oW
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -167,9 +161,9 @@ def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optio
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
     K = kH * kW
-    groups, Og = C // Cg, O // (C // Cg)
-    G = offset.shape[1] // (2 * K)
-    oH, oW = out_size(H, W, kH, kW, sh, sw, ph, pw, dh, dw)
+    grp = geometry.groups_of(C, weight.shape, offset.shape[1])
+    groups, G = grp.groups, grp.offset_groups
+    oH, oW = geometry.out_size((H, W), (kH, kW), (sh, sw), (ph, pw), (dh, dw))
     ct = _compute_dtype(input.dtype)
     if N == 0:
         return input.new_empty(N, O, oH, oW)
@@ -202,8 +196,8 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
     K = kH * kW
-    groups, Og = C // Cg, O // (C // Cg)
-    G = offset.shape[1] // (2 * K)
+    grp = geometry.groups_of(C, weight.shape, offset.shape[1])
+    groups, Og, G = grp.groups, grp.out_per_group, grp.offset_groups
     oH, oW = grad_out.shape[2], grad_out.shape[3]
     ct = _compute_dtype(input.dtype)
     dev = input.device

@@ -28,7 +28,7 @@ import torch
 import triton
 from torch import Tensor
 
-from .. import torch_impl
+from .. import geometry, torch_impl
 from . import kernels
 
 # Block sizes for CPU tensors (the interpreter): small, so tiny test shapes still run several
@@ -90,7 +90,7 @@ def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optio
     O, Cg, kH, kW = weight.shape
     groups = C // Cg
     G = offset.shape[1] // (2 * kH * kW)
-    oH, oW = torch_impl.out_size(H, W, kH, kW, sh, sw, ph, pw, dh, dw)
+    oH, oW = geometry.out_size((H, W), (kH, kW), (sh, sw), (ph, pw), (dh, dw))
     out = _new((N, O, oH, oW), input)
     P = N * oH * oW
     if out.numel() == 0:
