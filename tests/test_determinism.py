@@ -17,7 +17,8 @@ def _run(x, off, mask, w, b):
 def test_forward_backward_bitwise_repeatable():
     gen = torch.Generator().manual_seed(0)
     # offset groups 2, conv groups 2, offsets that pile many samples on the same pixels, so the
-    # input gradient scatters (index_add_) many contributions to each location.
+    # input gradient sums many contributions to each location (a sorted gather: the order of
+    # those sums must be fixed).
     x = torch.randn(3, 4, 9, 8, generator=gen)
     off = 4 * torch.randn(3, 2 * 2 * 9, 5, 6, generator=gen)
     mask = torch.rand(3, 2 * 9, 5, 6, generator=gen)

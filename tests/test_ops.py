@@ -14,64 +14,33 @@ import deformconv.ops.deform_conv
 from deformconv import deform_conv2d
 from deformconv.ops import torch_impl
 from deformconv.reference import deform_conv2d_ref
-
-from conftest import Case, assert_close_rel, run_both
-
-GRID = {
-    "default": Case(),
-    "v1-no-bias": Case(mask=False, bias=False),
-    "groups2": Case(C=4, O=6, groups=2),
-    "offset-groups2": Case(C=4, offset_groups=2),
-    "groups2-offset-groups3": Case(C=6, O=4, groups=2, offset_groups=3),
-    "depthwise": Case(C=4, O=8, groups=4, offset_groups=4),
-    "asym-stride-pad-dil": Case(H=9, W=8, kernel=(3, 2), stride=(2, 1), padding=(1, 2),
-                                dilation=(1, 2)),
-    "stride2-dil2": Case(H=11, W=10, stride=(2, 2), dilation=(2, 2), padding=(2, 2)),
-    "kernel1x1": Case(kernel=(1, 1), padding=(0, 0)),
-    "kernel7x7": Case(H=8, W=9, kernel=(7, 7), padding=(3, 3), C=2, O=3),
-    "kernel5x3": Case(H=8, W=6, kernel=(5, 3), padding=(2, 0)),
-    "image1x1": Case(H=1, W=1, kernel=(3, 3), padding=(1, 1)),
-    "output1x1": Case(H=3, W=3, kernel=(3, 3), padding=(0, 0)),
-    "row-image": Case(H=1, W=9, kernel=(1, 3), padding=(0, 1)),
-    "big-offsets": Case(offset_scale=8.0),
-    "batch1-one-channel": Case(N=1, C=1, O=1),
-}
+from deformconv.testing import CASES, Problem, assert_close, compare_with_oracle
 
 
-@pytest.mark.parametrize("name", list(GRID))
-def test_forward_and_gradients_match_reference(name):
-    y, ry, names, got, want = run_both(deform_conv2d, GRID[name])
-    assert y.shape == ry.shape and y.dtype == torch.float64
-    assert_close_rel(y, ry, 1e-12, "output")
-    for n, a, b in zip(names, got, want):
-        assert a.shape == b.shape, n
-        assert_close_rel(a, b, 1e-11, n)
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_and_gradients_match_reference(name, device):
+    compare_with_oracle(deform_conv2d, CASES[name], device=device)
 
 
 def test_row_chunks_match_reference(monkeypatch):
     # A tiny column budget forces single rows per chunk: chunk boundaries must not matter.
     monkeypatch.setattr(torch_impl, "COLUMN_BUDGET_BYTES", 1)
-    case = Case(N=3, H=7, W=5, C=4, offset_groups=2, groups=2, stride=(2, 1))
-    y, ry, names, got, want = run_both(deform_conv2d, case)
-    assert_close_rel(y, ry, 1e-12, "output")
-    for n, a, b in zip(names, got, want):
-        assert_close_rel(a, b, 1e-11, n)
+    p = Problem(N=3, size=(7, 5), C=4, offset_groups=2, groups=2, stride=(2, 1))
+    compare_with_oracle(deform_conv2d, p)
 
 
 def test_multi_image_chunks_match_reference(monkeypatch):
     # A budget of about two images per chunk, with a batch that does not divide evenly.
-    case = Case(N=5, H=4, W=4, C=3, O=2)
-    oH, oW = case.out_hw
+    p = Problem(N=5, size=(4, 4), C=3, O=2)
+    oH, oW = p.out
     monkeypatch.setattr(torch_impl, "COLUMN_BUDGET_BYTES", 2 * oH * oW * 9 * 3 * 8)
-    y, ry, names, got, want = run_both(deform_conv2d, case)
-    assert_close_rel(y, ry, 1e-12, "output")
-    for n, a, b in zip(names, got, want):
-        assert_close_rel(a, b, 1e-11, n)
+    compare_with_oracle(deform_conv2d, p)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_property_random_configurations(data):
+def test_property_random_configurations(data, device):
     groups = data.draw(st.sampled_from([1, 2, 3]))
     offset_groups = data.draw(st.sampled_from([1, 2, 3]))
     per = data.draw(st.integers(1, 2))
@@ -84,62 +53,62 @@ def test_property_random_configurations(data):
     min_w = max(1, dw * (kW - 1) + 1 - 2 * pw)
     H = data.draw(st.integers(min_h, min_h + 6))
     W = data.draw(st.integers(min_w, min_w + 6))
-    case = Case(N=data.draw(st.integers(1, 2)), C=C, H=H, W=W, O=groups * data.draw(
-        st.integers(1, 3)), kernel=(kH, kW), stride=(sh, sw), padding=(ph, pw),
-        dilation=(dh, dw), groups=groups, offset_groups=offset_groups,
-        mask=data.draw(st.booleans()), bias=data.draw(st.booleans()),
-        offset_scale=data.draw(st.sampled_from([0.5, 2.0, 6.0])))
-    y, ry, names, got, want = run_both(deform_conv2d, case, seed=data.draw(st.integers(0, 99)))
-    scale = ry.abs().max().clamp_min(1e-12)
-    assert ((y - ry).abs().max() / scale) < 1e-12
-    for n, a, b in zip(names, got, want):
-        s = b.abs().max().clamp_min(1e-12)
-        assert ((a - b).abs().max() / s) < 1e-11, n
+    p = Problem(N=data.draw(st.integers(1, 2)), C=C, size=(H, W),
+                O=groups * data.draw(st.integers(1, 3)), kernel=(kH, kW), stride=(sh, sw),
+                padding=(ph, pw), dilation=(dh, dw), groups=groups, offset_groups=offset_groups,
+                mask=data.draw(st.booleans()), bias=data.draw(st.booleans()),
+                offset_scale=data.draw(st.sampled_from([0.5, 2.0, 6.0])))
+    compare_with_oracle(deform_conv2d, p, device=device, seed=data.draw(st.integers(0, 99)))
+
+
+def _tensors(p: Problem, **kwargs):
+    t = p.tensors(**kwargs)
+    return t["input"], t["offset"], t["weight"], t["bias"], t["mask"]
 
 
 def test_gradcheck():
-    case = Case(N=1, C=4, H=4, W=5, O=2, groups=2, offset_groups=2, stride=(1, 2),
+    p = Problem(N=1, C=4, size=(4, 5), O=2, groups=2, offset_groups=2, stride=(1, 2),
                 dilation=(2, 1), padding=(2, 1))
-    x, off, w, b, m = case.tensors(requires_grad=True)
+    x, off, w, b, m = _tensors(p, requires_grad=True)
 
     def fn(x, off, w, b, m):
-        return deform_conv2d(x, off, w, b, mask=m, **case.kwargs())
+        return deform_conv2d(x, off, w, b, mask=m, **p.kwargs())
 
     # Random offsets are almost surely not integers, where the derivative is defined.
     assert torch.autograd.gradcheck(fn, (x, off, w, b, m), eps=1e-6, atol=1e-5)
 
 
 def test_gradcheck_v1():
-    case = Case(N=2, C=2, H=3, W=4, O=3, mask=False, bias=False)
-    x, off, w, _, _ = case.tensors(requires_grad=True)
+    p = Problem(N=2, C=2, size=(3, 4), O=3, mask=False, bias=False)
+    x, off, w, _, _ = _tensors(p, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, o, w: deform_conv2d(x, o, w, padding=1), (x, off, w), eps=1e-6, atol=1e-5)
 
 
 def test_double_backward_raises_clearly():
-    x, off, w, b, m = Case(N=1).tensors(requires_grad=True)
+    x, off, w, b, m = _tensors(Problem(N=1), requires_grad=True)
     y = deform_conv2d(x, off, w, b, padding=1, mask=m)
     (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         gx.sum().backward()
 
 
-def test_zero_offsets_unit_mask_equal_conv2d():
-    case = Case(N=2, C=6, O=4, groups=2, offset_groups=3, stride=(2, 1), dilation=(1, 2),
-                padding=(1, 2), H=9, W=10)
-    x, off, w, b, m = case.tensors()
+def test_zero_offsets_unit_mask_equal_conv2d(device):
+    p = Problem(N=2, C=6, O=4, groups=2, offset_groups=3, stride=(2, 1), dilation=(1, 2),
+                padding=(1, 2), size=(9, 10))
+    x, off, w, b, m = _tensors(p, device=device)
     off.zero_()
     m.fill_(1)
-    want = F.conv2d(x, w, b, **case.kwargs(), groups=2)
+    want = F.conv2d(x, w, b, **p.kwargs(), groups=2)
     for mask in (m, None):
-        got = deform_conv2d(x, off, w, b, mask=mask, **case.kwargs())
-        assert_close_rel(got, want, 1e-13, "output")
+        got = deform_conv2d(x, off, w, b, mask=mask, **p.kwargs())
+        assert_close(got, want, name="output")
 
 
 def test_integer_offsets_equal_conv_of_shifted_input():
     # The same integer shift (dy, dx) for every tap equals a plain convolution (no padding) of
     # the zero-padded image shifted by (dy, dx), zeros coming in from beyond its border.
-    x, off, w, b, _ = Case(N=2, C=3, H=8, W=9, O=4).tensors()
+    x, off, w, b, _ = _tensors(Problem(N=2, C=3, size=(8, 9), O=4))
     dy, dx = 2, -1
     off = off.view(2, 9, 2, 8, 9)
     off[:, :, 0], off[:, :, 1] = dy, dx
@@ -147,15 +116,15 @@ def test_integer_offsets_equal_conv_of_shifted_input():
     xp = F.pad(x, (1, 1, 1, 1))  # (10, 11)
     shifted = torch.zeros_like(xp)
     shifted[:, :, :10 - dy, -dx:] = xp[:, :, dy:, :11 + dx]
-    assert_close_rel(got, F.conv2d(shifted, w, b), 1e-13, "output")
+    assert_close(got, F.conv2d(shifted, w, b), name="output")
 
 
 def test_mask_scales_each_tap():
-    x, off, w, b, m = Case(N=1, C=2, O=3).tensors()
+    x, off, w, b, m = _tensors(Problem(N=1, C=2, O=3))
     m.fill_(0.25)
     half = deform_conv2d(x, off, w, None, padding=1, mask=m)
     full = deform_conv2d(x, off, w, None, padding=1)
-    assert_close_rel(half, 0.25 * full, 1e-13, "output")
+    assert_close(half, 0.25 * full, name="output")
 
 
 def test_border_rule_matches_conventions():
@@ -202,9 +171,8 @@ def test_offset_gradient_on_the_padding_border_is_one_sided():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e30, -1e30])
-def test_hostile_offsets_contribute_zero(bad):
-    case = Case(N=2, C=4, offset_groups=2)
-    x, off, w, b, m = case.tensors()
+def test_hostile_offsets_contribute_zero(bad, device):
+    x, off, w, b, m = _tensors(Problem(N=2, C=4, offset_groups=2), device=device)
     hostile = off.clone()
     # Poison tap 4 of group 0 at some positions, in dy or dx.
     hostile[0, 2 * 4, 1:3, 2:5] = bad
@@ -217,7 +185,7 @@ def test_hostile_offsets_contribute_zero(bad):
     ins = [t.clone().requires_grad_() for t in (x, hostile, w, b, m)]
     got = deform_conv2d(ins[0], ins[1], ins[2], ins[3], padding=1, mask=ins[4])
     assert torch.isfinite(got).all()
-    assert_close_rel(got, want, 1e-13, "output")
+    assert_close(got, want, name="output")
     got.sum().backward()
     for t in ins:
         assert torch.isfinite(t.grad).all()
@@ -225,23 +193,15 @@ def test_hostile_offsets_contribute_zero(bad):
     assert (ins[4].grad[0, 4, 1:3, 2:5] == 0).all()
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float16, 2e-3),
-                                        (torch.bfloat16, 2e-2)])
-def test_lower_precision(dtype, rtol):
-    case = Case(C=4, groups=2, offset_groups=2)
-    y, ry, names, got, want = run_both(deform_conv2d, case, dtype=dtype)
-    assert y.dtype == dtype
-    assert_close_rel(y, ry, rtol, "output")
-    for n, a, b in zip(names, got, want):
-        assert a.dtype == dtype, n
-        # Offset gradients multiply input differences by weights: a little looser.
-        assert_close_rel(a, b, 4 * rtol, n)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_lower_precision(dtype, device):
+    # Output and every gradient of the input's dtype, within deformconv.testing.TOLERANCE.
+    compare_with_oracle(deform_conv2d, Problem(C=4, groups=2, offset_groups=2), dtype, device)
 
 
-def test_non_contiguous_inputs():
-    case = Case(N=2, C=4, H=6, W=6, O=4, offset_groups=2)
-    x, off, w, b, m = case.tensors()
-    oH, oW = case.out_hw
+def test_non_contiguous_inputs(device):
+    p = Problem(N=2, C=4, size=(6, 6), O=4, offset_groups=2)
+    x, off, w, b, m = _tensors(p, device=device)
     # Transposed spatial dims, channels-last, strided channel slices.
     xt = x.transpose(2, 3).contiguous().transpose(2, 3)
     xcl = x.contiguous(memory_format=torch.channels_last)
@@ -255,15 +215,12 @@ def test_non_contiguous_inputs():
     want = deform_conv2d_ref(x, off, w, b, padding=1, mask=m)
     for xi in (xt, xcl):
         got = deform_conv2d(xi, offs, wt, bs, padding=1, mask=mt)
-        assert_close_rel(got, want, 1e-12, "output")
+        assert_close(got, want, name="output")
 
 
-def test_batch_of_zero():
-    x = torch.randn(0, 4, 5, 5, requires_grad=True)
-    off = torch.randn(0, 18, 5, 5, requires_grad=True)
-    w = torch.randn(3, 4, 3, 3, requires_grad=True)
-    b = torch.randn(3, requires_grad=True)
-    m = torch.rand(0, 9, 5, 5, requires_grad=True)
+def test_batch_of_zero(device):
+    x, off, w, b, m = _tensors(Problem(N=0, C=4, O=3, size=(5, 5)), device=device,
+                               dtype=torch.float32, requires_grad=True)
     y = deform_conv2d(x, off, w, b, padding=1, mask=m)
     assert y.shape == (0, 3, 5, 5)
     y.sum().backward()
@@ -273,8 +230,7 @@ def test_batch_of_zero():
 
 
 def test_only_some_inputs_require_grad():
-    case = Case(N=1, C=2, O=2)
-    x, off, w, b, m = case.tensors()
+    x, off, w, b, m = _tensors(Problem(N=1, C=2, O=2))
     w.requires_grad_()
     off.requires_grad_()
     y = deform_conv2d(x, off, w, b, padding=1, mask=m)
@@ -282,17 +238,8 @@ def test_only_some_inputs_require_grad():
     rw, roff = w.detach().requires_grad_(), off.detach().requires_grad_()
     ry = deform_conv2d_ref(x, roff, rw, b, padding=1, mask=m)
     ew, eoff = torch.autograd.grad(ry.sum(), (rw, roff))
-    assert_close_rel(gw, ew, 1e-12, "weight")
-    assert_close_rel(goff, eoff, 1e-12, "offset")
-
-
-def test_bitwise_repeatable():
-    case = Case(N=2, C=4, offset_groups=2)
-    first = run_both(deform_conv2d, case)
-    again = run_both(deform_conv2d, case)
-    assert torch.equal(first[0], again[0])
-    for a, b in zip(first[3], again[3]):
-        assert torch.equal(a, b)
+    assert_close(gw, ew, name="weight")
+    assert_close(goff, eoff, name="offset")
 
 
 def test_docstring_example_runs():
