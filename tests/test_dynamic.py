@@ -1,7 +1,6 @@
 """torch.compile(dynamic=True) without recompiles across sizes; torch.export with a dynamic
 batch; an exported program saved and loaded back gives the same outputs."""
 
-import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from deformconv import deform_conv2d
-
 from deformconv.testing import Problem, assert_close
 
 onnx = pytest.importorskip("onnx")
