@@ -53,7 +53,7 @@ def test_output_unchanged_and_default_choice(version, dtype, tol):
     net = _net(dtype)
     x = torch.randn(2, 3, 12, 11, dtype=dtype)
     before = net(x)
-    net2, done = convert_to_deformable(net, version=version)
+    net2, done = convert_to_deformable(net, version=version, include_grouped=True)
     assert net2 is net
     assert done == ["layer3.0.conv1", "layer3.0.conv2", "dilated"]
     cls = ModulatedDeformConv2dPack if version in (2, "v2") else DeformConv2dPack
@@ -79,7 +79,7 @@ def test_v2_without_compensation_starts_at_half():
 
 def test_gradients_reach_offset_predictors():
     net = _net().train()
-    convert_to_deformable(net, version=2)
+    convert_to_deformable(net, version=2, include_grouped=True)
     x = torch.randn(2, 3, 12, 11)
     net(x).square().sum().backward()
     for layer in (net.layer3[0].conv1, net.layer3[0].conv2, net.dilated):
@@ -100,11 +100,11 @@ def test_names_filter_num_last_and_copy():
     assert done == ["stem", "layer1.conv2"] and type(new.stem) is DeformConv2dPack
     assert type(net.stem) is nn.Conv2d  # the original is untouched
     _, done = convert_to_deformable(_net(), filter=lambda n, m: m.stride == (1, 1),
-                                    num_last=None)
+                                    num_last=None, include_grouped=True)
     assert done == ["stem", "layer1.conv1", "layer1.conv2", "layer2.conv2", "layer3.0.conv2",
                     "dilated"]
     net = _net()
-    _, done = convert_to_deformable(net, num_last=1, offset_groups=4)
+    _, done = convert_to_deformable(net, num_last=1, offset_groups=4, include_grouped=True)
     assert done == ["dilated"] and net.dilated.offset_groups == 4
     # Converting again finds the remaining plain ones, never the offset predictors.
     _, again = convert_to_deformable(net, num_last=2)

@@ -24,8 +24,8 @@ def _version(version: Union[int, str]) -> int:
     return v
 
 
-def _why_not(conv: nn.Module) -> Optional[str]:
-    """Why ``conv`` cannot be converted, or None when it can."""
+def _why_not(conv: nn.Module, include_grouped: bool = True) -> Optional[str]:
+    """Why ``conv`` is not converted, or None when it is."""
     if type(conv) is not nn.Conv2d:
         return f"is a {type(conv).__name__}, not an nn.Conv2d"
     if conv.kernel_size == (1, 1):
@@ -34,19 +34,28 @@ def _why_not(conv: nn.Module) -> Optional[str]:
         return f"has padding_mode={conv.padding_mode!r}; deformable layers pad with zeros"
     if isinstance(conv.padding, str):
         return f"has padding={conv.padding!r}; give it explicit integer padding"
+    if conv.groups > 1 and not include_grouped:
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        return (f"is a {kind} convolution (groups={conv.groups}): its dense offset predictor "
+                f"would cost more than the layer; pass include_grouped=True to convert it")
     return None
 
 
-def _eligible(model: nn.Module) -> List[Tuple[str, nn.Conv2d]]:
-    """Convertible convolutions in module order, skipping those inside deformable layers."""
+def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Conv2d]]:
+    """Convertible convolutions in module order, skipping those inside deformable layers and
+    logging why each other ``nn.Conv2d`` is skipped."""
     out, inside = [], []
     for name, m in model.named_modules():
         if any(name.startswith(p + ".") for p in inside):
             continue
         if isinstance(m, DeformConv2d):
             inside.append(name)
-        elif _why_not(m) is None:
+            continue
+        reason = _why_not(m, include_grouped)
+        if reason is None:
             out.append((name, m))
+        elif isinstance(m, nn.Conv2d):
+            logger.info("skipped %s: it %s", name or "<root>", reason)
     return out
 
 
@@ -55,12 +64,14 @@ def _deformable_from(conv: nn.Conv2d, version: int, offset_groups: int,
     cls = ModulatedDeformConv2dPack if version == 2 else DeformConv2dPack
     w = conv.weight
     new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-              conv.dilation, conv.groups, conv.bias is not None, offset_groups,
+              conv.dilation, conv.groups, offset_groups, conv.bias is not None,
               device=w.device, dtype=w.dtype)
+    new.from_conv = True
+    if version == 2 and preserve_output:
+        # mask = 2 * sigmoid(0) = 1 exactly at the start; the weight stays the plain one.
+        new.set_mask_gain(2.0)
     with torch.no_grad():
-        # v2 starts with mask sigmoid(0) = 0.5; doubling the weight compensates exactly (both
-        # factors are powers of two, so 2w * 0.5 * x == w * x in floating point).
-        new.weight.copy_(w * 2 if version == 2 and preserve_output else w)
+        new.weight.copy_(w)
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     new.weight.requires_grad_(w.requires_grad)
@@ -74,7 +85,7 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           names: Optional[Sequence[str]] = None,
                           filter: Optional[_Filter] = None, num_last: Optional[int] = 3,
                           offset_groups: int = 1, preserve_output: bool = True,
-                          inplace: bool = True) -> Tuple[nn.Module, List[str]]:
+                          inplace: bool = True, include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
     """Replace chosen ``nn.Conv2d`` layers of ``model`` with deformable layers.
 
     Each chosen convolution becomes a ``DeformConv2dPack`` (v1) or a
@@ -82,21 +93,38 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     dilation, groups, bias, device, dtype, training mode and ``requires_grad`` flags. Its
     ``conv_offset`` starts at zero, so it samples the regular grid.
 
-    Starting as the same function. v1 copies ``weight`` and ``bias`` and computes exactly what
-    the convolution computed. v2 layers start with the mmcv mask ``sigmoid(0) = 0.5``; with
-    ``preserve_output=True`` (default) the copied ``weight`` is multiplied by 2, which undoes the
-    0.5 exactly in floating point (both are powers of two), while the mask keeps its full
-    gradient ``sigmoid'(0) = 1/4`` and the layer stays mmcv-checkpoint compatible. (A large
-    mask-logit bias instead would give a mask of 1 only approximately and would stall the mask's
-    gradient.) With ``preserve_output=False`` the weight is copied as is and a v2 layer starts at
-    half the convolution's output before the bias, as a fresh mmcv layer would.
+    Starting as the same function, also after loading plain weights. ``weight`` and ``bias`` are
+    copied unchanged, so the converted layer keeps the plain layer's parameter meaning. v1
+    computes exactly what the convolution computed. A directly built v2 layer starts with mmcv's
+    mask ``sigmoid(0) = 0.5``; a converted one (``preserve_output=True``, default) gets a
+    persistent buffer ``mask_gain = 2`` and uses the mask ``2 * sigmoid(logits)``, exactly 1 at
+    the start (a power of two, so ``w * 1 * x`` is ``w * x`` in floating point), with the mask
+    gradient ``2 * sigmoid'(0) = 1/2``. Because the weight is not rescaled:
+
+    - loading the plain model's state dict into the converted model afterwards (as frameworks
+      do, ``strict=False`` or ``strict=True``) gives the plain model's function: the converted
+      layers accept a state dict holding only ``weight``/``bias`` and reset ``conv_offset`` to
+      zero;
+    - converting after loading gives the same;
+    - a converted model's own state dict carries ``mask_gain`` and round-trips, also into
+      directly built ``ModulatedDeformConv2dPack`` layers;
+    - an mmcv checkpoint (``conv_offset`` keys, no ``mask_gain``) loaded into a converted layer
+      switches it to mmcv's ``sigmoid(logits)`` mask; directly built layers are mmcv's layer.
+
+    With ``preserve_output=False`` no gain is set and a v2 layer starts at half the
+    convolution's output before the bias, as a fresh mmcv layer would.
 
     Which convolutions: eligible ones are plain ``nn.Conv2d`` (not subclasses) with a kernel
     larger than 1x1, ``padding_mode='zeros'`` and integer padding, outside existing deformable
-    layers. ``names`` picks by qualified name (as in ``model.named_modules()``); otherwise the
-    eligible ones accepted by ``filter(name, conv)`` are taken, the last ``num_last`` of them in
-    module order (``None``: all). The default takes the last three, where the DCN papers found
-    deformable layers most useful.
+    layers, and, unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped
+    convolution is cheap, and the dense offset predictor added to it (``in_channels`` to
+    ``3*kH*kW`` channels) would cost more than the layer itself (on ConvNeXt-T it added 58%
+    parameters and nearly doubled the inference time). The log (``logging``, logger
+    ``deformconv.convert``, level INFO) names every skipped ``nn.Conv2d`` and why. ``names``
+    picks by qualified name (as in ``model.named_modules()``; grouped ones included); otherwise
+    the eligible ones accepted by ``filter(name, conv)`` are taken, the last
+    ``min(num_last, eligible)`` of them in module order (``None``: all). The default takes the
+    last three, where the DCN papers found deformable layers most useful.
 
     Args:
         model (nn.Module): the network; a bare ``nn.Conv2d`` is converted and returned.
@@ -106,6 +134,7 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
         num_last (int, optional): how many of the last candidates to convert.
         offset_groups (int): offset groups of each new layer; must divide its input channels.
         preserve_output (bool): v2 only, see above.
+        include_grouped (bool): also convert grouped and depthwise convolutions.
         inplace (bool): modify ``model`` itself; ``False`` converts a deep copy.
 
     Returns:
@@ -145,9 +174,10 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                 raise ValueError(f"names: module {n!r} cannot be converted: it {reason}")
             chosen.append((n, modules[n]))
     else:
-        chosen = [(n, m) for n, m in _eligible(model) if filter is None or filter(n, m)]
+        chosen = [(n, m) for n, m in _eligible(model, include_grouped)
+                  if filter is None or filter(n, m)]
         if num_last is not None:
-            chosen = chosen[len(chosen) - num_last:] if num_last else []
+            chosen = chosen[max(len(chosen) - num_last, 0):]
 
     for n, conv in chosen:
         if conv.in_channels % offset_groups:

@@ -10,52 +10,69 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from ..ops import deform_conv2d
+from ..ops.checks import _is_int
 from ..ops.deform_conv import _pair
 
 _Size = Union[int, Tuple[int, int]]
 
 
 def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    """A Python or NumPy integer >= 1, returned as a Python int."""
+    if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    return int(value)
 
 
 def _padding(padding, kernel_size, stride, dilation):
-    """An int or pair, or 'valid' / 'same' as in nn.Conv2d ('same': stride 1, symmetric)."""
-    if padding == "valid":
-        return (0, 0)
-    if padding == "same":
+    """``(symmetric padding, extra input padding or None)`` for an int or pair, or 'valid' /
+    'same' as in nn.Conv2d. 'same' needs stride 1; when ``dilation*(kernel_size-1)`` is odd the
+    padding is asymmetric as in nn.Conv2d (the extra row/column at the bottom/right): the input
+    is then padded once with ``F.pad`` (left, right, top, bottom) and convolved with padding 0."""
+    if isinstance(padding, str) and padding == "valid":
+        return (0, 0), None
+    if isinstance(padding, str) and padding == "same":
         if stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
         total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
-        if any(t % 2 for t in total):
-            raise ValueError(f"padding='same' needs an even dilation*(kernel_size-1) to pad "
-                             f"symmetrically, got kernel_size={kernel_size}, "
-                             f"dilation={dilation}")
-        return (total[0] // 2, total[1] // 2)
+        if not any(t % 2 for t in total):
+            return (total[0] // 2, total[1] // 2), None
+        (th, tw) = total
+        return (0, 0), (tw // 2, tw - tw // 2, th // 2, th - th // 2)
     if isinstance(padding, str):
         raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', "
                          f"got {padding!r}")
-    return _pair("padding", padding, 0)
+    return _pair("padding", padding, 0), None
 
 
 class _ZeroInitConv2d(nn.Conv2d):
     """The offset predictor: an nn.Conv2d whose initialisation is zero, so every way of
     (re)initialising a layer (``reset_parameters``, meta device then ``to_empty``) starts it on
-    the regular grid. Its parameters are ``weight`` and ``bias`` as in nn.Conv2d."""
+    the regular grid. Its parameters are ``weight`` and ``bias`` as in nn.Conv2d; its repr says
+    ``Conv2d``, the public class it is."""
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    def _get_name(self) -> str:
+        return "Conv2d"
+
+
+def _batched(input: Tensor, *others: Optional[Tensor]):
+    """Unbatched ``(C, H, W)`` arguments as a batch of one, as nn.Conv2d accepts them."""
+    if isinstance(input, Tensor) and input.dim() == 3:
+        return True, input[None], [o[None] if isinstance(o, Tensor) else o for o in others]
+    return False, input, list(others)
 
 
 class DeformConv2d(nn.Module):
@@ -90,7 +107,10 @@ class DeformConv2d(nn.Module):
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
         self.dilation = _pair("dilation", dilation, 1)
-        self.padding = _padding(padding, self.kernel_size, self.stride, self.dilation)
+        # _pad_input: (left, right, top, bottom) for padding='same' with an odd total, else None
+        self.padding, self._pad_input = _padding(padding, self.kernel_size, self.stride,
+                                                 self.dilation)
+        self._padding_arg = padding if isinstance(padding, str) else None
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
                                                *self.kernel_size, **factory))
@@ -105,13 +125,20 @@ class DeformConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _padded(self, input: Tensor) -> Tensor:
+        return input if self._pad_input is None else F.pad(input, self._pad_input)
+
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
-                             self.dilation, mask)
+        """``input`` (N, C, H, W) or unbatched (C, H, W), then ``offset`` and ``mask`` too."""
+        unbatched, input, (offset, mask) = _batched(input, offset, mask)
+        out = deform_conv2d(self._padded(input), offset, self.weight, self.bias, self.stride,
+                            self.padding, self.dilation, mask)
+        return out[0] if unbatched else out
 
     def extra_repr(self) -> str:
+        padding = repr(self._padding_arg) if self._pad_input is not None else self.padding
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}")
+             f"stride={self.stride}, padding={padding}, dilation={self.dilation}")
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:
@@ -126,38 +153,55 @@ class DeformConv2dPack(DeformConv2d):
     kernel size, stride, padding and dilation. It starts at zero, so a new layer samples the
     regular grid and equals ``nn.Conv2d`` with the same weight and bias.
 
+    The positional order is mmcv's: ``(in_channels, out_channels, kernel_size, stride, padding,
+    dilation, groups, deform_groups, bias, im2col_step)``, so mmcv/mmdetection calls carry over.
+
     Args:
         offset_groups: channel groups that share one set of offsets; must divide
-            ``in_channels``.
-        deform_groups: mmcv's name for ``offset_groups`` (keyword only), accepted so that
-            mmcv/mmdetection layer arguments carry over; give one or the other.
+            ``in_channels``. mmcv calls it ``deform_groups``; both keywords are accepted (give
+            one).
+        im2col_step: mmcv's memory knob (images per column buffer). Accepted for
+            compatibility and ignored: the kernels here bound their memory themselves.
         The others as ``nn.Conv2d``. Note mmcv's v1 layer defaults to ``bias=False`` and
         ours, like ``nn.Conv2d``, to ``bias=True``: pass it explicitly when porting.
+
+    Loading state dicts (see ``_load_from_state_dict``): an old mmdetection checkpoint that
+    stores the predictor as the sibling ``<name>_offset.weight/bias`` (and carries no version
+    metadata for the layer) is renamed to ``<name>.conv_offset.*`` on load, as mmcv does. A
+    layer made by :func:`~deformconv.convert_to_deformable` also loads the plain convolution's
+    state dict (``weight``, ``bias`` only): its offset predictor is then reset to zero, so it
+    computes that convolution.
     """
 
     _mask = False
+    # 2: conv_offset inside the layer (mmcv's version too). No version: maybe the old layout.
+    _version = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
-                 bias: bool = True, offset_groups: int = 1, device=None, dtype=None, *,
-                 deform_groups: Optional[int] = None) -> None:
-        if deform_groups is not None:
-            if offset_groups not in (1, deform_groups):
-                raise ValueError(f"offset_groups ({offset_groups}) and its mmcv alias "
-                                 f"deform_groups ({deform_groups}) disagree; give only one")
-            offset_groups = deform_groups
+                 offset_groups: Optional[int] = None, bias: bool = True,
+                 im2col_step: Optional[int] = None, *, deform_groups: Optional[int] = None,
+                 device=None, dtype=None) -> None:
+        if deform_groups is not None and offset_groups is not None \
+                and offset_groups != deform_groups:
+            raise ValueError(f"offset_groups ({offset_groups}) and its mmcv alias "
+                             f"deform_groups ({deform_groups}) disagree; give only one")
+        offset_groups = next((g for g in (offset_groups, deform_groups) if g is not None), 1)
+        if im2col_step is not None:
+            _positive_int("im2col_step", im2col_step)  # checked, then ignored
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, device=device, dtype=dtype)
-        if (not isinstance(offset_groups, int) or isinstance(offset_groups, bool)
-                or offset_groups < 1 or in_channels % offset_groups):
+        if not _is_int(offset_groups) or offset_groups < 1 or in_channels % offset_groups:
             raise ValueError(f"offset_groups must be >= 1 and divide in_channels "
                              f"({in_channels}), got {offset_groups!r}")
-        self.offset_groups = offset_groups
+        self.offset_groups = int(offset_groups)
+        self.from_conv = False  # set by convert_to_deformable
         per_group = (3 if self._mask else 2) * self.kernel_size[0] * self.kernel_size[1]
         # Zero-initialised (in its own reset_parameters too): a new layer samples the grid.
-        self.conv_offset = _ZeroInitConv2d(in_channels, offset_groups * per_group,
+        self.conv_offset = _ZeroInitConv2d(in_channels, self.offset_groups * per_group,
                                            self.kernel_size, self.stride, self.padding,
                                            self.dilation, bias=True, device=device, dtype=dtype)
+        self.register_load_state_dict_post_hook(DeformConv2dPack._after_load)
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation for the weight and bias, zero for ``conv_offset``."""
@@ -170,21 +214,52 @@ class DeformConv2dPack(DeformConv2d):
         self.conv_offset.reset_parameters()
 
     def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """The offsets (and, for v2, the mask after its sigmoid) this layer uses on ``input``."""
+        """The offsets (and, for v2, the mask after its sigmoid) this layer uses on ``input``
+        (N, C, H, W) or unbatched (C, H, W)."""
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-        if input.dim() != 4 or input.shape[1] != self.in_channels:
-            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W), got "
-                             f"{tuple(input.shape)}")
-        return self._split(self.conv_offset(input))
+        if input.dim() not in (3, 4) or input.shape[-3] != self.in_channels:
+            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) or "
+                             f"({self.in_channels}, H, W), got {tuple(input.shape)}")
+        unbatched, x, _ = _batched(input)
+        offset, mask = self._split(self.conv_offset(self._padded(x)))
+        if unbatched:
+            return offset[0], (None if mask is None else mask[0])
+        return offset, mask
 
     def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         return out, None
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        """``input`` (N, C, H, W) or unbatched (C, H, W)."""
         offset, mask = self.offset_and_mask(input)
-        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
-                             self.dilation, mask)
+        unbatched, input, (offset, mask) = _batched(input, offset, mask)
+        out = deform_conv2d(self._padded(input), offset, self.weight, self.bias, self.stride,
+                            self.padding, self.dilation, mask)
+        return out[0] if unbatched else out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        own = [prefix + "conv_offset." + n for n in ("weight", "bias")]
+        _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
+        if (self.from_conv and prefix + "weight" in state_dict
+                and not any(k in state_dict for k in own)):
+            # A plain convolution's state dict into a converted layer: see _after_load.
+            self._plain_conv_prefix = prefix
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    @staticmethod
+    def _after_load(module: "DeformConv2dPack", incompatible_keys) -> None:
+        """After a plain convolution's state dict was loaded into a converted layer (children
+        included): its offset predictor (and ``mask_gain``) are not missing, they restart."""
+        prefix = module.__dict__.pop("_plain_conv_prefix", None)
+        if prefix is None:
+            return
+        missing = incompatible_keys.missing_keys
+        missing[:] = [k for k in missing if not (k.startswith(prefix + "conv_offset.")
+                                                 or k == prefix + "mask_gain")]
+        module.init_offset()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -200,10 +275,76 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
     ``ModulatedDeformConv2dPack``. With ``conv_offset`` at zero the mask is ``sigmoid(0) = 0.5``
     everywhere, so a new layer computes ``0.5 * conv2d(input, weight) + bias``: the mmcv
     convention, kept so that mmcv checkpoints and training recipes transfer unchanged.
+
+    A layer made by :func:`~deformconv.convert_to_deformable` (``preserve_output=True``) has
+    one more buffer, ``mask_gain`` = 2: its mask is ``2 * sigmoid(logits)``, which is exactly
+    1 at the start, so it computes the original convolution with the original, unscaled
+    ``weight``; plain pretrained weights loaded into it later keep their meaning. The buffer
+    travels in the state dict; a state dict with ``conv_offset`` but without ``mask_gain`` (an
+    mmcv checkpoint) switches the layer to mmcv's mask, ``sigmoid(logits)``.
     """
 
     _mask = True
 
+    def set_mask_gain(self, gain: Optional[float]) -> None:
+        """Multiply the mask by ``gain`` (a persistent buffer); None removes it (mmcv's mask)."""
+        if gain is None:
+            self._buffers.pop("mask_gain", None)
+        else:
+            self.register_buffer("mask_gain", torch.tensor(
+                float(gain), dtype=self.weight.dtype, device=self.weight.device))
+
     def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        return out[:, :n_off], torch.sigmoid(out[:, n_off:])
+        mask = torch.sigmoid(out[:, n_off:])
+        gain = self._buffers.get("mask_gain")
+        return out[:, :n_off], (mask if gain is None else mask * gain)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "mask_gain"
+        _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
+        if key in state_dict:
+            self.set_mask_gain(float(state_dict[key]))
+        elif prefix + "conv_offset.weight" in state_dict:
+            self.set_mask_gain(None)  # a trained mmcv layer: mmcv's mask
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _rename_old_offset_keys(state_dict, prefix: str, version) -> None:
+    """mmdetection v1 stored a layer's offset predictor as its sibling ``<name>_offset``:
+    rename ``<name>_offset.weight/bias`` to ``<name>.conv_offset.*`` in ``state_dict`` when the
+    layer has no version metadata (or one below 2) and no ``conv_offset`` keys, as mmcv does."""
+    if not prefix or (version is not None and version >= 2):
+        return
+    for name in ("weight", "bias"):
+        old, new = prefix[:-1] + "_offset." + name, prefix + "conv_offset." + name
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
+
+
+def _rename_in_parent(child: str, state_dict, prefix, local_metadata, *args) -> None:
+    """A load-state-dict pre-hook on the parent of a ``*Pack`` layer named ``child``.
+
+    ``nn.Module.load_state_dict`` gives each module only the keys under its own prefix, so the
+    sibling keys ``<child>_offset.*`` of an old checkpoint reach the parent only; the parent
+    renames them before it checks for unexpected keys and hands the rest to its children.
+    """
+    meta = getattr(state_dict, "_metadata", None)
+    version = None if meta is None else meta.get(prefix + child, {}).get("version")
+    _rename_old_offset_keys(state_dict, prefix + child + ".", version)
+
+
+def _on_module_registration(module: nn.Module, name: str, submodule):
+    """Global hook: when a ``*Pack`` layer becomes a child, its parent learns to rename the old
+    checkpoint layout (see ``_rename_in_parent``)."""
+    if isinstance(submodule, DeformConv2dPack):
+        hooks = [getattr(h, "hook", h) for h in module._load_state_dict_pre_hooks.values()]
+        if not any(isinstance(h, partial) and h.func is _rename_in_parent and h.args == (name,)
+                   for h in hooks):
+            module._register_load_state_dict_pre_hook(partial(_rename_in_parent, name))
+    return None
+
+
+nn.modules.module.register_module_module_registration_hook(_on_module_registration)
