@@ -1,0 +1,7 @@
+"""The subcommands of the ``deformconv`` command line, one module each.
+
+Every module defines ``NAME``, ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int`` (and may define ``DESCRIPTION``). ``deformconv.cli`` builds the parser
+from a list of these modules. Shared argument helpers live in ``_args`` (standard library
+only). Library code (``bench/``, ``demo/``) never imports from here.
+"""

@@ -1,0 +1,80 @@
+"""``deformconv visualize``: where a trained demo model's deformable layers read, as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ._args import make_folder, non_negative_int, positive_int
+
+NAME = "visualize"
+HELP = ("draw where a demo model's deformable layers read on an image (a PNG in the output "
+        "folder)")
+DESCRIPTION = ("Loads a state dict saved by `deformconv demo` and draws, for one location, "
+               "the 729 input positions its three last 3x3 layers read (composed, weighted by "
+               "their masks) beside the plain network's fixed grid, and the same at a "
+               "background location when the image has one. Writes "
+               "visualize-<image>.png into --out.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=os.path.join("deformconv-out", "models",
+                                                   "deformable_seed0.pt"),
+                   help="state dict saved by the demo (default "
+                   "deformconv-out/models/deformable_seed0.pt)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--image", help="an image file (PNG, ...): its longer side is resized to "
+                     "the canvas and the shorter one padded (aspect ratio kept); a light "
+                     "background is inverted")
+    src.add_argument("--index", type=non_negative_int, default=0, help="a demo test image "
+                     "instead (default 0)")
+    p.add_argument("--pixel", type=float, nargs=2, metavar=("Y", "X"), help="canvas position "
+                   "to trace, within the canvas (default: the image's centre of mass)")
+    p.add_argument("--canvas", type=positive_int, default=32, help="canvas size for --image "
+                   "(default 32)")
+    p.add_argument("--out", default="deformconv-out", help="output folder, created if needed "
+                   "(default ./deformconv-out)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo.visualize import load_image, load_model, visualize
+
+    parser = args.parser
+    if args.image is not None and not os.path.isfile(args.image):
+        parser.error(f"--image: expected an image file, got {args.image!r}, which does not "
+                     f"exist")
+    if args.canvas % 4:
+        parser.error(f"--canvas: expected a multiple of 4 (the network pools twice by 2), "
+                     f"got {args.canvas}")
+    if args.out.lower().endswith(".png"):
+        parser.error(f"--out: expected a folder (the PNG inside is named after the image), "
+                     f"got {args.out!r}")
+    canvas = args.canvas if args.image is not None else 32
+    if args.pixel is not None and not all(0 <= c <= canvas - 1 for c in args.pixel):
+        parser.error(f"--pixel: expected Y X within the {canvas}x{canvas} canvas "
+                     f"(0 to {canvas - 1}; feature map {canvas // 4}x{canvas // 4}, "
+                     f"feature pixel p at 4p + 1.5), got {args.pixel[0]:g} {args.pixel[1]:g}")
+    try:
+        model = load_model(args.model)
+        if args.image is not None:
+            image, note = load_image(args.image, canvas)
+            title = os.path.basename(args.image)
+            name = os.path.splitext(title)[0]
+            print(f"{title}: {note}")
+        else:
+            from ..demo import demo_test_set
+            placed = demo_test_set()
+            if not args.index < len(placed.labels):
+                parser.error(f"--index: expected an index in [0, {len(placed.labels)}), got "
+                             f"{args.index}")
+            image = placed.images[args.index:args.index + 1]
+            title = (f"demo test image {args.index}: a {placed.labels[args.index].item()}, "
+                     f"{8 * placed.scale[args.index].item():.0f} px")
+            name = f"index{args.index}"
+    except ValueError as e:
+        parser.error(str(e))
+    make_folder(parser, "--out", args.out)
+    path = os.path.join(args.out, f"visualize-{name}.png")
+    visualize(model, image, path, title, args.pixel)
+    print(f"wrote {path}")
+    return 0
