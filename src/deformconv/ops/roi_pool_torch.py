@@ -9,7 +9,7 @@ own precision. Arguments are assumed valid (the public function checks them).
 Bounded work for any region. A sample contributes only when ``-1 <= y <= H`` and
 ``-1 <= x <= W``; along each axis the samples of a bin are evenly spaced, so the indices that
 can fall in that range form one interval, computed in closed form (:func:`sample_window`) and
-widened by :data:`WINDOW_MARGIN` samples for rounding. Only that window is enumerated: a
+widened by :data:`WINDOW_MARGIN` samples plus the positions' rounding error. Only that window is enumerated: a
 region 1e30 pixels wide costs what a region the size of the image costs, with the same result
 as enumerating its whole grid. The adaptive grid (``ceil(size / bins)``) is capped at
 :data:`GRID_LIMIT` samples per axis and is 0 when that ratio is not finite (NaN or infinite
@@ -45,22 +45,32 @@ def grid_size(extent_per_bin: Tensor, sampling_ratio: int) -> Tensor:
     return torch.where(ok, g.clamp(max=GRID_LIMIT), torch.zeros_like(g)).long()
 
 
-def sample_window(start: Tensor, step: Tensor, grid: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+def sample_window(start: Tensor, step: Tensor, grid: Tensor, size: int,
+                  eps: float) -> Tuple[Tensor, Tensor]:
     """First index and count of the samples ``start + (k + 0.5) * step``, ``0 <= k < grid``,
-    that may lie in ``[-1, size]`` (a superset, widened by WINDOW_MARGIN). int64 tensors of
-    ``start``'s shape; ``step`` and ``grid`` broadcast against it."""
+    that may lie in ``[-1, size]``: int64 tensors of ``start``'s shape (``step`` and ``grid``
+    broadcast against it).
+
+    A superset: the exact interval (computed in float64) widened by WINDOW_MARGIN samples plus
+    the rounding error of positions computed with machine epsilon ``eps``
+    (``eps * (|start| + |step| * grid) / |step|`` samples), so that a position the kernel
+    rounds into the image is never left out.
+    """
     a = start.double()
     s = step.double().expand_as(a)
     gmax = grid.expand_as(a).to(torch.float64)
     finite = torch.isfinite(a) & torch.isfinite(s)
     flat = s == 0
-    s_safe = torch.where(flat | ~finite, torch.ones_like(s), s)
+    s_safe = torch.where(flat | ~finite, torch.ones_like(s), s).abs()
     a_safe = torch.where(finite, a, torch.zeros_like(a))
-    t1 = (-1.0 - a_safe) / s_safe - 0.5
-    t2 = (size - a_safe) / s_safe - 0.5
+    sgn = torch.where(s < 0, -1.0, 1.0)
+    t1 = sgn * (-1.0 - a_safe) / s_safe - 0.5
+    t2 = sgn * (size - a_safe) / s_safe - 0.5
     bound = float(GRID_LIMIT + 2 * WINDOW_MARGIN)
-    lo = torch.ceil(torch.minimum(t1, t2)).clamp(-bound, bound) - WINDOW_MARGIN
-    hi = torch.floor(torch.maximum(t1, t2)).clamp(-bound, bound) + WINDOW_MARGIN
+    margin = (eps * (a_safe.abs() + s_safe * gmax + size) / s_safe).clamp(max=bound)
+    margin = torch.ceil(margin) + WINDOW_MARGIN
+    lo = torch.ceil(torch.minimum(t1, t2)).clamp(-bound, bound) - margin
+    hi = torch.floor(torch.maximum(t1, t2)).clamp(-bound, bound) + margin
     lo = torch.where(flat, torch.zeros_like(lo), lo.clamp_min(0))
     hi = torch.where(flat, gmax - 1, torch.minimum(hi, gmax - 1))
     n = torch.where(finite, (hi - lo + 1).clamp_min(0), torch.zeros_like(hi))
@@ -108,10 +118,11 @@ class Geometry:
         ghf = self.gh.clamp_min(1).to(ct).view(R, 1, 1)
         gwf = self.gw.clamp_min(1).to(ct).view(R, 1, 1)
         self.ghf, self.gwf = ghf, gwf
+        eps = torch.finfo(ct).eps
         self.lo_y, self.n_y = sample_window(self.y0, bin_h.view(R, 1, 1) / ghf,
-                                            self.gh.view(R, 1, 1), H)
+                                            self.gh.view(R, 1, 1), H, eps)
         self.lo_x, self.n_x = sample_window(self.x0, bin_w.view(R, 1, 1) / gwf,
-                                            self.gw.view(R, 1, 1), W)
+                                            self.gw.view(R, 1, 1), W, eps)
 
     def chunks(self, C: int) -> List[Tuple[int, int, int, int]]:
         """(first, end, Ty, Tx): consecutive regions whose gathered tile fits CHUNK_ELEMENTS."""
