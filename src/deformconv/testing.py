@@ -248,3 +248,93 @@ CASES: Dict[str, Problem] = {
     "big-offsets": Problem(offset_scale=8.0),
     "batch1-one-channel": Problem(N=1, C=1, O=1),
 }
+# Deformable RoI pooling ---------------------------------------------------------------------
+
+ROI_KINDS = ("normal", "tiny", "large", "degenerate", "inverted", "partly_outside",
+             "wholly_outside")
+
+
+@dataclass(frozen=True)
+class RoIProblem:
+    """One deformable RoI pooling call: an ``(N, C, H, W)`` feature map and ``R`` regions
+    drawn from ``kinds`` in turn (:data:`ROI_KINDS`), given in image coordinates (feature
+    coordinates / ``spatial_scale``). ``offset_scale`` is the offsets' standard deviation
+    (normalised units: ``gamma * offset`` is a fraction of the region's size); ``offset=False``
+    passes ``None``."""
+
+    N: int = 2
+    C: int = 3
+    H: int = 7
+    W: int = 9
+    R: int = 14
+    output_size: Tuple[int, int] = (3, 2)
+    spatial_scale: float = 0.5
+    sampling_ratio: int = 0
+    gamma: float = 0.1
+    offset: bool = True
+    offset_scale: float = 1.0
+    kinds: Tuple[str, ...] = ROI_KINDS
+
+    def kwargs(self) -> dict:
+        return dict(output_size=self.output_size, spatial_scale=self.spatial_scale,
+                    sampling_ratio=self.sampling_ratio, gamma=self.gamma)
+
+    def with_(self, **changes) -> "RoIProblem":
+        return replace(self, **changes)
+
+    def _rois(self, g: torch.Generator) -> Tensor:
+        H, W = float(self.H), float(self.W)
+        rows = []
+        for r in range(self.R):
+            kind = self.kinds[r % len(self.kinds)]
+            u = torch.rand(6, generator=g, dtype=torch.float64).tolist()
+            b = float(int(u[5] * self.N))
+            cx, cy = u[0] * (W - 1), u[1] * (H - 1)
+            if kind == "normal":
+                w, h = 1 + u[2] * (W - 1), 1 + u[3] * (H - 1)
+            elif kind == "tiny":
+                w, h = u[2] * 0.8, u[3] * 0.8
+            elif kind == "large":
+                w, h = (1.5 + u[2]) * W, (1.5 + u[3]) * H
+            elif kind == "degenerate":
+                w, h = (0.0, 1 + u[3] * H) if u[4] < 0.5 else (1 + u[2] * W, 0.0)
+            elif kind == "inverted":
+                w, h = -(1 + u[2] * W / 2), -(0.5 + u[3] * H / 2) * (1 if u[4] < 0.7 else -1)
+            elif kind == "partly_outside":
+                cx, cy = (-1 if u[4] < 0.5 else W) + u[0], (-1 if u[4] < 0.5 else H) + u[1]
+                w, h = 1 + u[2] * W, 1 + u[3] * H
+            elif kind == "wholly_outside":
+                cx, cy = W + 3 + u[0] * W, -4 - u[1] * H
+                w, h = 1 + u[2] * 3, 1 + u[3] * 3
+            else:
+                raise ValueError(f"unknown RoI kind {kind!r}")
+            x1, y1 = cx - w / 2, cy - h / 2
+            rows.append([b, x1, y1, x1 + w, y1 + h])
+        return torch.tensor(rows, dtype=torch.float64).view(-1, 5) * torch.tensor(
+            [1.0] + [1.0 / self.spatial_scale] * 4, dtype=torch.float64)
+
+    def tensors(self, dtype: torch.dtype = torch.float64, device="cpu", seed: int = 0,
+                requires_grad: bool = False) -> Dict[str, Optional[Tensor]]:
+        """input, rois, offset (None without offsets), drawn in float64, rounded once to
+        ``dtype``. ``requires_grad`` applies to input and offset (rois get no gradient)."""
+        g = torch.Generator().manual_seed(seed)
+        ph, pw = self.output_size
+        t = dict(input=torch.randn(self.N, self.C, self.H, self.W, generator=g,
+                                   dtype=torch.float64),
+                 rois=self._rois(g),
+                 offset=(torch.randn(self.R, 2, ph, pw, generator=g, dtype=torch.float64)
+                         * self.offset_scale if self.offset else None))
+        out = {}
+        for k, v in t.items():
+            if v is not None:
+                v = v.to(dtype).to(device)
+                if requires_grad and k != "rois":
+                    v.requires_grad_()
+            out[k] = v
+        return out
+
+    def grad_out(self, dtype: torch.dtype = torch.float64, device="cpu",
+                 seed: int = 1) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(self.R, self.C, *self.output_size, generator=g,
+                           dtype=torch.float64).to(dtype).to(device)

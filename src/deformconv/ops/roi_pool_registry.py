@@ -1,0 +1,137 @@
+"""The registered operators ``deformconv::deform_roi_pool`` and its backward.
+
+``torch.library`` custom ops with fake (shape) implementations and registered autograd, so
+``torch.compile(fullgraph=True)`` traces them without graph breaks and ``torch.export`` keeps
+the forward as one node. The default kernel is the pure-PyTorch one (any device); the CUDA
+kernel (:func:`cuda_backend`) is Triton when it imports. Autocast runs the op in float32.
+Arguments are assumed valid: the public function checks them.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import roi_pool_torch
+
+AUTOCAST_DTYPE = torch.float32
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
+
+@torch.library.custom_op("deformconv::deform_roi_pool", mutates_args=())
+def deform_roi_pool_op(input: Tensor, rois: Tensor, offset: Optional[Tensor], pooled_h: int,
+                       pooled_w: int, spatial_scale: float, sampling_ratio: int,
+                       gamma: float) -> Tensor:
+    return roi_pool_torch.deform_roi_pool_fwd(input, rois, offset, pooled_h, pooled_w,
+                                              spatial_scale, sampling_ratio, gamma)
+
+
+@deform_roi_pool_op.register_fake
+def _(input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma):
+    return input.new_empty(rois.shape[0], input.shape[1], pooled_h, pooled_w)
+
+
+@torch.library.custom_op("deformconv::deform_roi_pool_backward", mutates_args=())
+def deform_roi_pool_backward_op(grad_out: Tensor, input: Tensor, rois: Tensor,
+                                offset: Optional[Tensor], pooled_h: int, pooled_w: int,
+                                spatial_scale: float, sampling_ratio: int, gamma: float,
+                                need_input: bool, need_offset: bool) -> Tuple[Tensor, Tensor]:
+    gi, go = roi_pool_torch.deform_roi_pool_bwd(grad_out, input, rois, offset, pooled_h,
+                                                pooled_w, spatial_scale, sampling_ratio, gamma,
+                                                need_input, need_offset)
+    return gi.contiguous(), go.contiguous()
+
+
+@deform_roi_pool_backward_op.register_fake
+def _(grad_out, input, rois, offset, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma,
+      need_input, need_offset):
+    gi = input.new_empty(input.shape) if need_input else input.new_empty(0)
+    go = (input.new_empty(offset.shape) if need_offset and offset is not None
+          else input.new_empty(0))
+    return gi, go
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, offset, *params = inputs
+    ctx.save_for_backward(input, rois, offset)
+    ctx.params = params
+
+
+def _backward(ctx, grad_out):
+    input, rois, offset = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    need_offset = offset is not None and n[2]
+    gi, go = deform_roi_pool_backward_op(grad_out.contiguous(), input, rois, offset,
+                                         *ctx.params, n[0], need_offset)
+    return (gi if n[0] else None, None, go if need_offset else None,
+            None, None, None, None, None)
+
+
+deform_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "deform_roi_pool supports first-order gradients only: double backward (create_graph="
+        "True through the backward, e.g. gradient penalties) is not implemented")
+
+
+deform_roi_pool_backward_op.register_autograd(_no_double_backward,
+                                              setup_context=lambda ctx, inputs, output: None)
+
+for _device_type in AUTOCAST_DEVICE_TYPES:
+    torch.library.register_autocast(deform_roi_pool_op, _device_type, AUTOCAST_DTYPE)
+
+
+# CUDA: Triton when it imports, else the pure-PyTorch kernels. One function, so the central
+# kernel choice can absorb it.
+@functools.lru_cache(maxsize=None)
+def cuda_backend():
+    """The module whose ``deform_roi_pool_fwd``/``deform_roi_pool_bwd`` serve CUDA tensors:
+    ``deformconv.ops.triton.roi_pool_launch`` when ``triton`` imports, else ``roi_pool_torch``.
+    """
+    try:
+        from .triton import roi_pool_launch
+    except ImportError:
+        return roi_pool_torch
+    return roi_pool_launch
+
+
+_fell_back = False
+
+
+def _run_cuda(name: str, *args):
+    """Call ``name`` of the CUDA backend; if a Triton launch fails, warn once and use (and keep
+    using) the pure-PyTorch kernels."""
+    global _fell_back
+    backend = cuda_backend()
+    if backend is not roi_pool_torch and not _fell_back:
+        try:
+            return getattr(backend, name)(*args)
+        except Exception as e:  # compiler or driver failure: correctness over speed
+            _fell_back = True
+            warnings.warn(f"deform_roi_pool: the Triton kernel failed ({type(e).__name__}: "
+                          f"{e}); using the pure-PyTorch kernels from now on", RuntimeWarning)
+    return getattr(roi_pool_torch, name)(*args)
+
+
+@deform_roi_pool_op.register_kernel("cuda")
+def _deform_roi_pool_cuda(input: Tensor, rois: Tensor, offset: Optional[Tensor], pooled_h: int,
+                          pooled_w: int, spatial_scale: float, sampling_ratio: int,
+                          gamma: float) -> Tensor:
+    return _run_cuda("deform_roi_pool_fwd", input, rois, offset, pooled_h, pooled_w,
+                     spatial_scale, sampling_ratio, gamma)
+
+
+@deform_roi_pool_backward_op.register_kernel("cuda")
+def _deform_roi_pool_backward_cuda(grad_out: Tensor, input: Tensor, rois: Tensor,
+                                   offset: Optional[Tensor], pooled_h: int, pooled_w: int,
+                                   spatial_scale: float, sampling_ratio: int, gamma: float,
+                                   need_input: bool, need_offset: bool):
+    gi, go = _run_cuda("deform_roi_pool_bwd", grad_out, input, rois, offset, pooled_h,
+                       pooled_w, spatial_scale, sampling_ratio, gamma, need_input, need_offset)
+    return gi.contiguous(), go.contiguous()
