@@ -10,3 +10,8 @@ autocast.register()
 onnx.register_torchscript_symbolic()
 
 __all__ = ["deform_conv2d", "registry"]
+
+from .deform_conv_nd import deform_conv1d, deform_conv3d  # noqa: E402
+from . import registry_nd  # noqa: E402,F401
+
+__all__ += ["deform_conv1d", "deform_conv3d"]
