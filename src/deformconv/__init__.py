@@ -7,3 +7,7 @@ from .ops import deform_conv2d
 __version__ = "0.1.0"
 __all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
            "convert_to_deformable", "__version__"]
+
+from .ops import deform_conv1d, deform_conv3d  # noqa: E402
+
+__all__ += ["deform_conv1d", "deform_conv3d"]
