@@ -1,13 +1,14 @@
-"""Deformable convolution ops: the public function and the registered operators."""
+"""Deformable convolution ops: the public functions and the registered operators."""
 
-from .deform_conv import deform_conv2d
-from . import registry
-from . import cuda  # registers the CUDA kernels (Triton imported lazily)
-from . import autocast
+from . import autocast, cuda, registry  # cuda registers the CUDA kernels (Triton lazily)
 from . import onnx  # imports torch.onnx only (cheap); onnx/onnxscript stay optional
+from . import registry_nd  # registers deformconv::deform_conv1d/3d
+from .deform_conv import deform_conv2d
+from .deform_conv_nd import deform_conv1d, deform_conv3d
 from .deform_roi_pool import deform_roi_pool  # registers deformconv::deform_roi_pool
 
 autocast.register()
 onnx.register_torchscript_symbolic()
 
-__all__ = ["deform_conv2d", "deform_roi_pool", "registry"]
+__all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool", "registry",
+           "registry_nd"]

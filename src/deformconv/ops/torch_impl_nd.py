@@ -1,0 +1,316 @@
+"""Pure-PyTorch deformable convolution for ``R`` spatial dimensions (1-D and 3-D), any device.
+
+The 2-D design of ``torch_impl`` written once for any ``R``:
+
+- The input is copied once to channels-last with a one-sample zero border in every spatial
+  dimension, ``src[(n, s_1 + 1, .., s_R + 1, g), c]`` of shape ``(N * prod(S + 2) * G, C/G)``.
+  Every corner of a position inside ``[-1, S_d)`` then has a row, and corners beyond the input
+  read the zero border: no per-corner test and no clamping.
+- A plan gives, per (position, tap, offset group), the ``2^R`` corner rows and their
+  multilinear weights times the mask; ``embedding_bag`` gathers and blends them in one pass.
+  Rows are ordered ``(b, o_1, k_1, .., o_R, k_R, G)``, so the sampled columns are, in memory,
+  the channels-last "tap volume" ``T`` of shape ``(b, o_1*k_1, .., o_R*k_R, C)`` whose
+  ``k_1 x .. x k_R`` blocks are the taps of each output position: the deformable convolution is
+  ``conv{R}d(T, weight, stride=kernel, groups=groups)``.
+- Backward: ``convolution_backward`` of that convolution gives the column gradient and the
+  weight gradient; the column gradient is scattered to the input by a stably sorted gather
+  (deterministic, no atomics); the offset and mask gradients come from the ``2^R`` dot products
+  ``<column gradient, corner value>``.
+
+Work is cut into chunks of whole samples or of slabs along the first output dimension, so that
+the columns of one chunk stay near ``torch_impl.COLUMN_BUDGET_BYTES`` (no whole-batch column
+buffer). Arguments are assumed valid (see ``deform_conv_nd.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import geometry
+from .torch_impl import _chunks, _compute_dtype, _index_dtype, _sample
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _padded_source(input: Tensor, G: int, dtype: torch.dtype) -> Tensor:
+    """(N, C, *S) -> (N*prod(S+2)*G, C/G): channels-last, zero border, compute dtype."""
+    N, C, *S = input.shape
+    R = len(S)
+    src = torch.empty(N, *(s + 2 for s in S), C, dtype=dtype, device=input.device)
+    for d, s in enumerate(S):  # zero the border faces only, then copy the interior
+        src.narrow(1 + d, 0, 1).zero_()
+        src.narrow(1 + d, s + 1, 1).zero_()
+    interior = src
+    for d, s in enumerate(S):
+        interior = interior.narrow(1 + d, 1, s)
+    interior.copy_(input.permute(0, *range(2, R + 2), 1))
+    return src.view(-1, C // G)
+
+
+def _row_order(R: int) -> Tuple[int, ...]:
+    """Permutation (b, G, k_1..k_R, o_1..o_R) -> (b, o_1, k_1, .., o_R, k_R, G)."""
+    order = [0]
+    for d in range(R):
+        order += [2 + R + d, 2 + d]
+    return tuple(order + [1])
+
+
+def _inverse(order: Sequence[int]) -> Tuple[int, ...]:
+    back = [0] * len(order)
+    for i, o in enumerate(order):
+        back[o] = i
+    return tuple(back)
+
+
+class _PlanND:
+    """Sampling plan of one chunk: ``idx``/``wts`` (M, 2^R); ``frac`` and ``inside`` are in
+    row order; ``mask`` likewise, or None."""
+
+    __slots__ = ("idx", "wts", "frac", "inside", "mask")
+
+    def __init__(self, idx, wts, frac, inside, mask):
+        self.idx, self.wts, self.frac, self.inside, self.mask = idx, wts, frac, inside, mask
+
+
+def _corner_bits(R: int) -> List[Tuple[int, ...]]:
+    """Corners in order, first dimension's bit most significant: 1-D (0,), (1,); 3-D (0,0,0),
+    (0,0,1), .. (1,1,1)."""
+    return [tuple((c >> (R - 1 - d)) & 1 for d in range(R)) for c in range(2 ** R)]
+
+
+def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int,
+          size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+          padding: Sequence[int], dilation: Sequence[int], G: int, dtype: torch.dtype,
+          index_dtype: torch.dtype) -> _PlanND:
+    R = len(size)
+    b = n1 - n0
+    dev = offset.device
+    o = [r1 - r0] + list(offset.shape[3:])
+    order = _row_order(R)
+    off = offset[n0:n1, :, r0:r1].view(b, G, *kernel, R, *o).to(dtype)
+    row_shape = [b]
+    for d in range(R):
+        row_shape += [o[d], kernel[d]]
+    row_shape.append(G)
+    positions = []
+    for d in range(R):
+        first = r0 if d == 0 else 0
+        grid = ((torch.arange(first, first + o[d], device=dev) * stride[d] - padding[d])
+                .view(-1, 1) + (torch.arange(kernel[d], device=dev) * dilation[d]).view(1, -1))
+        view = [1] * (2 * R + 2)
+        view[1 + 2 * d], view[2 + 2 * d] = o[d], kernel[d]
+        # Logical (row-major) order from here on, whatever the offsets' strides.
+        positions.append((grid.to(dtype).view(view) + off.select(R + 2, d).permute(*order))
+                         .contiguous())
+    # Outside [-1, S_d) in some dimension, or not finite (NaN fails every comparison): no
+    # contribution. At exactly -1 the sample is 0 but the one-sided derivative is not.
+    inside = torch.ones(row_shape, dtype=torch.bool, device=dev)
+    for p, s in zip(positions, size):
+        inside &= (p >= -1) & (p < s)
+    lows, frac = [], []
+    for p in positions:
+        p = torch.where(inside, p, 0.0)
+        low = torch.floor(p)
+        lows.append(low.long())
+        frac.append(p - low)
+    # Row of the all-lower corner in the padded source; the others add a step per upper bit.
+    padded = [s + 2 for s in size]
+    base = torch.arange(n0, n1, device=dev).view([b] + [1] * (2 * R + 1))
+    for d in range(R):
+        base = base * padded[d] + (lows[d] + 1)
+    base = (base * G + torch.arange(G, device=dev)).view(-1)
+    M = base.shape[0]
+    pitch = [math.prod(padded[d + 1:]) * G for d in range(R)]
+    bits = _corner_bits(R)
+    idx = torch.empty(M, len(bits), dtype=index_dtype, device=dev)
+    weight_of = []  # per dimension: (lower weight, upper weight), flat
+    for f in frac:
+        weight_of.append(((1 - f).view(-1), f.view(-1)))
+    m = inside.to(dtype)
+    msk = None
+    if mask is not None:
+        msk = mask[n0:n1, :, r0:r1].view(b, G, *kernel, *o).permute(*order).to(dtype)
+        msk = msk.contiguous()
+        m = m * msk
+    m = m.view(-1)
+    wts = torch.empty(M, len(bits), dtype=dtype, device=dev)
+    # Filled column by column (broadcasting into a small inner size does not vectorise).
+    for c, corner in enumerate(bits):
+        torch.add(base, sum(p * u for p, u in zip(pitch, corner)), out=idx[:, c])
+        w = m
+        for d, u in enumerate(corner):
+            w = w * weight_of[d][u]
+        wts[:, c].copy_(w)
+    return _PlanND(idx, wts, frac, inside, msk)
+
+
+def _tap_volume(cols: Tensor, row_shape: Sequence[int]) -> Tensor:
+    """Columns (M, C/G) as the N-C-spatial view of the channels-last tap volume."""
+    R = (len(row_shape) - 2) // 2
+    b = row_shape[0]
+    vol = [row_shape[1 + 2 * d] * row_shape[2 + 2 * d] for d in range(R)]
+    return cols.view(b, *vol, -1).permute(0, R + 1, *range(1, R + 1))
+
+
+def _row_shape(p: _PlanND) -> Tuple[int, ...]:
+    return tuple(p.inside.shape)
+
+
+def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                       bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+                       dilation: Sequence[int]) -> Tensor:
+    """Forward of ``deform_conv{R}d``: Tensor[N, O, *o] of the input's dtype."""
+    N, C, *size = input.shape
+    O, Cg, *kernel = weight.shape
+    R = len(size)
+    groups = geometry.groups_of(C, weight.shape, offset.shape[1])
+    out_sz = geometry.out_size(size, kernel, stride, padding, dilation)
+    ct = _compute_dtype(input.dtype)
+    if N == 0:
+        return input.new_empty(N, O, *out_sz)
+    out = torch.empty(N, O, *out_sz, dtype=ct, device=input.device)
+    src = _padded_source(input, groups.offset_groups, ct)
+    it = _index_dtype(src)
+    w = weight.to(ct)
+    b_ = bias.to(ct) if bias is not None else None
+    row_bytes = math.prod(out_sz[1:]) * groups.taps * C * src.element_size()
+    for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
+        p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
+                  groups.offset_groups, ct, it)
+        T = _tap_volume(_sample(src, p), _row_shape(p))
+        out[n0:n1, :, r0:r1] = _CONV[R](T, w, b_, stride=tuple(kernel), groups=groups.groups)
+    return out.to(input.dtype)
+
+
+def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
+                       mask: Optional[Tensor], bias: Optional[Tensor], stride: Sequence[int],
+                       padding: Sequence[int], dilation: Sequence[int],
+                       output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (input, weight, offset, mask, bias); those not asked for come back empty.
+
+    ``output_mask`` = [input, weight, offset and mask, bias], as in aten's
+    convolution_backward.
+    """
+    need_in, need_w, need_om, need_b = output_mask
+    N, C, *size = input.shape
+    O, Cg, *kernel = weight.shape
+    R = len(size)
+    grp = geometry.groups_of(C, weight.shape, offset.shape[1])
+    G = grp.offset_groups
+    out_sz = tuple(grad_out.shape[2:])
+    ct = _compute_dtype(input.dtype)
+    dev = input.device
+    padded = [s + 2 for s in size]
+
+    zeros = functools.partial(torch.zeros, dtype=ct, device=dev)
+    g_src = zeros(N * math.prod(padded) * G, C // G) if need_in else None
+    g_w = zeros(weight.shape) if need_w else None
+    g_off = zeros(offset.shape) if need_om else None
+    g_mask = zeros(mask.shape) if need_om and mask is not None else None
+
+    if N > 0 and (need_in or need_w or need_om):
+        src = _padded_source(input, G, ct)
+        w, go_all, it = weight.to(ct), grad_out.to(ct), _index_dtype(src)
+        row_bytes = math.prod(out_sz[1:]) * grp.taps * C * src.element_size()
+        need_cols = need_in or need_om
+        for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
+            p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
+                      G, ct, it)
+            rows = _row_shape(p)
+            if need_w:
+                T = _tap_volume(_sample(src, p), rows)
+            else:
+                vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(R)]
+                T = torch.empty(rows[0], *vol, C, dtype=ct, device=dev).movedim(-1, 1)
+            g_T, g_wc, _ = torch.ops.aten.convolution_backward(
+                go_all[n0:n1, :, r0:r1], T, w, None, list(kernel), [0] * R, [1] * R, False,
+                [0] * R, grp.groups, [need_cols, need_w, False])
+            if need_w:
+                g_w += g_wc
+            if not need_cols:
+                continue
+            gcol = g_T.movedim(1, -1).reshape(-1, C // G)
+            if need_om:
+                _offset_mask_grad(_corner_dots(gcol, src, p), p, g_off, g_mask, n0, n1, r0, r1)
+            if need_in:
+                _gather_scatter(g_src, gcol, p)
+
+    g_in = None
+    if need_in:  # the interior of the padded channels-last gradient, back to (N, C, *S)
+        g_in = g_src.view(N, *padded, C)
+        for d, s in enumerate(size):
+            g_in = g_in.narrow(1 + d, 1, s)
+        g_in = g_in.movedim(-1, 1)
+    g_b = (grad_out.to(ct).sum([0, *range(2, R + 2)])
+           if need_b and bias is not None else None)
+    return tuple(input.new_empty(0) if g is None else g.to(input.dtype).contiguous()
+                 for g in (g_in, g_w, g_off, g_mask, g_b))
+
+
+def _gather_scatter(g_src: Tensor, gcol: Tensor, p: _PlanND) -> None:
+    """``g_src[idx[m, c]] += wts[m, c] * gcol[m]`` without atomics: the corner rows are sorted
+    stably (a fixed summation order, bitwise repeatable), and one ``embedding_bag`` sums for
+    each source row the column-gradient rows that sampled it."""
+    corners = p.idx.shape[1]
+    targets, perm = torch.sort(p.idx.reshape(-1).long(), stable=True)
+    first, last = int(targets[0]), int(targets[-1])
+    bag_starts = torch.searchsorted(
+        targets, torch.arange(first, last + 1, device=targets.device))
+    g_src[first:last + 1] += F.embedding_bag(
+        torch.div(perm, corners, rounding_mode="floor"), gcol, bag_starts, mode="sum",
+        per_sample_weights=p.wts.reshape(-1)[perm])
+
+
+def _corner_dots(gcol: Tensor, src: Tensor, p: _PlanND) -> Tensor:
+    """(M, 2^R): ``<gcol[m], src[idx[m, c]]>``, the gradient of ``_sample`` wrt its weights."""
+    M, corners = p.idx.shape
+    lin = p.idx.reshape(-1)
+    bag_of = torch.div(torch.arange(M * corners, dtype=lin.dtype, device=lin.device), corners,
+                       rounding_mode="floor")
+    starts = torch.arange(0, M * corners, corners, dtype=lin.dtype, device=lin.device)
+    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        gcol, src, lin, starts, bag_of, 0, -1)
+    return dots.view(M, corners)
+
+
+def _offset_mask_grad(s: Tensor, p: _PlanND, g_off: Tensor, g_mask: Optional[Tensor],
+                      n0: int, n1: int, r0: int, r1: int) -> None:
+    """d/d(offsets, mask) from ``s[:, c]``, the gradient wrt the corner weights
+    ``m * prod_d w_d``. Differentiating ``w_d`` (``1 - f_d`` or ``f_d``) in ``f_d`` with the
+    floor held constant gives the one-sided derivative of the conventions."""
+    rows = _row_shape(p)
+    R = len(p.frac)
+    b, G = rows[0], rows[-1]
+    kernel = [rows[2 + 2 * d] for d in range(R)]
+    o = [rows[1 + 2 * d] for d in range(R)]
+    back = _inverse(_row_order(R))
+    s = s.view(*rows, -1)
+    bits = _corner_bits(R)
+    m = p.inside.to(s.dtype)
+    if p.mask is not None:
+        m = m * p.mask
+    g_view = g_off[n0:n1, :, r0:r1].view(b, G, *kernel, R, *o)
+    for d in range(R):
+        acc = torch.zeros(rows, dtype=s.dtype, device=s.device)
+        for c, corner in enumerate(bits):
+            term = s[..., c]
+            for e, u in enumerate(corner):
+                if e != d:
+                    term = term * (p.frac[e] if u else 1 - p.frac[e])
+            acc = acc + term if corner[d] else acc - term
+        g_view.select(R + 2, d).copy_((m * acc).permute(*back))
+    if g_mask is not None:
+        acc = torch.zeros(rows, dtype=s.dtype, device=s.device)
+        for c, corner in enumerate(bits):
+            term = s[..., c]
+            for e, u in enumerate(corner):
+                term = term * (p.frac[e] if u else 1 - p.frac[e])
+            acc = acc + term
+        acc = acc * p.inside.to(s.dtype)
+        g_mask[n0:n1, :, r0:r1].view(b, G, *kernel, *o).copy_(acc.permute(*back))
