@@ -14,15 +14,44 @@ one offset group (a "segment"), so every row of a gathered ``[BLOCK_M, BLOCK_C]`
 one offset. Any ``C``, ``groups`` and ``G`` work; a segment narrower than ``BLOCK_C`` wastes
 part of the tile (masked), it is not an error.
 
-Hostile offsets: a position is "inside" only when ``-1 < y < H`` and ``-1 < x < W``, which is
-False for NaN; outside positions are replaced by 0 before the float -> int conversion, corner
-indices are clamped into the image, and every load and atomic is masked by corner validity.
-So NaN, inf or 1e30 offsets can neither form nor use an out-of-bounds address; such samples
-contribute 0 and get zero offset/mask gradients (CONVENTIONS.md, ``torch_impl._plan``).
+Index width: with ``INDEX_64=False`` every address is computed in 32-bit integers, which the
+launcher chooses when every tensor has fewer than 2**31 elements (registers are the scarce
+resource of these kernels: 64-bit address tiles cost twice as many); ``INDEX_64=True`` casts
+the program ids and pixel indices to int64 first, so all address arithmetic is 64-bit.
+
+Hostile offsets: a position is "inside" only when ``y >= -1``, ``y < H``, ``x >= -1`` and
+``x < W`` hold, which is False for NaN (the corners of ``y = -1`` exactly are all outside, so
+this equals the convention's ``-1 < y``); outside positions are replaced by 0 before the float
+-> int conversion, corner indices are clamped into the image, and every load and atomic is
+masked by corner validity. So NaN, inf or 1e30 offsets can neither form nor use an
+out-of-bounds address; such samples contribute 0 and get zero offset/mask gradients.
+
+Shape integers that change from batch to batch (``N``, ``H``, ``W``, ``oH``, ``oW``, the split
+counts and the size bucket) are not specialised, so multi-scale inputs reuse one binary;
+channel counts, groups and stride/padding/dilation are (they are fixed by the model).
+
+Autotune configurations sit beside each kernel (``*_CONFIGS``); ``KERNEL_SPECS`` at the end
+feeds the offline resource report (``report.py``).
 """
 
 import triton
 import triton.language as tl
+
+from .spec import ELEMENT, KernelSpec, dot_precision
+
+_DYNAMIC = ["N", "H", "W", "oH", "oW", "SPLIT", "SIZE_BUCKET"]
+
+
+@triton.jit
+def _pixels(pid_m, N, oH, oW, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
+    """Pixel tile ``pid_m``: validity, image, flat output position, row and column."""
+    oHW = oH * oW
+    # Widen before multiplying (pid_m may be a program id or a loop counter).
+    pix = tl.zeros((BLOCK_M,), dtype=tl.int64 if INDEX_64 else tl.int32) + pid_m
+    pix = pix * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pix // oHW
+    rem = pix % oHW
+    return pix < N * oHW, n, rem, rem // oW, rem % oW
 
 
 @triton.jit
@@ -32,9 +61,11 @@ def _sample_plan(off_ptr,   # offset (N, 2*G*K, oH, oW)
                  KH: tl.constexpr, KW: tl.constexpr, HAS_MASK: tl.constexpr):
     """Bilinear plan of one (tap, offset group) for a tile of pixels.
 
-    Returns the four corner addresses into the channels-last input (element offsets of
-    channel 0), their validity (inside the image, pixel valid), the fractional parts ``ly``,
-    ``lx`` and the factor ``mm`` = inside * mask that multiplies every sample.
+    Returns the address ``a00`` of corner (y0, x0) into the channels-last input (element
+    offset of channel 0), the steps ``dx``/``dy`` to the corners (y0, x0+1) and (y0+1, x0)
+    (one column / row, or 0 where the clamped corners coincide), the validity of the four
+    corners, the fractional parts ``ly``, ``lx`` and the factor ``mm`` = inside * mask that
+    multiplies every sample. Every corner address lies inside the image, valid or not.
     """
     K = KH * KW
     i = k // KW
@@ -53,41 +84,42 @@ def _sample_plan(off_ptr,   # offset (N, 2*G*K, oH, oW)
     x0f = tl.floor(x)
     ly = y - y0f
     lx = x - x0f
-    y0 = y0f.to(tl.int64)  # in [-1, H-1] once clamped to the inside
-    x0 = x0f.to(tl.int64)
+    y0 = y0f.to(tl.int32)  # in [-1, H-1] once clamped to the inside
+    x0 = x0f.to(tl.int32)
     vy0 = inside & (y0 >= 0)
     vy1 = inside & (y0 < H - 1)
     vx0 = x0 >= 0
     vx1 = x0 < W - 1
+    # y0 = -1 clamps to row 0, which is also row y0 + 1: step 0. y0 = H - 1 has no row below
+    # (that corner is masked): step 0 keeps its address inside. Likewise for columns.
     y0c = tl.maximum(y0, 0)
-    y1c = tl.minimum(y0 + 1, H - 1)
     x0c = tl.maximum(x0, 0)
-    x1c = tl.minimum(x0 + 1, W - 1)
-    r0 = (n * H + y0c) * W
-    r1 = (n * H + y1c) * W
-    a00 = (r0 + x0c) * C
-    a01 = (r0 + x1c) * C
-    a10 = (r1 + x0c) * C
-    a11 = (r1 + x1c) * C
+    a00 = ((n * H + y0c) * W + x0c) * C
+    dx = tl.where((x0 >= 0) & vx1, C, 0)
+    dy = tl.where((y0 >= 0) & (y0 < H - 1), W * C, 0)
     mm = inside.to(tl.float32)
     if HAS_MASK:
         mv = tl.load(mask_ptr + n * (G * K) * oHW + ch * oHW + rem, mask=pix_ok, other=0.0)
         mm = mm * mv.to(tl.float32)
-    return (a00, a01, a10, a11, vy0 & vx0, vy0 & vx1, vy1 & vx0, vy1 & vx1, ly, lx, mm)
+    return a00, dx, dy, vy0 & vx0, vy0 & vx1, vy1 & vx0, vy1 & vx1, ly, lx, mm
 
 
 @triton.jit
 def _gather_columns(x_ptr,  # input, channels-last (N, H, W, C)
-                    a00, a01, a10, a11, ok00, ok01, ok10, ok11, w00, w01, w10, w11, cc, c_ok):
-    """Blend the four corners of channels ``cc`` into a float32 [BLOCK_M, BLOCK_C] tile."""
+                    a00, dx, dy, ok00, ok01, ok10, ok11, w00, w01, w10, w11, cc, c_ok):
+    """Blend the four corners of channels ``cc`` into a float32 [BLOCK_M, BLOCK_C] tile.
+
+    One pointer tile, shifted by a row vector per corner, keeps a single [BLOCK_M, BLOCK_C]
+    address tile live instead of four.
+    """
     cm = c_ok[None, :]
-    cols = w00[:, None] * tl.load(x_ptr + a00[:, None] + cc[None, :], mask=ok00[:, None] & cm,
-                                  other=0.0).to(tl.float32)
-    cols += w01[:, None] * tl.load(x_ptr + a01[:, None] + cc[None, :], mask=ok01[:, None] & cm,
+    p = x_ptr + (a00[:, None] + cc[None, :])
+    cols = w00[:, None] * tl.load(p, mask=ok00[:, None] & cm, other=0.0).to(tl.float32)
+    cols += w01[:, None] * tl.load(p + dx[:, None], mask=ok01[:, None] & cm,
                                    other=0.0).to(tl.float32)
-    cols += w10[:, None] * tl.load(x_ptr + a10[:, None] + cc[None, :], mask=ok10[:, None] & cm,
+    cols += w10[:, None] * tl.load(p + dy[:, None], mask=ok10[:, None] & cm,
                                    other=0.0).to(tl.float32)
-    cols += w11[:, None] * tl.load(x_ptr + a11[:, None] + cc[None, :], mask=ok11[:, None] & cm,
+    cols += w11[:, None] * tl.load(p + (dx + dy)[:, None], mask=ok11[:, None] & cm,
                                    other=0.0).to(tl.float32)
     return cols
 
@@ -101,34 +133,40 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
-@triton.jit
-def _pixels(pid_m, P, oHW, oW, BLOCK_M: tl.constexpr):
-    pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pix // oHW
-    rem = pix % oHW
-    return pix < P, n, rem, rem // oW, rem % oW
+# Forward: [BLOCK_M pixels, BLOCK_N output channels] tiles. Small maps split the taps over
+# SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
+# smaller tiles, so every config below stays a valid choice for every map.
+FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_DYNAMIC)
 def _deform_conv2d_fwd_kernel(
         x_ptr,     # input, channels-last (N, H, W, C)
         w_ptr,     # weight (groups, K, Cg, Og)
         off_ptr,   # offset (N, 2*G*K, oH, oW)
         mask_ptr,  # mask (N, G*K, oH, oW); unused without HAS_MASK
         bias_ptr,  # bias (O,); unused without HAS_BIAS
-        out_ptr,   # output (N, O, oH, oW), every element written
-        P, C, H, W, oH, oW, Cg, Og, Cpg, G, O, sh, sw, ph, pw, dh, dw,
+        out_ptr,   # output (SPLIT, N, O, oH, oW): the output when SPLIT == 1, else float32
+                   # partial sums over the taps k = split, split + SPLIT, ...; all written
+        N, C, H, W, oH, oW, Cg, Og, Cpg, G, O, sh, sw, ph, pw, dh, dw, SPLIT, SIZE_BUCKET,
         KH: tl.constexpr, KW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_C: tl.constexpr):
-    """Implicit GEMM: out tile [BLOCK_M pixels, BLOCK_N channels of conv group pid 2]."""
+        INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, INDEX_64: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Implicit GEMM: out tile [BLOCK_M pixels, BLOCK_N channels of one conv group], grid
+    ``(pixel tiles, output-channel tiles, groups * SPLIT)``. ``SIZE_BUCKET`` is only an
+    autotune key."""
     K = KH * KW
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    grp = tl.program_id(2).to(tl.int64)
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    grp = tl.program_id(2) // SPLIT
+    split = tl.program_id(2) % SPLIT
     oHW = oH * oW
-    pix_ok, n, rem, oy, ox = _pixels(pid_m, P, oHW, oW, BLOCK_M)
+    pix_ok, n, rem, oy, ox = _pixels(pid_m, N, oH, oW, BLOCK_M, INDEX_64)
     oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel within the conv group
     oc_ok = oc < Og
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -137,33 +175,39 @@ def _deform_conv2d_fwd_kernel(
     for g in range(c_begin // Cpg, (c_end - 1) // Cpg + 1):
         lo = tl.maximum(c_begin, g * Cpg)
         hi = tl.minimum(c_end, g * Cpg + Cpg)
-        for k in range(K):
-            a00, a01, a10, a11, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
+        for k in range(split, K, SPLIT):
+            a00, dx, dy, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
                 off_ptr, mask_ptr, n, rem, oy, ox, pix_ok, g, k, G, H, W, C, oHW,
                 sh, sw, ph, pw, dh, dw, KH, KW, HAS_MASK)
             hy = 1.0 - ly
             hx = 1.0 - lx
-            w00 = hy * hx * mm
-            w01 = hy * lx * mm
-            w10 = ly * hx * mm
-            w11 = ly * lx * mm
             w_row = (grp * K + k) * Cg - c_begin
             for c0 in range(lo, hi, BLOCK_C):
                 cc = c0 + tl.arange(0, BLOCK_C)
                 c_ok = cc < hi
-                cols = _gather_columns(x_ptr, a00, a01, a10, a11, ok00, ok01, ok10, ok11,
-                                       w00, w01, w10, w11, cc, c_ok)
+                cols = _gather_columns(x_ptr, a00, dx, dy, ok00, ok01, ok10, ok11,
+                                       hy * hx * mm, hy * lx * mm, ly * hx * mm, ly * lx * mm,
+                                       cc, c_ok)
                 wt = tl.load(w_ptr + (w_row + cc)[:, None] * Og + oc[None, :],
                              mask=c_ok[:, None] & oc_ok[None, :], other=0.0)
                 acc = _dot(cols.to(wt.dtype), wt, acc, INPUT_PRECISION, DOT_UPCAST)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + grp * Og + oc, mask=oc_ok, other=0.0).to(tl.float32)[None, :]
-    out_off = n[:, None] * O * oHW + (grp * Og + oc)[None, :] * oHW + rem[:, None]
+        b = tl.load(bias_ptr + grp * Og + oc, mask=oc_ok, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, b, 0.0)[None, :]  # the bias once, in split 0
+    out_off = ((split * N + n[:, None]) * O + (grp * Og + oc)[None, :]) * oHW + rem[:, None]
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty),
              mask=pix_ok[:, None] & oc_ok[None, :])
 
 
-@triton.jit
+# Input/offset/mask gradients: one program per (pixel tile, offset group x tap).
+BWD_DATA_CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_O": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_O": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 64}, num_warps=4, num_stages=2),
+]
+
+
+@triton.jit(do_not_specialize=_DYNAMIC)
 def _deform_conv2d_bwd_data_kernel(
         x_ptr,      # input, channels-last (N, H, W, C)
         w_ptr,      # weight (groups, K, Cg, Og)
@@ -173,97 +217,106 @@ def _deform_conv2d_bwd_data_kernel(
         gin_ptr,    # float32 input gradient, channels-last (N, H, W, C), zeroed, atomics
         goff_ptr,   # offset gradient (N, 2*G*K, oH, oW), every element written if NEED_OM
         gmask_ptr,  # mask gradient (N, G*K, oH, oW), written if NEED_OM and HAS_MASK
-        P, C, H, W, oH, oW, Cg, Og, Cpg, G, O, sh, sw, ph, pw, dh, dw,
+        N, C, H, W, oH, oW, Cg, Og, Cpg, G, O, sh, sw, ph, pw, dh, dw, SIZE_BUCKET,
         KH: tl.constexpr, KW: tl.constexpr, HAS_MASK: tl.constexpr, NEED_IN: tl.constexpr,
         NEED_OM: tl.constexpr, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Input, offset and mask gradients of a tile of BLOCK_M pixels.
+        INDEX_64: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Input, offset and mask gradients of one (pixel tile, offset group g, tap k), grid
+    ``(pixel tiles, G * K)``.
 
-    For each (offset group, tap, channel block) the column gradient tile
+    For each channel block of the offset group the column gradient tile
     ``grad_out[pixels, Og] @ weight[Og, channels]`` is recomputed, scattered to the four corners
-    (atomics) and reduced over the channels of the offset group against the corner values,
-    which gives the offset and mask gradients of the tile without atomics.
+    (atomics) and reduced over the channels against the corner values, which gives the offset
+    and mask gradients of (g, k) for the tile without atomics.
     """
     K = KH * KW
-    pid_m = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(0)
+    g = tl.program_id(1) // K
+    k = tl.program_id(1) % K
     oHW = oH * oW
-    pix_ok, n, rem, oy, ox = _pixels(pid_m, P, oHW, oW, BLOCK_M)
+    pix_ok, n, rem, oy, ox = _pixels(pid_m, N, oH, oW, BLOCK_M, INDEX_64)
     go_base = n * O * oHW + rem
-    for g in range(G):
-        g_begin = g * Cpg
-        g_end = g_begin + Cpg
-        for k in range(K):
-            a00, a01, a10, a11, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
-                off_ptr, mask_ptr, n, rem, oy, ox, pix_ok, g, k, G, H, W, C, oHW,
-                sh, sw, ph, pw, dh, dw, KH, KW, HAS_MASK)
-            hy = 1.0 - ly
-            hx = 1.0 - lx
-            s00 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            s01 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            s10 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            s11 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for grp in range(g_begin // Cg, (g_end - 1) // Cg + 1):
-                lo = tl.maximum(grp * Cg, g_begin)
-                hi = tl.minimum(grp * Cg + Cg, g_end)
-                w_row = (grp * K + k) * Cg - grp * Cg
-                for c0 in range(lo, hi, BLOCK_C):
-                    cc = c0 + tl.arange(0, BLOCK_C)
-                    c_ok = cc < hi
-                    gcol = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-                    for o0 in range(0, Og, BLOCK_O):
-                        oo = o0 + tl.arange(0, BLOCK_O)
-                        o_ok = oo < Og
-                        go = tl.load(gout_ptr + go_base[:, None] + (grp * Og + oo)[None, :] * oHW,
-                                     mask=pix_ok[:, None] & o_ok[None, :], other=0.0)
-                        wt = tl.load(w_ptr + (w_row + cc)[None, :] * Og + oo[:, None],
-                                     mask=o_ok[:, None] & c_ok[None, :], other=0.0)
-                        gcol = _dot(go, wt, gcol, INPUT_PRECISION, DOT_UPCAST)
-                    cm = c_ok[None, :]
-                    if NEED_OM:
-                        v = tl.load(x_ptr + a00[:, None] + cc[None, :], mask=ok00[:, None] & cm,
-                                    other=0.0)
-                        s00 += tl.sum(gcol * v.to(tl.float32), axis=1)
-                        v = tl.load(x_ptr + a01[:, None] + cc[None, :], mask=ok01[:, None] & cm,
-                                    other=0.0)
-                        s01 += tl.sum(gcol * v.to(tl.float32), axis=1)
-                        v = tl.load(x_ptr + a10[:, None] + cc[None, :], mask=ok10[:, None] & cm,
-                                    other=0.0)
-                        s10 += tl.sum(gcol * v.to(tl.float32), axis=1)
-                        v = tl.load(x_ptr + a11[:, None] + cc[None, :], mask=ok11[:, None] & cm,
-                                    other=0.0)
-                        s11 += tl.sum(gcol * v.to(tl.float32), axis=1)
-                    if NEED_IN:
-                        tl.atomic_add(gin_ptr + a00[:, None] + cc[None, :],
-                                      gcol * (hy * hx * mm)[:, None], mask=ok00[:, None] & cm,
-                                      sem="relaxed")
-                        tl.atomic_add(gin_ptr + a01[:, None] + cc[None, :],
-                                      gcol * (hy * lx * mm)[:, None], mask=ok01[:, None] & cm,
-                                      sem="relaxed")
-                        tl.atomic_add(gin_ptr + a10[:, None] + cc[None, :],
-                                      gcol * (ly * hx * mm)[:, None], mask=ok10[:, None] & cm,
-                                      sem="relaxed")
-                        tl.atomic_add(gin_ptr + a11[:, None] + cc[None, :],
-                                      gcol * (ly * lx * mm)[:, None], mask=ok11[:, None] & cm,
-                                      sem="relaxed")
+    g_begin = g * Cpg
+    g_end = g_begin + Cpg
+    a00, dx, dy, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
+        off_ptr, mask_ptr, n, rem, oy, ox, pix_ok, g, k, G, H, W, C, oHW,
+        sh, sw, ph, pw, dh, dw, KH, KW, HAS_MASK)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    s00 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    s01 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    s10 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    s11 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for grp in range(g_begin // Cg, (g_end - 1) // Cg + 1):
+        lo = tl.maximum(grp * Cg, g_begin)
+        hi = tl.minimum(grp * Cg + Cg, g_end)
+        w_row = (grp * K + k) * Cg - grp * Cg
+        for c0 in range(lo, hi, BLOCK_C):
+            cc = c0 + tl.arange(0, BLOCK_C)
+            c_ok = cc < hi
+            gcol = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            for o0 in range(0, Og, BLOCK_O):
+                oo = o0 + tl.arange(0, BLOCK_O)
+                o_ok = oo < Og
+                go = tl.load(gout_ptr + go_base[:, None] + (grp * Og + oo)[None, :] * oHW,
+                             mask=pix_ok[:, None] & o_ok[None, :], other=0.0)
+                wt = tl.load(w_ptr + (w_row + cc)[None, :] * Og + oo[:, None],
+                             mask=o_ok[:, None] & c_ok[None, :], other=0.0)
+                gcol = _dot(go, wt, gcol, INPUT_PRECISION, DOT_UPCAST)
+            cm = c_ok[None, :]
+            off = a00[:, None] + cc[None, :]
             if NEED_OM:
-                ch = g * K + k
-                gy = mm * (hx * (s10 - s00) + lx * (s11 - s01))
-                gx = mm * (hy * (s01 - s00) + ly * (s11 - s10))
-                o_base = n * (2 * G * K) * oHW + rem
-                tl.store(goff_ptr + o_base + (2 * ch) * oHW,
-                         gy.to(goff_ptr.dtype.element_ty), mask=pix_ok)
-                tl.store(goff_ptr + o_base + (2 * ch + 1) * oHW,
-                         gx.to(goff_ptr.dtype.element_ty), mask=pix_ok)
-                if HAS_MASK:
-                    # mm / mask = inside: the mask gradient uses the unmasked sample.
-                    ins = (ok00 | ok01 | ok10 | ok11).to(tl.float32)
-                    gm = ins * (hy * hx * s00 + hy * lx * s01 + ly * hx * s10 + ly * lx * s11)
-                    tl.store(gmask_ptr + n * (G * K) * oHW + ch * oHW + rem,
-                             gm.to(gmask_ptr.dtype.element_ty), mask=pix_ok)
+                p = x_ptr + off
+                v = tl.load(p, mask=ok00[:, None] & cm, other=0.0)
+                s00 += tl.sum(gcol * v.to(tl.float32), axis=1)
+                v = tl.load(p + dx[:, None], mask=ok01[:, None] & cm, other=0.0)
+                s01 += tl.sum(gcol * v.to(tl.float32), axis=1)
+                v = tl.load(p + dy[:, None], mask=ok10[:, None] & cm, other=0.0)
+                s10 += tl.sum(gcol * v.to(tl.float32), axis=1)
+                v = tl.load(p + (dx + dy)[:, None], mask=ok11[:, None] & cm, other=0.0)
+                s11 += tl.sum(gcol * v.to(tl.float32), axis=1)
+            if NEED_IN:
+                q = gin_ptr + off
+                tl.atomic_add(q, gcol * (hy * hx * mm)[:, None], mask=ok00[:, None] & cm,
+                              sem="relaxed")
+                tl.atomic_add(q + dx[:, None], gcol * (hy * lx * mm)[:, None],
+                              mask=ok01[:, None] & cm, sem="relaxed")
+                tl.atomic_add(q + dy[:, None], gcol * (ly * hx * mm)[:, None],
+                              mask=ok10[:, None] & cm, sem="relaxed")
+                tl.atomic_add(q + (dx + dy)[:, None], gcol * (ly * lx * mm)[:, None],
+                              mask=ok11[:, None] & cm, sem="relaxed")
+    if NEED_OM:
+        ch = g * K + k
+        gy = mm * (hx * (s10 - s00) + lx * (s11 - s01))
+        gx = mm * (hy * (s01 - s00) + ly * (s11 - s10))
+        o_base = n * (2 * G * K) * oHW + rem
+        tl.store(goff_ptr + o_base + (2 * ch) * oHW, gy.to(goff_ptr.dtype.element_ty),
+                 mask=pix_ok)
+        tl.store(goff_ptr + o_base + (2 * ch + 1) * oHW, gx.to(goff_ptr.dtype.element_ty),
+                 mask=pix_ok)
+        if HAS_MASK:
+            # mm / mask = inside: the mask gradient uses the unmasked sample.
+            ins = (ok00 | ok01 | ok10 | ok11).to(tl.float32)
+            gm = ins * (hy * hx * s00 + hy * lx * s01 + ly * hx * s10 + ly * lx * s11)
+            tl.store(gmask_ptr + n * (G * K) * oHW + ch * oHW + rem,
+                     gm.to(gmask_ptr.dtype.element_ty), mask=pix_ok)
 
 
-@triton.jit
+# Weight gradient: [BLOCK_C, BLOCK_N] tiles. BLOCK_C is fixed at WEIGHT_BLOCK_C on the GPU
+# because the launcher's channel-block table (built once per shape) depends on it.
+WEIGHT_BLOCK_C = 32
+BWD_WEIGHT_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4,
+                  num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4,
+                  num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=8,
+                  num_stages=2),
+]
+
+
+@triton.jit(do_not_specialize=_DYNAMIC)
 def _deform_conv2d_bwd_weight_kernel(
         x_ptr,     # input, channels-last (N, H, W, C)
         off_ptr,   # offset (N, 2*G*K, oH, oW)
@@ -271,40 +324,40 @@ def _deform_conv2d_bwd_weight_kernel(
         gout_ptr,  # output gradient (N, O, oH, oW)
         blk_ptr,   # int32 (n_blocks, 4): channel blocks (c_lo, c_hi, conv group, offset group)
         gw_ptr,    # float32 partial weight gradients (SPLIT, groups, K, Cg, Og), all written
-        P, C, H, W, oH, oW, Cg, Og, G, O, groups, SPLIT, sh, sw, ph, pw, dh, dw,
+        N, C, H, W, oH, oW, Cg, Og, G, O, groups, sh, sw, ph, pw, dh, dw, SPLIT, SIZE_BUCKET,
         KH: tl.constexpr, KW: tl.constexpr, HAS_MASK: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_C: tl.constexpr):
+        INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, INDEX_64: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Weight gradient tile [channel block, BLOCK_N] of one tap over pixel tiles s, s+SPLIT, ...
 
-    The sampled columns are recomputed per pixel tile; each split writes its own partial sum
-    (no atomics, deterministic); the launcher adds the SPLIT partials.
+    Grid ``(channel blocks * K, output-channel tiles, SPLIT)``. The sampled columns are
+    recomputed per pixel tile; each split writes its own partial sum (no atomics,
+    deterministic; a split without pixel tiles writes zeros); the launcher adds the partials.
     """
     K = KH * KW
-    pid0 = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    split = tl.program_id(2).to(tl.int64)
+    pid0 = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
     blk = pid0 // K
     k = pid0 % K
-    c_lo = tl.load(blk_ptr + blk * 4).to(tl.int64)
-    c_hi = tl.load(blk_ptr + blk * 4 + 1).to(tl.int64)
-    grp = tl.load(blk_ptr + blk * 4 + 2).to(tl.int64)
-    g = tl.load(blk_ptr + blk * 4 + 3).to(tl.int64)
+    c_lo = tl.load(blk_ptr + blk * 4)
+    c_hi = tl.load(blk_ptr + blk * 4 + 1)
+    grp = tl.load(blk_ptr + blk * 4 + 2)
+    g = tl.load(blk_ptr + blk * 4 + 3)
     cc = c_lo + tl.arange(0, BLOCK_C)
     c_ok = cc < c_hi
     oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     oc_ok = oc < Og
     oHW = oH * oW
     acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
-    for t in range(split, tl.cdiv(P, BLOCK_M), SPLIT):
-        pix_ok, n, rem, oy, ox = _pixels(t, P, oHW, oW, BLOCK_M)
-        a00, a01, a10, a11, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
+    for t in range(split, tl.cdiv(N * oHW, BLOCK_M), SPLIT):
+        pix_ok, n, rem, oy, ox = _pixels(t, N, oH, oW, BLOCK_M, INDEX_64)
+        a00, dx, dy, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
             off_ptr, mask_ptr, n, rem, oy, ox, pix_ok, g, k, G, H, W, C, oHW,
             sh, sw, ph, pw, dh, dw, KH, KW, HAS_MASK)
         hy = 1.0 - ly
         hx = 1.0 - lx
-        cols = _gather_columns(x_ptr, a00, a01, a10, a11, ok00, ok01, ok10, ok11,
+        cols = _gather_columns(x_ptr, a00, dx, dy, ok00, ok01, ok10, ok11,
                                hy * hx * mm, hy * lx * mm, ly * hx * mm, ly * lx * mm, cc, c_ok)
         go = tl.load(gout_ptr + (n * O * oHW + rem)[:, None] + (grp * Og + oc)[None, :] * oHW,
                      mask=pix_ok[:, None] & oc_ok[None, :], other=0.0)
@@ -312,3 +365,26 @@ def _deform_conv2d_bwd_weight_kernel(
     row = ((split * groups + grp) * K + k) * Cg + (cc - grp * Cg)
     tl.store(gw_ptr + row[:, None] * Og + oc[None, :], acc,
              mask=c_ok[:, None] & oc_ok[None, :])
+
+
+def _signature(extra_ptrs, extra_consts):
+    """Signature builder of the report: 3x3 taps with a mask, 32- or 64-bit indices."""
+    def build(label, index_64=False):
+        e = "*" + ELEMENT[label]
+        types = dict.fromkeys(("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr",
+                               "gout_ptr", "goff_ptr", "gmask_ptr"), e)
+        types.update(extra_ptrs)
+        consts = dict(KH=3, KW=3, HAS_MASK=True, INPUT_PRECISION=dot_precision(label),
+                      DOT_UPCAST=False, INDEX_64=index_64, **extra_consts)
+        return types, consts
+    return build
+
+
+KERNEL_SPECS = [
+    KernelSpec("deform_conv2d_fwd", _deform_conv2d_fwd_kernel, FWD_CONFIGS,
+               _signature({}, dict(HAS_BIAS=True))),
+    KernelSpec("deform_conv2d_bwd_data", _deform_conv2d_bwd_data_kernel, BWD_DATA_CONFIGS,
+               _signature({"gin_ptr": "*fp32"}, dict(NEED_IN=True, NEED_OM=True))),
+    KernelSpec("deform_conv2d_bwd_weight", _deform_conv2d_bwd_weight_kernel, BWD_WEIGHT_CONFIGS,
+               _signature({"gw_ptr": "*fp32", "blk_ptr": "*i32"}, {})),
+]

@@ -1,25 +1,28 @@
 """Launchers of the Triton kernels: layouts, allocation, grids, block sizes.
 
 ``deform_conv2d_fwd`` and ``deform_conv2d_bwd`` have the signatures and returns of their
-namesakes in ``torch_impl`` and assume validated arguments. They run on CUDA tensors, and on
-CPU tensors when the kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1``
-set before ``kernels`` was imported), which is how the tests run them.
+namesakes in ``torch_impl`` and assume validated arguments of float16, bfloat16 or float32
+(``dispatch`` sends float64 and deterministic input gradients elsewhere). ``input`` and
+``weight`` share one dtype; ``offset``, ``mask`` and ``bias`` may be float32 beside half
+precision data (the CUDA autocast rule, ``ops/autocast.py``); every result has the dtype of
+its argument, the output the input's. They run on CUDA tensors, and on CPU tensors when the
+kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1`` set before ``kernels``
+was imported).
 
-Dtypes: float16/bfloat16/float32 inputs run here with float32 accumulation (the sampled
-columns are rounded to the input dtype before ``tl.dot``, as in any half-precision GEMM);
-float32 dots use TF32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set. float64 goes
-to the pure-PyTorch path (``torch_impl``).
+Dots: float16/bfloat16 on tensor cores with float32 accumulation; float32 uses TF32 when
+``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default: the flag its own float32
+convolutions follow, so a deformable layer computes like the ``nn.Conv2d`` it replaces), else
+exact float32 products.
 
-Determinism: the forward, the offset/mask gradients and the weight gradient (split-K partial
-sums added by the launcher) are deterministic. The input gradient scatters with atomics; under
-``torch.use_deterministic_algorithms(True)`` it is computed by ``torch_impl`` instead, whose
-scatter is a stably sorted gather (fixed summation order, no atomics), while the other
-gradients still come from Triton.
+CUDA graphs: on the GPU every kernel is autotuned on its first call per key (channel counts,
+kernel size, a coarse size bucket of the map, dtypes), and the weight gradient's channel-block
+table is built and copied to the device once per shape and cached. A warm-up step (one
+forward and backward of every shape the graph will see) before capture leaves nothing to
+tune, compile or copy inside the capture.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import Dict, List, Optional, Tuple
@@ -28,35 +31,71 @@ import torch
 import triton
 from torch import Tensor
 
-from .. import geometry, torch_impl
+from .. import geometry
 from . import kernels
 
-# Block sizes for CPU tensors (the interpreter): small, so tiny test shapes still run several
-# tiles and loop iterations. Tests may change them.
-INTERPRETER_BLOCKS: Dict[str, int] = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_C": 16}
-# Fill outputs that kernels must write completely with NaN first (tests set it), so a tile a
-# kernel forgot fails loudly instead of holding stale memory.
-DEBUG_FILL_NAN = False
-
-_GPU_FWD_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 64}, num_warps=8, num_stages=2),
-]
-_fwd_tuned = None
+INT32_LIMIT = 2 ** 31
+PARTIAL_BYTES = 16 << 20  # cap of the float32 split-sum buffers (forward and weight gradient)
+_AUTOTUNE_KEY = ["C", "Cg", "Og", "G", "KH", "KW", "HAS_MASK", "SIZE_BUCKET"]
 
 
-def _fwd_kernel_gpu():
-    global _fwd_tuned
-    if _fwd_tuned is None:
-        _fwd_tuned = triton.autotune(_GPU_FWD_CONFIGS, key=["Cg", "Og", "Cpg", "KH", "KW"])(
-            kernels._deform_conv2d_fwd_kernel)
-    return _fwd_tuned
+def index_64(*tensors: Tensor) -> bool:
+    """Whether any tensor is too large for 32-bit element offsets."""
+    return any(t.numel() >= INT32_LIMIT for t in tensors)
+
+
+def interpreter_config(kernel: str) -> Dict[str, int]:
+    """Block sizes of ``kernel`` (``"fwd"``, ``"bwd_data"``, ``"bwd_weight"``) for CPU tensors
+    in the interpreter, which does not autotune: small, as the shapes it runs are."""
+    return {"fwd": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16),
+            "bwd_data": dict(BLOCK_M=16, BLOCK_O=16, BLOCK_C=16),
+            "bwd_weight": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16)}[kernel]
+
+
+def empty(shape, dtype: torch.dtype, device) -> Tensor:
+    """Allocation of the buffers a kernel writes completely (the tests fill them with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def size_bucket(pixels: int) -> int:
+    """A coarse size class of the map (log4 of the pixel count): an autotune key, so FPN
+    levels of different sizes tune separately while nearby sizes share one choice."""
+    return max(0, pixels.bit_length() - 1) // 2
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(name: str):
+    fn, configs, zero = {
+        "fwd": (kernels._deform_conv2d_fwd_kernel, kernels.FWD_CONFIGS, None),
+        "bwd_data": (kernels._deform_conv2d_bwd_data_kernel, kernels.BWD_DATA_CONFIGS,
+                     ["gin_ptr"]),
+        "bwd_weight": (kernels._deform_conv2d_bwd_weight_kernel, kernels.BWD_WEIGHT_CONFIGS,
+                       None),
+    }[name]
+    return triton.autotune(configs, key=_AUTOTUNE_KEY, reset_to_zero=zero)(fn)
+
+
+def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs) -> None:
+    """``fn[grid](**kwargs)``: autotuned on a GPU, the interpreter's blocks on the CPU.
+    ``grid`` maps the block sizes to the grid."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            _tuned(name)[lambda meta: grid(meta)](**kwargs)
+    else:
+        blocks = interpreter_config(name)
+        fn[grid(blocks)](**kwargs, **blocks, num_warps=warps)
 
 
 def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
         return "tf32"
     return "ieee"
 
@@ -66,60 +105,72 @@ def _dot_upcast(t: Tensor) -> bool:
     return not t.is_cuda and t.dtype == torch.bfloat16
 
 
-def _new(shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-    return t.fill_(float("nan")) if DEBUG_FILL_NAN else t
-
-
-def _layouts(input: Tensor, weight: Tensor, groups: int):
-    """Channels-last input (N, H, W, C) and weight as (groups, K, Cg, Og)."""
+def _layouts(input: Tensor, weight: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
+    """Channels-last input (N, H, W, C) (free when the input is channels-last already) and the
+    weight as (groups, K, Cg, Og) in the input's dtype."""
     O, Cg, kH, kW = weight.shape
     x = input.permute(0, 2, 3, 1).contiguous()
     w = weight.to(input.dtype).reshape(groups, O // groups, Cg, kH * kW).permute(0, 3, 2, 1)
     return x, w.contiguous()
 
 
+def _common(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor], params):
+    sh, sw, ph, pw, dh, dw = params
+    N, C, H, W = input.shape
+    O, _, kH, kW = weight.shape
+    gr = geometry.groups_of(C, weight.shape, offset.shape[1])
+    oH, oW = geometry.out_size((H, W), (kH, kW), (sh, sw), (ph, pw), (dh, dw))
+    shape = dict(N=N, C=C, H=H, W=W, oH=oH, oW=oW, Cg=gr.in_per_group, Og=gr.out_per_group,
+                 G=gr.offset_groups, O=O, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw,
+                 SIZE_BUCKET=size_bucket(N * oH * oW))
+    consts = dict(KH=kH, KW=kW, HAS_MASK=mask is not None,
+                  INPUT_PRECISION=_precision(input.dtype), DOT_UPCAST=_dot_upcast(input))
+    return gr, shape, consts
+
+
+def _tap_splits(input: Tensor, programs: int, taps: int, partial_numel: int) -> int:
+    """Tap splits of the forward: enough programs for two waves over the device's SMs when the
+    map is small, within the partial-sum budget."""
+    want = math.ceil(2 * sm_count(input.device) / max(1, programs))
+    by_mem = max(1, PARTIAL_BYTES // (4 * max(1, partial_numel)))
+    return max(1, min(taps, want, by_mem))
+
+
 def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                       bias: Optional[Tensor], sh: int, sw: int, ph: int, pw: int, dh: int,
                       dw: int) -> Tensor:
     """Forward, see ``torch_impl.deform_conv2d_fwd``: (N, C, H, W) -> (N, O, oH, oW)."""
-    if input.dtype == torch.float64:
-        return torch_impl.deform_conv2d_fwd(input, weight, offset, mask, bias, sh, sw, ph, pw,
-                                            dh, dw)
-    N, C, H, W = input.shape
-    O, Cg, kH, kW = weight.shape
-    groups = C // Cg
-    G = offset.shape[1] // (2 * kH * kW)
-    oH, oW = geometry.out_size((H, W), (kH, kW), (sh, sw), (ph, pw), (dh, dw))
-    out = _new((N, O, oH, oW), input)
+    gr, shape, consts = _common(input, weight, offset, mask, (sh, sw, ph, pw, dh, dw))
+    N, O, oH, oW = shape["N"], shape["O"], shape["oH"], shape["oW"]
     P = N * oH * oW
-    if out.numel() == 0:
-        return out
-    x, w = _layouts(input, weight, groups)
+    if P * O == 0:
+        return input.new_empty(N, O, oH, oW)
+    # Tiles of a nominal 64 x 64 decide the split, so it does not depend on the tuned config.
+    nominal = triton.cdiv(P, 64) * triton.cdiv(gr.out_per_group, 64) * gr.groups
+    split = _tap_splits(input, nominal, gr.taps, P * O) if input.is_cuda else \
+        min(2, gr.taps)
+    out = empty((split, N, O, oH, oW), input.dtype if split == 1 else torch.float32,
+                input.device)
+    x, w = _layouts(input, weight, gr.groups)
     off = offset.contiguous()
     msk = mask.contiguous() if mask is not None else off
     b = bias.contiguous() if bias is not None else off
-    args = (x, w, off, msk, b, out, P, C, H, W, oH, oW, Cg, O // groups, C // G, G, O,
-            sh, sw, ph, pw, dh, dw)
-    consts = dict(KH=kH, KW=kW, HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
-                  INPUT_PRECISION=_precision(input.dtype),
-                  DOT_UPCAST=_dot_upcast(input))
-    Og = O // groups
-    if input.is_cuda:
-        with torch.cuda.device(input.device):
-            grid = lambda meta: (triton.cdiv(P, meta["BLOCK_M"]), triton.cdiv(Og, meta["BLOCK_N"]),
-                                 groups)
-            _fwd_kernel_gpu()[grid](*args, **consts)
-    else:
-        bl = INTERPRETER_BLOCKS
-        grid = (triton.cdiv(P, bl["BLOCK_M"]), triton.cdiv(Og, bl["BLOCK_N"]), groups)
-        kernels._deform_conv2d_fwd_kernel[grid](*args, **consts, **bl)
-    return out
+    big = index_64(x, off, out)
+    grid = lambda m: (triton.cdiv(P, m["BLOCK_M"]), triton.cdiv(gr.out_per_group, m["BLOCK_N"]),
+                      gr.groups * split)
+    _launch("fwd", kernels._deform_conv2d_fwd_kernel, grid, input.device,
+            x_ptr=x, w_ptr=w, off_ptr=off, mask_ptr=msk, bias_ptr=b, out_ptr=out,
+            Cpg=gr.in_per_offset_group, SPLIT=split, **shape, **consts,
+            HAS_BIAS=bias is not None, INDEX_64=big)
+    if split == 1:
+        return out[0]
+    return out.sum(0, dtype=torch.float32).to(input.dtype)
 
 
 @functools.lru_cache(maxsize=64)
 def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device: torch.device) -> Tensor:
-    """Rows (c_lo, c_hi, conv group, offset group): blocks inside one conv and offset group."""
+    """Rows (c_lo, c_hi, conv group, offset group): blocks inside one conv and offset group.
+    Cached per shape and device, so a warmed-up step copies nothing to the device."""
     cuts = sorted(set(range(0, C + 1, Cg)) | set(range(0, C + 1, Cpg)))
     rows = []
     for lo, hi in zip(cuts[:-1], cuts[1:]):
@@ -128,100 +179,72 @@ def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device: torch.devic
     return torch.tensor(rows, dtype=torch.int32, device=device)
 
 
-def _gpu_bwd_blocks(Og: int, dtype: torch.dtype) -> Tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N or BLOCK_O, BLOCK_C) of the backward kernels on a GPU. float32 tiles
-    are capped lower to stay within the shared memory of pre-Hopper GPUs."""
-    cap = 64 if dtype == torch.float32 else 128
-    return 64, min(cap, max(16, triton.next_power_of_2(Og))), 32
+def _pixel_splits(P: int, programs: int, weight_numel: int, device: torch.device) -> int:
+    """Pixel-tile splits of the weight gradient: two waves over the SMs, with the float32
+    partial sums within the budget."""
+    if device.type != "cuda":
+        return min(2, triton.cdiv(P, 16))
+    want = math.ceil(2 * sm_count(device) / max(1, programs))
+    by_mem = max(1, PARTIAL_BYTES // (4 * max(1, weight_numel)))
+    return max(1, min(triton.cdiv(P, 32), want, by_mem))
 
 
 def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
                       mask: Optional[Tensor], bias: Optional[Tensor], sh: int, sw: int,
                       ph: int, pw: int, dh: int, dw: int,
                       output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of (input, weight, offset, mask, bias), see ``torch_impl.deform_conv2d_bwd``."""
+    """Gradients of (input, weight, offset, mask, bias), see ``torch_impl.deform_conv2d_bwd``.
+    Those not asked for come back empty."""
     need_in, need_w, need_om, need_b = output_mask
-    if input.dtype == torch.float64:
-        return torch_impl.deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, sh, sw,
-                                            ph, pw, dh, dw, output_mask)
-    gi_det = None
-    if need_in and torch.are_deterministic_algorithms_enabled():
-        # The Triton input gradient uses atomics; the pure-PyTorch one is deterministic.
-        gi_det = torch_impl.deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, sh,
-                                              sw, ph, pw, dh, dw, [True, False, False, False])[0]
-        need_in = False
+    gr, shape, consts = _common(input, weight, offset, mask, (sh, sw, ph, pw, dh, dw))
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
-    K = kH * kW
-    groups = C // Cg
-    Og = O // groups
-    G = offset.shape[1] // (2 * K)
-    oH, oW = grad_out.shape[2], grad_out.shape[3]
-    P = N * oH * oW
-    dt = input.dtype
-    empty = input.new_empty(0)
-    g_in = torch.zeros((N, H, W, C), dtype=torch.float32, device=input.device) if need_in else None
-    g_off = _new(offset.shape, offset, dt) if need_om else empty
-    g_mask = _new(mask.shape, mask, dt) if need_om and mask is not None else empty
-    g_w = empty
-    cuda = input.is_cuda
-    if cuda:
-        bm, bn, bc = _gpu_bwd_blocks(Og, dt)
-    else:
-        bm, bn, bc = (INTERPRETER_BLOCKS[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_C"))
-    warps = 4
+    K, Og = gr.taps, gr.out_per_group
+    P = N * shape["oH"] * shape["oW"]
+    dev, dt = input.device, input.dtype
+    empty0 = input.new_empty(0)
+    gi, gw, g_off, g_mask = empty0, empty0, empty0, empty0
+    if need_om:
+        g_off = empty(offset.shape, offset.dtype, dev)
+        g_mask = empty(mask.shape, mask.dtype, dev) if mask is not None else empty0
+    if need_in:
+        gi = torch.zeros(input.shape, dtype=dt, device=dev)  # stays so when P == 0
     if need_w:
-        g_w = torch.zeros(weight.shape, dtype=dt, device=input.device)  # when P == 0
+        gw = torch.zeros(weight.shape, dtype=weight.dtype, device=dev)
     if P > 0 and (need_in or need_w or need_om):
-        x, w = _layouts(input, weight, groups)
+        x, w = _layouts(input, weight, gr.groups)
         off = offset.contiguous()
         msk = mask.contiguous() if mask is not None else off
         go = grad_out.to(dt).contiguous()
-        prec = _precision(dt)
-        shape_args = (sh, sw, ph, pw, dh, dw)
-        guard = torch.cuda.device(input.device) if cuda else contextlib.nullcontext()
-        with guard:
-            if need_in or need_om:
-                grid = (triton.cdiv(P, bm),)
-                kernels._deform_conv2d_bwd_data_kernel[grid](
-                    x, w, off, msk, go, g_in if need_in else x, g_off if need_om else x,
-                    g_mask if (need_om and mask is not None) else x,
-                    P, C, H, W, oH, oW, Cg, Og, C // G, G, O, *shape_args,
-                    KH=kH, KW=kW, HAS_MASK=mask is not None, NEED_IN=need_in, NEED_OM=need_om,
-                    INPUT_PRECISION=prec, DOT_UPCAST=_dot_upcast(input),
-                    BLOCK_M=bm, BLOCK_O=bn, BLOCK_C=bc, num_warps=warps,
-                    num_stages=2)
-            if need_w:
-                blocks = _channel_blocks(C, Cg, C // G, bc, input.device)
-                n_tiles = triton.cdiv(P, bm)
-                split = _split(n_tiles, blocks.shape[0] * K * triton.cdiv(Og, bn),
-                               groups * K * Cg * Og, cuda)
-                part = _new((split, groups, K, Cg, Og), input, torch.float32)
-                grid = (blocks.shape[0] * K, triton.cdiv(Og, bn), split)
-                kernels._deform_conv2d_bwd_weight_kernel[grid](
-                    x, off, msk, go, blocks, part, P, C, H, W, oH, oW, Cg, Og, G, O, groups,
-                    split, *shape_args, KH=kH, KW=kW, HAS_MASK=mask is not None,
-                    INPUT_PRECISION=prec, DOT_UPCAST=_dot_upcast(input),
-                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc, num_warps=warps,
-                    num_stages=2)
-                # (groups, K, Cg, Og) -> (O, Cg, kH, kW)
-                # (contiguous: the registered fake promises contiguous gradients)
-                g_w = part.sum(0).permute(0, 3, 2, 1).reshape(O, Cg, kH, kW).to(dt).contiguous()
-    if gi_det is not None:
-        gi = gi_det
-    elif need_in:
-        gi = g_in.permute(0, 3, 1, 2).to(dt).contiguous()
-    else:
-        gi = empty
-    gb = grad_out.float().sum((0, 2, 3)).to(dt) if need_b and bias is not None else empty
-    return gi, g_w, g_off, g_mask, gb
-
-
-def _split(n_tiles: int, n_programs: int, weight_numel: int, cuda: bool) -> int:
-    """Pixel-tile splits of the weight gradient: enough programs to fill the GPU, with the
-    float32 partial sums kept under 64 MiB."""
-    if not cuda:
-        return min(2, n_tiles)
-    target = 4 * 132  # a few waves of an H100's SMs
-    by_mem = max(1, (64 << 20) // (4 * max(1, weight_numel)))
-    return max(1, min(n_tiles, math.ceil(target / max(1, n_programs)), by_mem))
+        big = index_64(x, off, go)
+        if need_in or need_om:
+            # float32 atomics; channels-last like the gathers (coalesced scatter).
+            g_in = torch.zeros((N, H, W, C), dtype=torch.float32, device=dev) if need_in else x
+            grid = lambda m: (triton.cdiv(P, m["BLOCK_M"]), gr.offset_groups * K)
+            _launch("bwd_data", kernels._deform_conv2d_bwd_data_kernel, grid, dev,
+                    x_ptr=x, w_ptr=w, off_ptr=off, mask_ptr=msk, gout_ptr=go, gin_ptr=g_in,
+                    goff_ptr=g_off if need_om else x,
+                    gmask_ptr=g_mask if (need_om and mask is not None) else x,
+                    Cpg=gr.in_per_offset_group, **shape, **consts, NEED_IN=need_in,
+                    NEED_OM=need_om, INDEX_64=big)
+            if need_in:
+                gi.copy_(g_in.permute(0, 3, 1, 2))  # one pass: layout and dtype
+                del g_in
+        if need_w:
+            block_c = (kernels.WEIGHT_BLOCK_C if dev.type == "cuda"
+                       else interpreter_config("bwd_weight")["BLOCK_C"])
+            blocks = _channel_blocks(C, Cg, gr.in_per_offset_group, block_c, dev)
+            nominal = blocks.shape[0] * K * triton.cdiv(Og, 64)
+            split = _pixel_splits(P, nominal, weight.numel(), dev)
+            part = empty((split, gr.groups, K, Cg, Og), torch.float32, dev)
+            grid = lambda m: (blocks.shape[0] * K, triton.cdiv(Og, m["BLOCK_N"]), split)
+            _launch("bwd_weight", kernels._deform_conv2d_bwd_weight_kernel, grid, dev,
+                    x_ptr=x, off_ptr=off, mask_ptr=msk, gout_ptr=go, blk_ptr=blocks,
+                    gw_ptr=part, groups=gr.groups, SPLIT=split, **shape, **consts,
+                    INDEX_64=big or index_64(part))
+            # (groups, K, Cg, Og) -> (O, Cg, kH, kW), contiguous as the fake promises.
+            gw.copy_(part.sum(0).permute(0, 3, 2, 1).reshape(O, Cg, kH, kW))
+    gb = empty0
+    if need_b and bias is not None:
+        gb = grad_out.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
+    return gi, gw, g_off, g_mask, gb

@@ -1,0 +1,138 @@
+"""Offline resource report of every shipped Triton kernel: registers, spills, shared memory,
+tensor-core instructions, per configuration, dtype and GPU architecture. No GPU needed.
+
+Each kernel is compiled with ``triton.compile`` for a ``GPUTarget`` (the Triton wheel ships
+``ptxas``), the PTX is assembled again with ``ptxas -v`` (the flags Triton uses) to read the
+register and spill counts, and the PTX is searched for ``wgmma`` (Hopper) or ``mma``
+(Ampere-style) instructions. Shared memory is Triton's own figure from the kernel metadata.
+
+Registration hook: every module of ``deformconv.ops.triton`` that defines
+``KERNEL_SPECS: list[spec.KernelSpec]`` is reported, each kernel at each of its configurations
+and dtypes, with 32-bit indices and, when its constants have an ``INDEX_64`` switch, 64-bit
+ones. A new kernel module needs nothing but that list.
+
+Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels the compiler reads).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import tempfile
+from typing import Dict, Iterator, List, Tuple
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .spec import KernelSpec
+
+# Report architecture name -> (compute capability, ptxas --gpu-name).
+ARCHS: Dict[str, Tuple[int, str]] = {"sm_90a": (90, "sm_90a"), "sm_80": (80, "sm_80")}
+COLUMNS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "shared_bytes",
+           "tensor_cores")
+
+
+def kernel_specs() -> List[KernelSpec]:
+    """``KERNEL_SPECS`` of every module of this package, in module-name order."""
+    pkg = importlib.import_module(__package__)
+    specs: List[KernelSpec] = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name == "report":
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        specs.extend(getattr(module, "KERNEL_SPECS", ()))
+    return specs
+
+
+def _config_name(config, index_64: bool) -> str:
+    blocks = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{blocks},warps={config.num_warps},stages={config.num_stages}," + \
+        ("i64" if index_64 else "i32")
+
+
+def _ptxas(arch: int):
+    from triton.backends.nvidia.compiler import get_ptxas  # noqa: PLC0415 (nvidia only)
+    try:
+        return get_ptxas(arch).path
+    except TypeError:  # Triton < 3.5 takes no architecture
+        return get_ptxas().path
+
+
+def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> Tuple[int, int]:
+    """(registers, spill bytes = spill stores + loads) per thread from ``ptxas -v``."""
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        cmd = [_ptxas(capability), "-lineinfo", "-v", f"--gpu-name={gpu_name}", src, "-o",
+               os.path.join(d, "k.cubin")]
+        r = subprocess.run(cmd + ["--regAllocOptLevel=2"], capture_output=True, text=True)
+        if r.returncode != 0:  # older ptxas lacks the option Triton >= 3.6 passes
+            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    log = r.stdout + r.stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if regs is None or spills is None:
+        raise RuntimeError(f"unexpected ptxas output: {log[-500:]}")
+    return int(regs.group(1)), int(spills.group(1)) + int(spills.group(2))
+
+
+def _tensor_cores(ptx: str) -> str:
+    if re.search(r"\bwgmma\.", ptx):
+        return "wgmma"
+    if re.search(r"\bmma\.sync\.", ptx):
+        return "mma"
+    return "none"
+
+
+def compile_row(spec: KernelSpec, config, label: str, arch: str, index_64: bool) -> dict:
+    """Compile one kernel at one configuration and return its report row."""
+    capability, gpu_name = ARCHS[arch]
+    types, consts = spec.signature(label, index_64=index_64)
+    consts = dict(consts, **config.kwargs)
+    fn = spec.fn
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
+    constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    # Triton specialises pointers (16-byte aligned, as PyTorch allocates) and integers that
+    # are multiples of 16 at launch; the report assumes both for the spec's channel counts.
+    aligned = [n for n, t in sig.items() if t.startswith("*") or n in spec.aligned]
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                            options=dict(num_warps=config.num_warps,
+                                         num_stages=config.num_stages))
+    ptx = kernel.asm["ptx"]
+    regs, spill = _ptxas_usage(ptx, capability, gpu_name)
+    return dict(kernel=spec.name, config=_config_name(config, index_64), dtype=label, arch=arch,
+                registers=regs, spill_bytes=spill, shared_bytes=int(kernel.metadata.shared),
+                tensor_cores=_tensor_cores(ptx))
+
+
+def _jobs(arch: str) -> Iterator[Tuple[KernelSpec, object, str, str, bool]]:
+    for spec in kernel_specs():
+        for index_64 in (False, True):
+            if index_64 and "INDEX_64" not in spec.signature(spec.dtypes[0])[1]:
+                continue
+            for config in spec.configs:
+                for label in spec.dtypes:
+                    yield spec, config, label, arch, index_64
+
+
+def resource_rows(arch: str = "sm_90a") -> List[dict]:
+    """One row per kernel x configuration x dtype x index width, for ``arch`` (``ARCHS``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("the resource report compiles kernels: unset TRITON_INTERPRET")
+    return [compile_row(*job) for job in _jobs(arch)]
+
+
+def markdown(rows: List[dict]) -> str:
+    """The rows as a Markdown table (``docs/gpu.md``)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)

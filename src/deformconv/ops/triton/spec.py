@@ -1,0 +1,47 @@
+"""What a Triton kernel module declares about its kernels, for the launchers and the report.
+
+A kernel module (``kernels.py`` here; the 1-D/3-D and RoI-pooling modules likewise) defines
+``KERNEL_SPECS: list[KernelSpec]``, one entry per ``@triton.jit`` kernel. ``report.py`` finds
+every module of this package that has the attribute and compiles each kernel at each of its
+configurations and dtypes offline; nothing else needs registering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence, Tuple
+
+# Dtype labels of the report: the element type of the data tensors and the tl.dot precision.
+# "tf32" is float32 data with TF32 dots.
+DTYPES = ("fp32", "tf32", "fp16", "bf16")
+ELEMENT = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def dot_precision(label: str) -> str:
+    """``INPUT_PRECISION`` of ``tl.dot`` for a dtype label."""
+    return "tf32" if label == "tf32" else "ieee"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel as the report compiles it.
+
+    Attributes:
+        name: the row's ``kernel`` column, e.g. ``"deform_conv2d_fwd"``.
+        fn: the ``@triton.jit`` function.
+        configs: its shipped ``triton.Config`` list (the autotune configurations).
+        signature: ``signature(label) -> (types, constants)``: Triton types of the pointer and
+            scalar arguments by name (arguments not named default to ``"i32"``), and the values
+            of the constexpr arguments other than the config's block sizes, for a dtype label of
+            ``DTYPES``. Index-width switches (``INDEX_64``) belong in ``constants``.
+        dtypes: the dtype labels the kernel ships for.
+        aligned: integer arguments the report takes as multiples of 16 (channel counts; Triton
+            specialises such values at launch, and the memory layout follows from them).
+    """
+
+    name: str
+    fn: object
+    configs: Sequence[object]
+    signature: Callable[[str], Tuple[Dict[str, str], Dict[str, object]]]
+    dtypes: Sequence[str] = DTYPES
+    aligned: Sequence[str] = ("C", "Cg", "Og", "Cpg", "O")
