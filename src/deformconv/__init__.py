@@ -3,7 +3,6 @@
 from .convert import convert_to_deformable
 from .nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 from .ops import deform_conv2d
-
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
            "convert_to_deformable", "__version__"]
