@@ -85,7 +85,8 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           names: Optional[Sequence[str]] = None,
                           filter: Optional[_Filter] = None, num_last: Optional[int] = 3,
                           offset_groups: int = 1, preserve_output: bool = True,
-                          inplace: bool = True, include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
+                          inplace: bool = True,
+                          include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
     """Replace chosen ``nn.Conv2d`` layers of ``model`` with deformable layers.
 
     Each chosen convolution becomes a ``DeformConv2dPack`` (v1) or a
