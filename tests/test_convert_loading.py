@@ -126,6 +126,9 @@ def test_grouped_convolutions_are_skipped_by_default_and_logged(caplog):
     log = caplog.text
     assert "1" in log and "depthwise" in log and "include_grouped" in log
     assert "groups=2" in log and "1x1" in log
+    with caplog.at_level(logging.INFO, logger="deformconv.convert"):
+        convert_to_deformable(_convnext_like(), num_last=1)
+    assert "skipped 0: not among the last num_last=1" in caplog.text
 
 
 def test_grouped_convolutions_on_request():

@@ -149,8 +149,8 @@ def test_every_reinitialisation_starts_on_the_regular_grid(cls):
 @pytest.mark.parametrize("cls", [DeformConv2dPack, ModulatedDeformConv2dPack])
 def test_pack_layers_check_their_input(cls):
     layer = cls(4, 6, 3, padding=1)
-    with pytest.raises(ValueError, match=r"input must have shape \(N, 4, H, W\) or \(4, H, W\), got "
-                                         r"\(1, 5, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"input must have shape \(N, 4, H, W\) or "
+                                         r"\(4, H, W\), got \(1, 5, 8, 8\)"):
         layer(torch.randn(1, 5, 8, 8))
     with pytest.raises(TypeError, match=r"input must be a Tensor, got list"):
         layer([1.0])

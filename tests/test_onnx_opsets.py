@@ -63,7 +63,7 @@ def test_opsets_from_19_work(tmp_path, opset):
 @pytest.mark.parametrize("cls", [DeformConv2dPack, ModulatedDeformConv2dPack])
 def test_saved_and_loaded_program_exports_without_a_table(tmp_path, cls):
     layer, x = _layer(cls), torch.randn(2, 4, 6, 7)
-    program = torch.export.export(layer, (x,), dynamic_shapes=({0: torch.export.Dim("n")},))
+    program = torch.export.export(layer, (x,), dynamic_shapes=({0: torch.export.Dim("n", max=64)},))
     torch.export.save(program, tmp_path / "p.pt2")
     loaded = torch.export.load(tmp_path / "p.pt2")
     _export(loaded, (), tmp_path / "p.onnx", opset_version=19)
@@ -83,3 +83,20 @@ def test_bfloat16_below_opset_22_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match=r"opset 22"):
         _export(layer, (torch.randn(1, 4, 5, 5, dtype=torch.bfloat16),), tmp_path / "b.onnx",
                 opset_version=20)
+
+
+def test_converted_v2_model_exports(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 4, 3, padding=1)).eval()
+    deformconv.convert_to_deformable(net, version=2)
+    with torch.no_grad():
+        net[2].conv_offset.weight.normal_(0, 0.3)
+    x = torch.randn(1, 3, 7, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(tmp_path / "c.onnx"), dynamo=True, opset_version=19)
+    proto = onnx.load(str(tmp_path / "c.onnx"))
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node].count("DeformConv") == 2
+    _run(tmp_path / "c.onnx", net, x)

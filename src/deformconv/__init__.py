@@ -2,10 +2,10 @@
 
 from .convert import convert_to_deformable
 from .nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
-from .ops import deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
 from .nn import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
+from .ops import deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
+from ._version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack",
            "convert_to_deformable", "__version__", "deform_conv1d", "deform_conv3d",
            "deform_roi_pool", "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack"]

@@ -85,7 +85,8 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           names: Optional[Sequence[str]] = None,
                           filter: Optional[_Filter] = None, num_last: Optional[int] = 3,
                           offset_groups: int = 1, preserve_output: bool = True,
-                          inplace: bool = True, include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
+                          inplace: bool = True,
+                          include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
     """Replace chosen ``nn.Conv2d`` layers of ``model`` with deformable layers.
 
     Each chosen convolution becomes a ``DeformConv2dPack`` (v1) or a
@@ -177,7 +178,11 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
         chosen = [(n, m) for n, m in _eligible(model, include_grouped)
                   if filter is None or filter(n, m)]
         if num_last is not None:
-            chosen = chosen[max(len(chosen) - num_last, 0):]
+            start = max(len(chosen) - num_last, 0)
+            for n, _ in chosen[:start]:
+                logger.info("skipped %s: not among the last num_last=%d eligible convolutions",
+                            n or "<root>", num_last)
+            chosen = chosen[start:]
 
     for n, conv in chosen:
         if conv.in_channels % offset_groups:

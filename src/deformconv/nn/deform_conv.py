@@ -242,7 +242,7 @@ class DeformConv2dPack(DeformConv2d):
                               unexpected_keys, error_msgs):
         own = [prefix + "conv_offset." + n for n in ("weight", "bias")]
         _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
-        if (self.from_conv and prefix + "weight" in state_dict
+        if (getattr(self, "from_conv", False) and prefix + "weight" in state_dict
                 and not any(k in state_dict for k in own)):
             # A plain convolution's state dict into a converted layer: see _after_load.
             self._plain_conv_prefix = prefix

@@ -95,8 +95,8 @@ def _translation(input, weight, offset, mask, bias, stride_h: int, stride_w: int
     need = OPSET_BFLOAT16 if bf16 else OPSET
     if opset is not None and opset < need:
         raise ValueError(
-            f"ONNX DeformConv needs opset {need} or newer"
-            f"{' for bfloat16' if bf16 else ' (opset 19)'}; this export was asked for "
+            f"ONNX DeformConv needs opset {need} or newer{' for bfloat16' if bf16 else ''} "
+            f"(onnxruntime rejects it below); this export was asked for "
             f"opset_version={opset}: pass opset_version={need} or higher to torch.onnx.export")
     try:
         if opset is not None and opset >= OPSET_BFLOAT16:

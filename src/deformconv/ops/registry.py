@@ -3,7 +3,10 @@
 Both are ``torch.library`` custom ops with fake (shape) implementations, so ``torch.compile``
 traces them without graph breaks and ``torch.export`` keeps the forward as one node. The
 default kernel is the pure-PyTorch one (any device); device-specific kernels register on top
-(``register_kernel``). Arguments are assumed valid: the public function checks them.
+(``register_kernel``). The public function checks the arguments; the op's default kernel
+and its fake check them again (``_check_raw``), so a direct ``torch.ops.deformconv`` call gets
+the same errors instead of a ZeroDivisionError (the fake checks shapes only when they are
+static, so symbolic sizes get no extra guards).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import geometry, torch_impl
+from . import checks, geometry, torch_impl
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -22,12 +25,44 @@ _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 def deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                      bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,
                      pad_w: int, dil_h: int, dil_w: int) -> Tensor:
+    _check_raw(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
     return torch_impl.deform_conv2d_fwd(input, weight, offset, mask, bias, stride_h, stride_w,
                                         pad_h, pad_w, dil_h, dil_w)
 
 
+def _check_raw(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h,
+               dil_w, shapes: bool = True) -> None:
+    """The public function's checks, for direct calls of the registered op."""
+    stride = checks.int_tuple("stride", (stride_h, stride_w), 2, 1)
+    padding = checks.int_tuple("padding", (pad_h, pad_w), 2, 0)
+    dilation = checks.int_tuple("dilation", (dil_h, dil_w), 2, 1)
+    if shapes:
+        checks.check_deform_conv(input, offset, weight, bias, mask, stride, padding, dilation,
+                                 ndim=2)
+
+
+def _static(*tensors) -> bool:
+    return all(isinstance(d, int) for t in tensors if t is not None for d in t.shape)
+
+
+def check_not_functorch_autodiff(*tensors) -> None:
+    """torch.func's grad/vjp/jacrev/jvp cannot differentiate this op (a torch.library custom
+    op's autograd formula is not a functorch-compatible autograd.Function): say so instead of
+    PyTorch's internal setup_context message. ``torch.func.vmap`` still runs."""
+    is_grad = getattr(torch._C._functorch, "is_gradtrackingtensor", None)
+    if is_grad is None or torch.compiler.is_compiling():
+        return
+    if any(isinstance(t, Tensor) and is_grad(t) for t in tensors):
+        raise RuntimeError(
+            "deform_conv2d: torch.func autodiff transforms (grad, vjp, jacrev, jacfwd, jvp, "
+            "hessian) are not supported; use torch.autograd (loss.backward() or "
+            "torch.autograd.grad). torch.func.vmap and functional_call work.")
+
+
 @deform_conv2d_op.register_fake
 def _(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    _check_raw(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+               shapes=_static(input, weight, offset, mask, bias))
     N, _, *size = input.shape
     O, _, *kernel = weight.shape
     out = geometry.out_size(size, kernel, (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
