@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import torch
 
+from .checks import AUTOCAST_DEVICE_TYPES, autocast_enabled  # noqa: F401 (re-exported)
 from .registry import deform_conv2d_op
 
 AUTOCAST_DTYPE = torch.float32
-DEVICE_TYPES = ("cpu", "cuda")
+DEVICE_TYPES = AUTOCAST_DEVICE_TYPES
 
 
 def register() -> None:
     """Register the float32 autocast rule for every device type in ``DEVICE_TYPES``."""
     for device_type in DEVICE_TYPES:
         torch.library.register_autocast(deform_conv2d_op, device_type, AUTOCAST_DTYPE)
-
-
-def autocast_enabled(device: torch.device) -> bool:
-    """Whether autocast is on for ``device``'s type and our rule covers it."""
-    return device.type in DEVICE_TYPES and torch.is_autocast_enabled(device.type)

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from . import geometry
-from .autocast import autocast_enabled
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Device types whose autocast our ops register a rule for (``autocast.py``).
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
 _KERNEL_NAMES = {1: ("kW",), 2: ("kH", "kW"), 3: ("kD", "kH", "kW")}
 _COUNT_WORDS = {1: "a tuple of 1 int", 2: "a pair of ints", 3: "a tuple of 3 ints"}
 
@@ -52,6 +53,11 @@ def _check_tensor(name: str, t, ndim: int, ref: Optional[Tensor]) -> None:
         raise ValueError(f"{name} must be on the input's device {ref.device}, got {t.device}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type and our rule covers it."""
+    return device.type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device.type)
 
 
 def _autocast_mix(t: Tensor, ref: Tensor) -> bool:
