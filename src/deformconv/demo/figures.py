@@ -158,7 +158,8 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
     ncol = max(len(r) for r in rows)
     legend_h = 1.0 + (0.5 if note else 0)
     fig, axes = plt.subplots(2 * len(rows), ncol,
-                             figsize=(2.6 * ncol, 6.6 * len(rows) + legend_h), squeeze=False)
+                             figsize=(max(2.6 * ncol, 7.2), 6.6 * len(rows) + legend_h),
+                             squeeze=False)
     cells = []
     for r, row in enumerate(rows):
         images = torch.stack([im for im, _, _ in row])[:, None]
