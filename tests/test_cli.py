@@ -280,3 +280,17 @@ def test_demo_then_visualize(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["visualize", "--model", str(tmp_path / "missing.pt")])
     assert "no model" in capsys.readouterr().err
+
+
+def test_info_shows_the_dispatch_description(monkeypatch, capsys):
+    """`info` prints deformconv.ops.dispatch.describe() when the dispatch module has one."""
+    import types
+    import deformconv.ops
+    fake = types.ModuleType("deformconv.ops.dispatch")
+    fake.describe = lambda: "  cpu: BACKEND-UNDER-TEST"
+    monkeypatch.setitem(sys.modules, "deformconv.ops.dispatch", fake)
+    monkeypatch.setattr(deformconv.ops, "dispatch", fake, raising=False)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels:\n  cpu: BACKEND-UNDER-TEST\n" in out
+    assert "embedding_bag" not in out  # the fallback text is not printed as well

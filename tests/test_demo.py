@@ -92,3 +92,19 @@ def test_summary_says_when_accuracy_is_not_separated():
     assert "NOT separated" in s["lines"][0]
     assert s["spread_growth"]["mean"] == pytest.approx(1.1) and s["spread_growth"]["separated"]
     assert s["background_minus_small"]["mean"] == pytest.approx(2.0)
+
+
+def test_masks_are_interpolated_between_pixels():
+    """The last layer shifts its taps by dy = 0.5, so the first layer's mask (a ramp in y) is
+    read half-way between rows: 0.1 + 0.1 * y at y = 2 + (i2 - 1) + 0.5."""
+    off2 = torch.zeros(1, 18, 6, 6, dtype=torch.float64)
+    off2[:, 0::2] = 0.5
+    ramp = 0.1 + 0.1 * torch.arange(6, dtype=torch.float64)
+    m1 = ramp[None, None, :, None].expand(1, 9, 6, 6)
+    m2 = torch.full((1, 9, 6, 6), 0.8, dtype=torch.float64)
+    stack = [LayerSampling(torch.zeros_like(off2), (3, 3), padding=(1, 1), mask=m1),
+             LayerSampling(off2, (3, 3), padding=(1, 1), mask=m2)]
+    pts, w = effective_sampling(stack, (2, 3))
+    i2 = torch.arange(81) // 9 // 3
+    torch.testing.assert_close(w, 0.8 * (0.1 + 0.1 * (2 + (i2 - 1) + 0.5)).double())
+    torch.testing.assert_close(pts[:, 0] % 1, torch.full((81,), 0.5, dtype=torch.float64))

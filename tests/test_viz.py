@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from deformconv import DeformConv2dPack, ModulatedDeformConv2dPack, deform_conv2d
-from deformconv.viz import (LayerSampling, effective_sampling_points, layer_sampling,
+from deformconv.viz import (LayerSampling, effective_sampling, effective_sampling_batch,
+                            effective_sampling_points, layer_sampling,
                             plot_sampling_points, sampling_locations)
 
 
@@ -112,3 +113,19 @@ def test_plot_writes_png(tmp_path):
         plot_sampling_points([img[0, 0]], [], [], [], tmp_path / "q.png")
     with pytest.raises(ValueError, match=r"images\[0\] must be a 2-D.*got shape \(1, 1,"):
         plot_sampling_points([img], [pts], [pts], [(5, 5)], tmp_path / "r.png")
+
+
+def test_batched_composition_equals_one_pixel_at_a_time():
+    torch.manual_seed(1)
+    stack = [LayerSampling(torch.randn(3, 18, 6, 7) * 0.8, (3, 3), padding=(1, 1),
+                           mask=torch.rand(3, 9, 6, 7)) for _ in range(3)]
+    pixels = torch.tensor([[2.0, 3.0], [0.0, 6.0], [5.0, 1.0], [2.0, 3.0]])
+    batch = torch.tensor([0, 2, 1, 1])
+    pts, w = effective_sampling_batch(stack, pixels, batch)
+    assert pts.shape == (4, 729, 2) and w.shape == (4, 729)
+    for i in range(4):
+        p1, w1 = effective_sampling(stack, tuple(pixels[i].tolist()), batch=int(batch[i]))
+        torch.testing.assert_close(pts[i], p1)
+        torch.testing.assert_close(w[i], w1)
+    assert (pts[0] - pts[3]).abs().max() > 0.1  # a different image gives different points
+    assert (w < 1).all() and (w > 0).all()

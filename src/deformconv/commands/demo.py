@@ -15,7 +15,8 @@ DESCRIPTION = ("Trains a small CNN twice per seed on scikit-learn's digits place
                "deformable. Prints both test accuracies and the receptive field sizes, and "
                "writes report.md, results.json, figures and state dicts to --out. Presets: "
                "--quick (2 seeds x 3 epochs, a check that it runs), default (3 seeds x 12 "
-               "epochs, about 3 minutes on 2 CPU cores), --full (5 seeds x 30 epochs). Under "
+               "epochs, about 3 minutes of CPU time on 2 cores), --full (5 seeds x 30 "
+               "epochs). Under "
                "`torchrun --nproc_per_node=N -m deformconv demo` it trains with "
                "DistributedDataParallel (gloo on CPU, NCCL on GPU).")
 

@@ -158,7 +158,8 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
     ncol = max(len(r) for r in rows)
     legend_h = 1.0 + (0.5 if note else 0)
     fig, axes = plt.subplots(2 * len(rows), ncol,
-                             figsize=(2.6 * ncol, 6.0 * len(rows) + legend_h), squeeze=False)
+                             figsize=(max(2.6 * ncol, 7.2), 6.6 * len(rows) + legend_h),
+                             squeeze=False)
     cells = []
     for r, row in enumerate(rows):
         images = torch.stack([im for im, _, _ in row])[:, None]
@@ -205,7 +206,7 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
         import textwrap
         fig.text(0.5, 0.05 / total_h, "\n".join(textwrap.wrap(note, 125)), ha="center",
                  va="bottom", fontsize=7)
-    fig.tight_layout(rect=(0, (legend_h + 0.1) / total_h, 1, 1 - 0.35 / total_h), h_pad=1.2)
+    fig.tight_layout(rect=(0, (legend_h + 0.1) / total_h, 1, 1 - 0.35 / total_h), h_pad=2.5)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return {"cells": cells}

@@ -73,12 +73,13 @@ def write_report(path, results: Dict) -> None:
     if "receptive_fields.png" in files:
         lines += ["## Where the deformable layers look", "",
                   "![receptive fields](receptive_fields.png)", "",
-                  "Each orange dot is one of the 9 x 9 x 9 = 729 points the three deformable "
-                  "layers read, composed, for the location marked x; its size and opacity show "
-                  "how much it counts (the product of the three layers' masks along its path). "
-                  "The dashed circle's radius is the weighted spread of the points: the size "
-                  "of the receptive field. Below each picture, the plain network's fixed grid "
-                  "at the same place.", ""]
+                  "For the location marked x, the three deformable layers read 9 x 9 x 9 = 729 "
+                  "points, composed through the layers; each counts by the product of the "
+                  "three layers' masks along its path. The orange heat map adds these weights "
+                  "up: brighter is where the layers look most. The dashed circle's radius is "
+                  "the weighted spread of the points: the size of the receptive field. Below "
+                  "each picture, the plain network's fixed grid at the same place (size 8.0 "
+                  "px). Points off the canvas read zeros; the captions count them.", ""]
         for c in results["figures"]["examples"]:
             cap = c["caption"].replace("\n", " ")
             lines.append(f"- {cap}: spread {c['spread']:.1f} px, {c['off_canvas']} of "
@@ -98,12 +99,26 @@ def write_report(path, results: Dict) -> None:
         lines.append(f"| {r['seed']} | {r['spread_small']:.2f} | {r['spread_mid']:.2f} | "
                      f"{r['spread_large']:.2f} | {r['spread_background']:.2f} | "
                      f"{r['spread_scale_corr']:.2f} |")
+    grows = growth["separated"] and growth["mean"] > 0
+    bg = summary["background_minus_small"]
+    mean = {k: sum(r[k] for r in deform) / len(deform) for k in
+            ("spread_small", "spread_large", "spread_background")}
     lines += ["", f"Large minus small digits: {growth['mean']:+.2f} px, 95% interval over seeds "
-              f"± {growth['ci95']:.2f}: " + ("the receptive field grows with the digit in every "
-                                             "reading of the seeds." if growth["separated"] and
-                                             growth["mean"] > 0 else
-                                             "not separated from the seed spread."), "",
-              "## Test accuracy", "",
+              f"± {growth['ci95']:.2f}: " + ("the receptive field grows with the digit, "
+                                             "separated from the seed spread." if grows else
+                                             "not separated from the seed spread."), ""]
+    if bg is not None:
+        largest = mean["spread_background"] > mean["spread_large"]
+        lines += [f"Background: {mean['spread_background']:.2f} px against "
+                  f"{mean['spread_small']:.2f} on small and {mean['spread_large']:.2f} on "
+                  "large digits (means over seeds). " + (
+                      "As in the papers' figures, the field is largest on background."
+                      if largest else "Unlike the papers' figures, where the field is largest "
+                      "on background, here it is not. ") + (
+                      f"Background minus small digits: {bg['mean']:+.2f} px, 95% interval "
+                      f"± {bg['ci95']:.2f}" + ("." if bg["separated"] else
+                                               ", not separated from the seed spread.")), ""]
+    lines += ["## Test accuracy", "",
               f"{st['test_images']} fixed test images (every held-out digit placed twice). "
               "Small: below 12 px; large: above 18 px.", "",
               "| seed | network | accuracy | small digits | large digits | training time |",
@@ -127,6 +142,10 @@ def write_report(path, results: Dict) -> None:
               "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in st.items()]
     m = results["machine"]
+    sec = results.get("seconds", {})
+    if sec:
+        lines.append(f"| run time | {sec['wall']:.0f} s wall, {sec['cpu_main_process']:.0f} s "
+                     "CPU (training and evaluation, one process) |")
     lines += [f"| machine | {m.get('cpu')}, {m.get('cores')} cores |",
               f"| versions | python {m.get('python')}, torch {m.get('torch')}, deformconv "
               f"{m.get('deformconv')} |", f"| commit | {m.get('commit')} |", ""]
