@@ -122,14 +122,15 @@ import torch
 from deformconv.ops import deform_conv2d
 {setup}
 dev = "{dev}"
-x = torch.randn(2, 16, 9, 11, device=dev, requires_grad=True)
-w = torch.randn(24, 16, 3, 3, device=dev, requires_grad=True)
-off = 2 * torch.randn(2, 18, 9, 11, device=dev)
+N, C, H, W = {shape}
+x = torch.randn(N, C, H, W, device=dev, requires_grad=True)
+w = torch.randn(24, C, 3, 3, device=dev, requires_grad=True)
+off = 2 * torch.randn(N, 18, H, W, device=dev)
 flat = off.view(-1)
 bad = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3e38], device=dev)
 flat[::7] = bad.repeat(flat[::7].numel() // 6 + 1)[:flat[::7].numel()]
 off.requires_grad_()
-m = torch.rand(2, 9, 9, 11, device=dev, requires_grad=True)
+m = torch.rand(N, 9, H, W, device=dev, requires_grad=True)
 out = deform_conv2d(x, off, w, padding=1, mask=m)
 out.square().sum().backward()
 assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
@@ -142,7 +143,8 @@ print("hostile offsets: finite outputs and gradients")
 def check_memory(dev, meta, skip):
     """Hostile offsets under compute-sanitizer memcheck (or plainly, in a dry run)."""
     code = HOSTILE.format(dev=dev, sync="torch.cuda.synchronize()" if dev == "cuda" else "",
-                          setup=DRY_DISPATCH if dev == "cpu" else "")
+                          setup=DRY_DISPATCH if dev == "cpu" else "",
+                          shape=(2, 16, 9, 11) if dev == "cuda" else (1, 4, 5, 6))
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTORCH_NO_CUDA_MEMORY_CACHING="1")
     tool = shutil.which("compute-sanitizer")
     if dev == "cpu" or skip or tool is None:
@@ -210,7 +212,7 @@ def benchmark(torch, dev, meta, reps, shapes):
         cons = _contenders(torch, dev, shape, O)
         flops = _problem(*shape, O).flops()
         for fwd, fb, _ in cons.values():  # warm-up (autotuning, cuDNN heuristics)
-            for _ in range(2 if dev == "cuda" else 1):
+            for _ in range(2 if dev == "cuda" else 0):
                 with torch.no_grad():
                     fwd()
                 fb()
@@ -270,7 +272,7 @@ def main():
     meta = _meta(torch)
     rows = check_correctness(torch, dev, meta)
     rows += check_memory(dev, meta, a.skip_sanitizer)
-    rows += benchmark(torch, dev, meta, 2 if a.dry_run else a.reps,
+    rows += benchmark(torch, dev, meta, 1 if a.dry_run else a.reps,
                       DRY_SHAPES if a.dry_run else SHAPES)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,7 @@ def _translation(input, weight, offset, mask, bias, stride_h: int, stride_w: int
         raise ImportError("ONNX export needs onnxscript: pip install 'deformconv[onnx]'") from e
     C = input.shape[1]
     O, Cg, kH, kW = weight.shape
-    G = offset.shape[1] // (2 * kH * kW)
+    G = geometry.offset_groups(offset.shape[1], (kH, kW))
     attrs = _attributes(C, O, Cg, kH, kW, G, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
     return op.DeformConv(input, weight, offset, bias, mask, **attrs)
 
@@ -211,7 +211,7 @@ def _torchscript_symbolic(g, input, weight, offset, mask, bias, sh, sw, ph, pw, 
              (dw, "dil_w"))]
     O, Cg, kH, kW = sym._get_tensor_sizes(weight)
     C = sym._get_tensor_dim_size(input, 1)
-    G = sym._get_tensor_dim_size(offset, 1) // (2 * kH * kW)
+    G = geometry.offset_groups(sym._get_tensor_dim_size(offset, 1), (kH, kW))
     attrs = _attributes(C, O, Cg, kH, kW, G, *ints)
     inputs = [input, weight, offset]
     if not sym._is_none(mask):
