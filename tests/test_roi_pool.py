@@ -436,6 +436,22 @@ def test_onnx_export_raises_clear_error(tmp_path):
     from deformconv import DeformRoIPool
     m = DeformRoIPool(2, 1.0, 2)
     args = (torch.randn(1, 2, 5, 5), torch.tensor([[0., 0, 0, 3, 3]]))
-    with pytest.raises(Exception, match="cannot be exported to ONNX") as e:
+    with pytest.raises(RuntimeError, match="cannot be exported to ONNX"):
         torch.onnx.export(m, args, str(tmp_path / "m.onnx"), dynamo=False)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_onnx_dynamo_export_fails_naming_the_op(tmp_path):
+    pytest.importorskip("onnxscript")
+    from deformconv import DeformRoIPool
+    m = DeformRoIPool(2, 1.0, 2)
+    args = (torch.randn(1, 2, 5, 5), torch.tensor([[0., 0, 0, 3, 3]]))
+    with pytest.raises(Exception) as e:
+        torch.onnx.export(m, args, str(tmp_path / "m.onnx"), dynamo=True)
+    chain, c = [], e.value
+    while c is not None:
+        chain.append(str(c))
+        c = c.__cause__ or c.__context__
+    assert any("deform_roi_pool" in s for s in chain)
     assert not (tmp_path / "m.onnx").exists()

@@ -22,9 +22,9 @@ bounds the loops whatever the region's size. ``INDEX_64`` switches the address a
 import triton
 import triton.language as tl
 
-GRID_LIMIT = 16777216.0  # 2**24, roi_pool_torch.GRID_LIMIT
-WINDOW_MARGIN = 2.0      # roi_pool_torch.WINDOW_MARGIN
-EPS32 = 1.1920928955078125e-07
+GRID_LIMIT = tl.constexpr(16777216.0)  # 2**24, roi_pool_torch.GRID_LIMIT
+WINDOW_MARGIN = tl.constexpr(2.0)      # roi_pool_torch.WINDOW_MARGIN
+EPS32 = tl.constexpr(1.1920928955078125e-07)  # float32 machine epsilon
 
 
 @triton.jit

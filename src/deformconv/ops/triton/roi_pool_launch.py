@@ -31,14 +31,19 @@ INTERPRETER_BLOCK_C = 4
 # Fill outputs the kernels must write completely with NaN first (tests set it), so a tile a
 # kernel forgot fails loudly.
 DEBUG_FILL_NAN = False
-NUM_WARPS = 4
 INT32_MAX = 2**31 - 1
+GPU_BLOCKS_C = (32, 64, 128, 256)
 
 
 def _block_c(C: int, cuda: bool) -> int:
     if not cuda:
         return INTERPRETER_BLOCK_C
-    return max(32, min(256, triton.next_power_of_2(C)))
+    return max(GPU_BLOCKS_C[0], min(GPU_BLOCKS_C[-1], triton.next_power_of_2(C)))
+
+
+def num_warps(block_c: int) -> int:
+    """One channel per thread: with two, ptxas spills in the backward (sm_80, BLOCK_C 256)."""
+    return max(1, block_c // 32)
 
 
 def _index_64(N: int, C: int, H: int, W: int, R: int, ph: int, pw: int) -> bool:
@@ -62,7 +67,7 @@ def _common(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int, pw: 
     consts = dict(PH=ph, PW=pw, HAS_OFFSET=offset is not None,
                   INDEX_64=_index_64(N, C, H, W, R, ph, pw), BLOCK_C=bc)
     if input.is_cuda:
-        consts["num_warps"] = NUM_WARPS
+        consts["num_warps"] = num_warps(bc)
     return x, r, off, grid, consts
 
 
@@ -150,28 +155,32 @@ class _device:
         return False
 
 
-# What a GPU launch compiles (for the register/spill report): the kernel, its pointer and
-# scalar argument types, and the constexprs and launch options of the configurations used.
-_SCALARS_FWD = dict(N="i32", C="i32", H="i32", W="i32", spatial_scale="fp32", gamma="fp32",
-                    sampling_ratio="i32")
-_SCALARS_BWD = dict(N="i32", C="i32", H="i32", W="i32", R="i32", spatial_scale="fp32",
-                    gamma="fp32", sampling_ratio="i32")
+# What a GPU launch compiles (for the register/spill report): per kernel and channel block,
+# the pointer and scalar argument types, the constexprs and the launch options.
+_SCALARS = dict(N="i32", C="i32", H="i32", W="i32", spatial_scale="fp32", gamma="fp32",
+                sampling_ratio="i32")
+
+
+def _report_entry(name, kernel, pointers, block_c, index_64, dtype, **flags):
+    sig = {p: (f"*{dtype}" if p in ("x_ptr", "rois_ptr", "off_ptr", "out_ptr", "go_ptr")
+               else "*fp32") for p in pointers}
+    sig.update(_SCALARS)
+    if "gin_ptr" in pointers:
+        sig["R"] = "i32"
+    return dict(name=f"{name}[BLOCK_C={block_c},{dtype}{',int64' if index_64 else ''}]",
+                kernel=kernel, signature=sig,
+                constexprs=dict(PH=7, PW=7, HAS_OFFSET=True, INDEX_64=index_64,
+                                BLOCK_C=block_c, **flags),
+                num_warps=num_warps(block_c), num_stages=1)
+
+
 REPORT_KERNELS = [
-    dict(name="deform_roi_pool_fwd", kernel=kernels._deform_roi_pool_fwd_kernel,
-         signature=dict(x_ptr="*fp32", rois_ptr="*fp32", off_ptr="*fp32", out_ptr="*fp32",
-                        **_SCALARS_FWD),
-         constexprs=dict(PH=7, PW=7, HAS_OFFSET=True, INDEX_64=False, BLOCK_C=256),
-         num_warps=NUM_WARPS, num_stages=1),
-    dict(name="deform_roi_pool_bwd", kernel=kernels._deform_roi_pool_bwd_kernel,
-         signature=dict(x_ptr="*fp32", rois_ptr="*fp32", off_ptr="*fp32", go_ptr="*fp32",
-                        gin_ptr="*fp32", goff_ptr="*fp32", **_SCALARS_BWD),
-         constexprs=dict(PH=7, PW=7, HAS_OFFSET=True, NEED_INPUT=True, NEED_OFFSET=True,
-                         INDEX_64=False, BLOCK_C=256),
-         num_warps=NUM_WARPS, num_stages=1),
-    dict(name="deform_roi_pool_bwd_int64", kernel=kernels._deform_roi_pool_bwd_kernel,
-         signature=dict(x_ptr="*bf16", rois_ptr="*bf16", off_ptr="*bf16", go_ptr="*bf16",
-                        gin_ptr="*fp32", goff_ptr="*fp32", **_SCALARS_BWD),
-         constexprs=dict(PH=7, PW=7, HAS_OFFSET=True, NEED_INPUT=True, NEED_OFFSET=True,
-                         INDEX_64=True, BLOCK_C=256),
-         num_warps=NUM_WARPS, num_stages=1),
+    _report_entry(name, kernel, ptrs, bc, i64, dt, **flags)
+    for name, kernel, ptrs, flags in (
+        ("deform_roi_pool_fwd", kernels._deform_roi_pool_fwd_kernel,
+         ("x_ptr", "rois_ptr", "off_ptr", "out_ptr"), {}),
+        ("deform_roi_pool_bwd", kernels._deform_roi_pool_bwd_kernel,
+         ("x_ptr", "rois_ptr", "off_ptr", "go_ptr", "gin_ptr", "goff_ptr"),
+         dict(NEED_INPUT=True, NEED_OFFSET=True)))
+    for bc in GPU_BLOCKS_C for i64 in (False, True) for dt in ("fp32", "bf16")
 ]
