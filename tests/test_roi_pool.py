@@ -432,6 +432,7 @@ def test_export_one_node():
                  m(t["input"], t["rois"], t["offset"]))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_export_raises_clear_error(tmp_path):
     from deformconv import DeformRoIPool
     m = DeformRoIPool(2, 1.0, 2)
