@@ -157,7 +157,7 @@ def test_deterministic_mode_takes_the_torch_input_gradient():
 
 
 def test_report_kernels_describe_the_launched_kernels():
-    names = {k["name"] for k in launch.REPORT_KERNELS}
+    names = {k["name"].split("[")[0] for k in launch.REPORT_KERNELS}
     assert {"deform_roi_pool_fwd", "deform_roi_pool_bwd"} <= names
     for k in launch.REPORT_KERNELS:
         params = set(k["kernel"].arg_names)
