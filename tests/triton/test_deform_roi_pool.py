@@ -25,7 +25,7 @@ pytest.importorskip("triton")
 from deformconv.ops import roi_pool_torch  # noqa: E402
 from deformconv.ops.triton import roi_pool_launch as launch  # noqa: E402
 from deformconv.reference_roi_pool import deform_roi_pool_ref  # noqa: E402
-from deformconv.testing import TOLERANCE, RoIProblem, assert_close  # noqa: E402
+from deformconv.testing import RoIProblem, assert_close  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 # Small problems: the interpreter runs each program in Python. Seven regions, one of each kind.
