@@ -453,3 +453,38 @@ def test_onnx_dynamo_export_fails_naming_the_op(tmp_path):
         c = c.__cause__ or c.__context__
     assert any("deform_roi_pool" in s for s in chain)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_chunks_bound_the_tiles_at_detector_sizes():
+    # 1000 regions x 256 channels x 7x7: every chunk's (samples, channels) tile stays bounded
+    g = torch.Generator().manual_seed(0)
+    size = 16 + 300 * torch.rand(1000, 2, generator=g)
+    ctr = torch.rand(1000, 2, generator=g) * torch.tensor([1344.0, 800.0])
+    rois = torch.cat([torch.zeros(1000, 1), ctr - size / 2, ctr + size / 2], 1)
+    geo = roi_pool_torch.Geometry(rois, None, 1, 50, 84, 7, 7, 1 / 16, 0, 0.1, torch.float32)
+    chunks = geo.chunks(256)
+    assert chunks[0][0] == 0 and chunks[-1][1] == 1000 and len(chunks) > 1
+    for (a, e, ty, tx), nxt in zip(chunks, chunks[1:] + [(1000,)]):
+        assert e == nxt[0]
+        assert e - a == 1 or (e - a) * ty * tx * 49 * 256 <= roi_pool_torch.CHUNK_ELEMENTS
+
+
+def test_cuda_kernel_falls_back_once_with_a_warning(monkeypatch):
+    from deformconv.ops import roi_pool_registry as reg
+
+    class Broken:
+        @staticmethod
+        def deform_roi_pool_fwd(*args):
+            raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(reg, "cuda_backend", lambda: Broken)
+    monkeypatch.setattr(reg, "_fell_back", False)
+    x, rois, off = _interior_problem()
+    args = (x, rois, off, 2, 3, 1.0, 0, 0.1)
+    with pytest.warns(RuntimeWarning, match="Triton kernel failed.*no compiler"):
+        y = reg._run_cuda("deform_roi_pool_fwd", *args)
+    assert_close(y, roi_pool_torch.deform_roi_pool_fwd(*args), tol=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg._run_cuda("deform_roi_pool_fwd", *args)   # no second warning
