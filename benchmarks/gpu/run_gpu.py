@@ -287,5 +287,22 @@ def main():
     sys.exit(1 if failed else 0)
 
 
+def benchmark_roi_pool(torch, meta, reps):
+    """Deformable RoI pooling on the GPU: ``benchmarks/roi_pool_cpu.py``'s contenders (the op,
+    the op without offsets, torchvision's ``roi_align`` when it imports) at its detector shape
+    and at 2000 regions on a stride-8 level, float32 and bfloat16, CUDA-synchronised medians.
+    Rows are tagged ``step: benchmark_roi_pool``; main() adds them with
+    ``rows += benchmark_roi_pool(torch, meta, a.reps)``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import roi_pool_cpu
+    shapes = [roi_pool_cpu.SHAPE, dict(N=2, C=256, H=100, W=168, R=2000, output_size=7,
+                                       spatial_scale=1 / 8)]
+    rows = []
+    for shape in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            for r in roi_pool_cpu.run(torch, shape, reps, "cuda", dtype):
+                rows.append({**r, **meta, "step": "benchmark_roi_pool"})
+    return rows
+
 if __name__ == "__main__":
     main()

@@ -87,7 +87,7 @@ class DeformRoIPoolPack(DeformRoIPool):
         self._check_channels(input)
         x = deform_roi_pool(input, rois, None, self.output_size, self.spatial_scale,
                             self.sampling_ratio, self.gamma)
-        flat = x.reshape(rois.shape[0], -1)
+        flat = x.flatten(1)  # (R, C*ph*pw) in (c, i, j) order; R may be 0
         offset = self.offset_fc(flat).view(rois.shape[0], 2, *self.output_size)
         return flat, offset
 

@@ -64,12 +64,12 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
             and type(sampling_ratio).__name__ != "bool_"):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     sampling_ratio = int(sampling_ratio)
-    check_deform_roi_pool(input, rois, offset, ph, pw)
     if torch.onnx.is_in_onnx_export():
         raise RuntimeError(
             "deform_roi_pool cannot be exported to ONNX: ONNX has no deformable RoI pooling "
             "operator (RoiAlign cannot shift bins), and this library emits no custom-domain "
             "node. Export the model up to the pooling, or run it with torch.export/TorchScript")
+    check_deform_roi_pool(input, rois, offset, ph, pw)
     return deform_roi_pool_op(input, rois, offset, ph, pw, spatial_scale, sampling_ratio, gamma)
 
 

@@ -1,9 +1,11 @@
 """Pure-PyTorch kernels of deformable RoI pooling (any device).
 
 Vectorised over regions, bins, samples and channels; regions are processed in chunks so the
-gathered ``(samples, C)`` tiles stay under :data:`CHUNK_ELEMENTS` elements whatever the number
-of regions. The input is read channels-last, ``(N*H*W, C)``, so one bilinear corner of one
-sample is one row gather. float16/bfloat16 compute in float32, float32 and float64 in their
+``(samples, C)`` tiles stay under :data:`CHUNK_ELEMENTS` elements whatever the number of
+regions. The input is read channels-last, ``(N*H*W, C)``. Pooling is linear in the input: a
+chunk is a sparse ``(bins, N*H*W)`` matrix of corner weights (four per sample), so the forward
+is one sparse-dense product and the input gradient its transpose (CPU and CUDA; a gather and
+an ``index_add_`` elsewhere). The offset gradient gathers the corner rows. float16/bfloat16 compute in float32, float32 and float64 in their
 own precision. Arguments are assumed valid (the public function checks them).
 
 Bounded work for any region. A sample contributes only when ``-1 <= y <= H`` and
@@ -20,6 +22,7 @@ writes out of bounds.
 
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -183,7 +186,54 @@ def _plan(g: Geometry, a: int, e: int, Ty: int, Tx: int, H: int, W: int):
 
 def _features(input: Tensor, ct: torch.dtype) -> Tensor:
     N, C, H, W = input.shape
-    return input.permute(0, 2, 3, 1).reshape(N * H * W, C).to(ct)
+    # contiguous: with N == 1 the reshape is a strided view, and row gathers crawl on it
+    return input.permute(0, 2, 3, 1).reshape(N * H * W, C).to(ct).contiguous()
+
+
+SPARSE_DEVICES = ("cpu", "cuda")
+
+
+def _sparse_ok(t: Tensor) -> bool:
+    return t.device.type in SPARSE_DEVICES
+
+
+def _pool(feat: Tensor, cols: Tensor, vals: Tensor, bins: int) -> Tensor:
+    """(bins, C): row b = sum over its k entries of vals * feat[cols] (cols, vals: (bins*k,)).
+
+    A CSR sparse-dense product where sparse kernels exist (one row per bin, its samples'
+    corner weights as entries: no (samples, C) tile is formed), else a gather and a sum."""
+    k = cols.numel() // max(bins, 1)
+    if _sparse_ok(feat):
+        crow = torch.arange(0, bins * k + 1, k, device=feat.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+            m = torch.sparse_csr_tensor(crow, cols, vals, size=(bins, feat.shape[0]),
+                                        check_invariants=False)
+            return m @ feat
+    return (feat.index_select(0, cols).view(bins, k, -1) * vals.view(bins, k, 1)).sum(1)
+
+
+def _scatter(g_in: Tensor, cols: Tensor, vals: Tensor, g_bins: Tensor) -> None:
+    """g_in[cols[e]] += vals[e] * g_bins[e // k]: the transpose of :func:`_pool`."""
+    bins = g_bins.shape[0]
+    k = cols.numel() // max(bins, 1)
+    rows = torch.arange(bins, device=cols.device).repeat_interleave(k)
+    if _sparse_ok(g_in):
+        m = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (g_in.shape[0], bins),
+                                    check_invariants=False)
+        g_in += torch.sparse.mm(m, g_bins)
+    else:
+        g_in.index_add_(0, cols, g_bins.index_select(0, rows) * vals.unsqueeze(1))
+
+
+def _entries(g: Geometry, a: int, e: int, Ty: int, Tx: int, H: int, W: int):
+    """The chunk's sparse entries: columns (corner rows of the input) and values (corner
+    weight / count), bin-major, (bins * Ty * Tx * 4,) each; plus the plan."""
+    plan = _plan(g, a, e, Ty, Tx, H, W)
+    rows, weights = plan[0], plan[1]
+    cols = torch.stack(rows, -1).reshape(-1)
+    vals = (torch.stack(weights, -1) / g.count[a:e].view(-1, 1, 1, 1, 1, 1)).reshape(-1)
+    return cols, vals, plan
 
 
 def deform_roi_pool_fwd(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int,
@@ -200,13 +250,8 @@ def deform_roi_pool_fwd(input: Tensor, rois: Tensor, offset: Optional[Tensor], p
         for a, e, Ty, Tx in g.chunks(C):
             if Ty == 0 or Tx == 0:
                 continue
-            rows, weights, _, _ = _plan(g, a, e, Ty, Tx, H, W)
-            acc = None
-            for idx, w in zip(rows, weights):
-                v = feat.index_select(0, idx.reshape(-1)).view(*idx.shape, C)
-                v = v * w.unsqueeze(-1)
-                acc = v if acc is None else acc + v
-            out[a:e] = acc.sum((3, 4)) / g.count[a:e].view(-1, 1, 1, 1)
+            cols, vals, _ = _entries(g, a, e, Ty, Tx, H, W)
+            out[a:e] = _pool(feat, cols, vals, (e - a) * ph * pw).view(e - a, ph, pw, C)
     return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()
 
 
@@ -232,12 +277,12 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
         for a, e, Ty, Tx in g.chunks(C):
             if Ty == 0 or Tx == 0:
                 continue
-            rows, weights, ok, (y, x, yl, yh, xl, xh) = _plan(g, a, e, Ty, Tx, H, W)
-            gb = (go[a:e] / g.count[a:e].view(-1, 1, 1, 1)).unsqueeze(3).unsqueeze(3)
+            cols, vals, plan = _entries(g, a, e, Ty, Tx, H, W)
+            rows, weights, ok, (y, x, yl, yh, xl, xh) = plan
             if need_input:
-                for idx, w in zip(rows, weights):
-                    g_in.index_add_(0, idx.reshape(-1), (gb * w.unsqueeze(-1)).reshape(-1, C))
+                _scatter(g_in, cols, vals, go[a:e].reshape(-1, C))
             if need_offset:
+                gb = (go[a:e] / g.count[a:e].view(-1, 1, 1, 1)).unsqueeze(3).unsqueeze(3)
                 # v_k: upstream gradient . corner value, per sample
                 v00, v01, v10, v11 = (
                     (feat.index_select(0, idx.reshape(-1)).view(*idx.shape, C) * gb).sum(-1)

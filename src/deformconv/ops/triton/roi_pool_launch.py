@@ -1,0 +1,186 @@
+"""Launchers of the deformable RoI pooling Triton kernels: layouts, allocation, grids.
+
+``deform_roi_pool_fwd`` and ``deform_roi_pool_bwd`` have the signatures and returns of their
+namesakes in ``roi_pool_torch`` and assume validated arguments. They run on CUDA tensors, and
+on CPU tensors when the kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1``
+set before Triton is imported), which is how the tests run them without a GPU.
+
+Dtypes: float16/bfloat16/float32 compute in float32; float64 goes to ``roi_pool_torch``.
+Determinism: the forward and the offset gradient are deterministic (per-channel-block partial
+sums added here); the input gradient uses atomics, so under
+``torch.use_deterministic_algorithms(True)`` it comes from ``roi_pool_torch`` instead.
+
+``REPORT_KERNELS`` lists the kernels with the launch configurations used on a GPU, for the
+offline register/spill report (compiled with the ptxas bundled in the Triton wheel).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+from torch import Tensor
+
+from .. import roi_pool_torch
+from . import roi_pool_kernels as kernels
+
+# Channel block on CPU tensors (the interpreter): small, so tiny test shapes still run several
+# channel blocks. Tests may change it.
+INTERPRETER_BLOCK_C = 4
+# Fill outputs the kernels must write completely with NaN first (tests set it), so a tile a
+# kernel forgot fails loudly.
+DEBUG_FILL_NAN = False
+INT32_MAX = 2**31 - 1
+GPU_BLOCKS_C = (32, 64, 128, 256)
+
+
+def _block_c(C: int, cuda: bool) -> int:
+    if not cuda:
+        return INTERPRETER_BLOCK_C
+    return max(GPU_BLOCKS_C[0], min(GPU_BLOCKS_C[-1], triton.next_power_of_2(C)))
+
+
+def num_warps(block_c: int) -> int:
+    """One channel per thread: with two, ptxas spills in the backward (sm_80, BLOCK_C 256)."""
+    return max(1, block_c // 32)
+
+
+def _index_64(N: int, C: int, H: int, W: int, R: int, ph: int, pw: int) -> bool:
+    """64-bit addresses only when an element index can pass 2**31 - 1."""
+    return max(N * H * W * C, R * C * ph * pw, R * 2 * ph * pw * max(1, C)) > INT32_MAX
+
+
+def _new(shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    return t.fill_(float("nan")) if DEBUG_FILL_NAN else t
+
+
+def _common(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int, pw: int):
+    N, C, H, W = input.shape
+    R = rois.shape[0]
+    x = input.permute(0, 2, 3, 1).contiguous()
+    r = rois.contiguous()
+    off = offset.contiguous() if offset is not None else r
+    bc = _block_c(C, input.is_cuda)
+    grid = (R * ph * pw, triton.cdiv(C, bc))
+    consts = dict(PH=ph, PW=pw, HAS_OFFSET=offset is not None,
+                  INDEX_64=_index_64(N, C, H, W, R, ph, pw), BLOCK_C=bc)
+    if input.is_cuda:
+        consts["num_warps"] = num_warps(bc)
+    return x, r, off, grid, consts
+
+
+def deform_roi_pool_fwd(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int,
+                        pw: int, spatial_scale: float, sampling_ratio: int,
+                        gamma: float) -> Tensor:
+    """Forward, see ``roi_pool_torch.deform_roi_pool_fwd``."""
+    if input.dtype == torch.float64:
+        return roi_pool_torch.deform_roi_pool_fwd(input, rois, offset, ph, pw, spatial_scale,
+                                                  sampling_ratio, gamma)
+    N, C, H, W = input.shape
+    R = rois.shape[0]
+    out = _new((R, C, ph, pw), input)
+    if out.numel() == 0:
+        return out
+    x, r, off, grid, consts = _common(input, rois, offset, ph, pw)
+    with _device(input):
+        kernels._deform_roi_pool_fwd_kernel[grid](
+            x_ptr=x, rois_ptr=r, off_ptr=off, out_ptr=out, N=N, C=C, H=H, W=W,
+            spatial_scale=float(spatial_scale), gamma=float(gamma),
+            sampling_ratio=int(sampling_ratio), **consts)
+    return out
+
+
+def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
+                        ph: int, pw: int, spatial_scale: float, sampling_ratio: int,
+                        gamma: float, need_input: bool,
+                        need_offset: bool) -> Tuple[Tensor, Tensor]:
+    """(grad_input, grad_offset), see ``roi_pool_torch.deform_roi_pool_bwd``."""
+    if input.dtype == torch.float64:
+        return roi_pool_torch.deform_roi_pool_bwd(grad_out, input, rois, offset, ph, pw,
+                                                  spatial_scale, sampling_ratio, gamma,
+                                                  need_input, need_offset)
+    need_offset = need_offset and offset is not None
+    gi_det = None
+    if need_input and torch.are_deterministic_algorithms_enabled():
+        gi_det = roi_pool_torch.deform_roi_pool_bwd(grad_out, input, rois, offset, ph, pw,
+                                                    spatial_scale, sampling_ratio, gamma,
+                                                    True, False)[0]
+        need_input = False
+    N, C, H, W = input.shape
+    R = rois.shape[0]
+    dt = input.dtype
+    empty = input.new_empty(0)
+    g_in = (torch.zeros((N, H, W, C), dtype=torch.float32, device=input.device)
+            if need_input else None)
+    g_off = None
+    if (need_input or need_offset) and R * C > 0:
+        x, r, off, grid, consts = _common(input, rois, offset, ph, pw)
+        partial = (_new((grid[1], R, 2, ph, pw), input, torch.float32) if need_offset
+                   else empty)
+        with _device(input):
+            kernels._deform_roi_pool_bwd_kernel[grid](
+                x_ptr=x, rois_ptr=r, off_ptr=off, go_ptr=grad_out.contiguous(),
+                gin_ptr=g_in if need_input else x, goff_ptr=partial if need_offset else x,
+                N=N, C=C, H=H, W=W, R=R, spatial_scale=float(spatial_scale),
+                gamma=float(gamma), sampling_ratio=int(sampling_ratio),
+                NEED_INPUT=need_input, NEED_OFFSET=need_offset, **consts)
+        if need_offset:
+            g_off = partial.sum(0).to(dt)
+    if need_offset and g_off is None:
+        g_off = torch.zeros(offset.shape, dtype=dt, device=input.device)
+    if gi_det is not None:
+        gi = gi_det
+    elif need_input:
+        gi = g_in.permute(0, 3, 1, 2).to(dt).contiguous()
+    else:
+        gi = empty
+    return gi, (g_off if need_offset else empty)
+
+
+class _device:
+    """``torch.cuda.device(t.device)`` for CUDA tensors, nothing for CPU ones."""
+
+    def __init__(self, t: Tensor):
+        self.guard = torch.cuda.device(t.device) if t.is_cuda else None
+
+    def __enter__(self):
+        if self.guard is not None:
+            self.guard.__enter__()
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            return self.guard.__exit__(*exc)
+        return False
+
+
+# What a GPU launch compiles (for the register/spill report): per kernel and channel block,
+# the pointer and scalar argument types, the constexprs and the launch options.
+_SCALARS = dict(N="i32", C="i32", H="i32", W="i32", spatial_scale="fp32", gamma="fp32",
+                sampling_ratio="i32")
+
+
+def _report_entry(name, kernel, pointers, block_c, index_64, dtype, **flags):
+    sig = {p: (f"*{dtype}" if p in ("x_ptr", "rois_ptr", "off_ptr", "out_ptr", "go_ptr")
+               else "*fp32") for p in pointers}
+    sig.update(_SCALARS)
+    if "gin_ptr" in pointers:
+        sig["R"] = "i32"
+    return dict(name=f"{name}[BLOCK_C={block_c},{dtype}{',int64' if index_64 else ''}]",
+                kernel=kernel, signature=sig,
+                constexprs=dict(PH=7, PW=7, HAS_OFFSET=True, INDEX_64=index_64,
+                                BLOCK_C=block_c, **flags),
+                num_warps=num_warps(block_c), num_stages=1)
+
+
+REPORT_KERNELS = [
+    _report_entry(name, kernel, ptrs, bc, i64, dt, **flags)
+    for name, kernel, ptrs, flags in (
+        ("deform_roi_pool_fwd", kernels._deform_roi_pool_fwd_kernel,
+         ("x_ptr", "rois_ptr", "off_ptr", "out_ptr"), {}),
+        ("deform_roi_pool_bwd", kernels._deform_roi_pool_bwd_kernel,
+         ("x_ptr", "rois_ptr", "off_ptr", "go_ptr", "gin_ptr", "goff_ptr"),
+         dict(NEED_INPUT=True, NEED_OFFSET=True)))
+    for bc in GPU_BLOCKS_C for i64 in (False, True) for dt in ("fp32", "bf16")
+]
