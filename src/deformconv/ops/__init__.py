@@ -2,7 +2,7 @@
 
 from .deform_conv import deform_conv2d
 from . import registry
-from . import cuda  # registers the CUDA kernels (Triton imported lazily)
+from . import dispatch  # registers the CPU and CUDA kernels (Triton imported lazily)
 from . import autocast
 from . import onnx  # imports torch.onnx only (cheap); onnx/onnxscript stay optional
 
