@@ -28,7 +28,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .spec import KernelSpec
+from .spec import KernelSpec, family
 
 # Report architecture name -> (compute capability, ptxas --gpu-name).
 ARCHS: Dict[str, Tuple[int, str]] = {"sm_90a": (90, "sm_90a"), "sm_80": (80, "sm_80")}
@@ -117,8 +117,8 @@ def _jobs(arch: str) -> Iterator[Tuple[KernelSpec, object, str, str, bool]]:
         for index_64 in (False, True):
             if index_64 and "INDEX_64" not in spec.signature(spec.dtypes[0])[1]:
                 continue
-            for config in spec.configs:
-                for label in spec.dtypes:
+            for label in spec.dtypes:
+                for config in spec.configs[family(label)]:
                     yield spec, config, label, arch, index_64
 
 
