@@ -57,9 +57,10 @@ def _config_name(config, index_64: bool) -> str:
 def _ptxas(arch: int):
     from triton.backends.nvidia.compiler import get_ptxas  # noqa: PLC0415 (nvidia only)
     try:
-        return get_ptxas(arch).path
-    except TypeError:  # Triton < 3.5 takes no architecture
-        return get_ptxas().path
+        tool = get_ptxas(arch)
+    except TypeError:  # older Triton takes no architecture
+        tool = get_ptxas()
+    return tool.path if hasattr(tool, "path") else tool[0]  # Triton 3.3: (path, version)
 
 
 def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> Tuple[int, int]:
