@@ -27,7 +27,8 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 _SKIP = ("triton is not installed" if not HAS_TRITON else
          None if HAS_CUDA or INTERPRET else
-         "no CUDA device and TRITON_INTERPRET is not 1 (run: TRITON_INTERPRET=1 pytest tests/triton)")
+         "no CUDA device and TRITON_INTERPRET is not 1 "
+         "(run: TRITON_INTERPRET=1 pytest tests/triton)")
 
 
 def pytest_collection_modifyitems(config, items):

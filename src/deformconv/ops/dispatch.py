@@ -123,7 +123,8 @@ def describe() -> str:
 def _fallback(direction: str, error: Exception) -> None:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         raise error
-    _failed[direction] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    first = str(error).strip().splitlines()[:1]
+    _failed[direction] = f"{type(error).__name__}: {first[0] if first else ''}"
     warnings.warn(f"deformconv: the Triton {direction} kernel failed ({_failed[direction]}); "
                   f"using the pure-PyTorch kernels for the {direction} from now on",
                   RuntimeWarning, stacklevel=3)

@@ -319,15 +319,22 @@ def _deform_conv2d_bwd_data_kernel(
 # Weight gradient: [BLOCK_C, BLOCK_N] tiles. BLOCK_C is fixed at WEIGHT_BLOCK_C on the GPU
 # because the launcher's channel-block table (built once per shape) depends on it.
 WEIGHT_BLOCK_C = 32
+
+
+def _weight_config(block_m, block_n, warps):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": WEIGHT_BLOCK_C},
+                         num_warps=warps, num_stages=2)
+
+
 BWD_WEIGHT_CONFIGS = {
     "half": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4, num_stages=2),
+        _weight_config(32, 128, 4),
+        _weight_config(64, 128, 8),
+        _weight_config(32, 64, 4),
     ],
     "float32": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4, num_stages=2),
+        _weight_config(32, 128, 4),
+        _weight_config(32, 64, 4),
     ],
 }
 
