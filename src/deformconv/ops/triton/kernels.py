@@ -133,6 +133,10 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
+# Config lists by family (``spec.family``): float16/bfloat16 ("half") or float32 data, with
+# 32-bit or 64-bit ("_i64") indices; each list is the set that compiles without register
+# spills for sm_90a and sm_80 (``deformconv kernels``).
+#
 # Forward: [BLOCK_M pixels, BLOCK_N output channels] tiles. Small maps split the taps over
 # SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
 # smaller tiles, so every config below stays a valid choice for every map. float32 (FMA or
@@ -146,6 +150,12 @@ FWD_CONFIGS = {
     "float32": [
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
+    ],
+    "half_i64": [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    ],
+    "float32_i64": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
     ],
 }
 
@@ -215,7 +225,13 @@ BWD_DATA_CONFIGS = {
     "float32": [
         triton.Config({"BLOCK_M": 32, "BLOCK_O": 16, "BLOCK_C": 16}, num_warps=4, num_stages=2),
         triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 16, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    ],
+    "half_i64": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+    ],
+    "float32_i64": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
     ],
 }
 
@@ -330,11 +346,17 @@ BWD_WEIGHT_CONFIGS = {
     "half": [
         _weight_config(32, 128, 4),
         _weight_config(64, 128, 8),
-        _weight_config(32, 64, 4),
     ],
     "float32": [
-        _weight_config(32, 128, 4),
         _weight_config(32, 64, 4),
+    ],
+    "half_i64": [
+        _weight_config(32, 128, 4),
+        _weight_config(64, 128, 8),
+    ],
+    "float32_i64": [
+        _weight_config(32, 32, 4),
+        _weight_config(32, 64, 8),
     ],
 }
 

@@ -88,7 +88,8 @@ def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs)
     ``grid`` maps the block sizes to the grid."""
     if device.type == "cuda":
         with torch.cuda.device(device):
-            _tuned(name, spec.family(kwargs["x_ptr"].dtype))[grid](**kwargs)
+            key = spec.family(kwargs["x_ptr"].dtype, kwargs["INDEX_64"])
+            _tuned(name, key)[grid](**kwargs)
     else:
         blocks = interpreter_config(name)
         fn[grid(blocks)](**kwargs, **blocks, num_warps=warps)

@@ -119,7 +119,7 @@ def _jobs(arch: str) -> Iterator[Tuple[KernelSpec, object, str, str, bool]]:
             if index_64 and "INDEX_64" not in spec.signature(spec.dtypes[0])[1]:
                 continue
             for label in spec.dtypes:
-                for config in spec.configs[family(label)]:
+                for config in spec.configs[family(label, index_64)]:
                     yield spec, config, label, arch, index_64
 
 
