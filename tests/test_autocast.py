@@ -1,4 +1,5 @@
-"""Mixed precision: the registered float32 autocast rule (see ``deformconv/ops/autocast.py``)."""
+"""Mixed precision: the autocast rules (see ``deformconv/ops/autocast.py``): float32 on CPU;
+on CUDA data in the autocast dtype, offsets and mask in float32 (kernels: tests/triton)."""
 
 import pytest
 import torch
@@ -75,7 +76,34 @@ def test_model_forward_backward_close_to_float32():
 
 
 def test_rule_registered_for_cpu_and_cuda():
-    assert deformconv.ops.autocast.DEVICE_TYPES == ("cpu", "cuda")
     op = torch.ops.deformconv.deform_conv2d.default
     for key in ("AutocastCPU", "AutocastCUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, BF16])
+def test_cuda_rule_casts_data_to_autocast_dtype_and_positions_to_float32(dtype):
+    x, off, mask, w, b = _args(torch.Generator().manual_seed(3))
+    cast = deformconv.ops.autocast.cuda_cast(x, w, off.to(BF16), mask.half(), b, dtype)
+    assert [t.dtype for t in cast] == [dtype, dtype, torch.float32, torch.float32, dtype]
+    assert torch.equal(cast[2], off.to(BF16).float())  # no detour through the data dtype
+    kept = deformconv.ops.autocast.cuda_cast(x.double(), w.double(), off.double(),
+                                             mask.double(), None, dtype)
+    assert [t.dtype for t in kept[:4]] == [torch.float64] * 4 and kept[4] is None
+
+
+def test_mixed_dtypes_on_the_pure_pytorch_path():
+    """What the CUDA rule hands the kernels, run by the pure-PyTorch path (the fallback):
+    computed in float32, output in the data dtype, gradients in each argument's dtype."""
+    from deformconv.ops import dispatch
+
+    x, off, mask, w, b = _args(torch.Generator().manual_seed(4))
+    xb, wb, bb = x.to(BF16), w.to(BF16), b.to(BF16)
+    y = dispatch.deform_conv2d_fwd(xb, wb, off, mask, bb, 1, 1, 0, 0, 1, 1)
+    assert y.dtype == BF16
+    ref = deform_conv2d_ref(xb.double(), off.double(), wb.double(), bb.double(), mask=mask.double())
+    assert (y.double() - ref).abs().max() <= 2e-2 * max(1.0, ref.abs().max())
+    go = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(BF16)
+    grads = dispatch.deform_conv2d_bwd(go, xb, wb, off, mask, bb, 1, 1, 0, 0, 1, 1,
+                                       [True, True, True, True])
+    assert [g.dtype for g in grads] == [BF16, BF16, torch.float32, torch.float32, BF16]

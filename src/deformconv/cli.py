@@ -1,4 +1,4 @@
-"""The deformconv command line: check, info, bench, demo, visualize.
+"""The deformconv command line: check, info, kernels, bench, demo, visualize.
 
 Each subcommand is a module of ``deformconv.commands`` (``NAME``, ``HELP``, ``add_arguments``,
 ``run``); this file only builds the parser from ``COMMANDS`` and dispatches.
@@ -11,9 +11,9 @@ import os
 import sys
 from typing import List, Optional
 
-from .commands import bench, check, demo, info, visualize
+from .commands import bench, check, demo, info, kernels, visualize
 
-COMMANDS = [check, info, bench, demo, visualize]
+COMMANDS = [check, info, kernels, bench, demo, visualize]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,8 @@
 """Deformable convolution ops: the public functions and the registered operators."""
 
-from . import autocast, cuda, registry  # cuda registers the CUDA kernels (Triton lazily)
+from . import registry  # noqa: I001 (registration order: the ops before their kernels/rules)
+from . import dispatch  # registers the CPU and CUDA kernels (Triton imported lazily)
+from . import autocast
 from . import onnx  # imports torch.onnx only (cheap); onnx/onnxscript stay optional
 from . import registry_nd  # registers deformconv::deform_conv1d/3d
 from .deform_conv import deform_conv2d

@@ -1,35 +1,67 @@
-"""Autocast (mixed precision) rule of ``deformconv::deform_conv2d``.
+"""Autocast (mixed precision) rules of ``deformconv::deform_conv2d``.
 
-Policy: under ``torch.autocast`` on CPU or CUDA the op runs in **float32**, whatever the
-autocast dtype (bfloat16 or float16): its float16/bfloat16/float32 tensor arguments are cast to
-float32, float64 ones are left alone, and the output is float32. This is torchvision's policy
-for its ``deform_conv2d``, chosen here because
+**CUDA** (where the tensor cores are): under ``torch.autocast("cuda", dtype=D)`` the input, the
+weight and the bias are cast to ``D`` (float16 or bfloat16), the offsets and the mask to
+float32, and the output has dtype ``D``. So the sampled columns and the weights meet on the
+tensor cores in ``D`` while the sampling positions keep full precision: an offset rounded to
+bfloat16 (8 significant bits) would move a sample at x = 200 by up to 0.4 pixel. Accumulation
+is float32 in every kernel. Gradients come back in each argument's dtype (float32 for the
+offsets and the mask) and flow through the casts to the caller's parameters. When the op runs
+on the pure-PyTorch path instead (``dispatch``), it computes these mixed arguments in float32
+and returns the output in ``D``: the same rule, without the speed.
 
-- the kernels compute float16/bfloat16 in float32 anyway (sampling, blending and GEMM), so a
-  low-precision run would save no arithmetic, only memory of the saved tensors;
-- sampling positions are the least tolerant part of the op: an offset rounded to bfloat16
-  (8 significant bits) moves a sample by up to 1/256 of its value, and float32 keeps what
-  precision the offsets still have;
-- mixed dtypes (a float32 input with bfloat16 offsets from an autocast ``conv_offset``) are
-  resolved in one place, so the layers need no casts of their own.
+**CPU**: every float16/bfloat16/float32 argument is cast to float32 and the output is float32
+(torchvision's rule for its ``deform_conv2d``). The CPU kernels compute half precision in
+float32 anyway, so a low-precision output would only add a rounding.
 
-The following layers receive a float32 output; autocast casts it again where they run in low
-precision, as it does after any op on its float32 list. The registration uses the public
-``torch.library.register_autocast`` (torch >= 2.5); the gradients flow through the casts.
+float64 arguments are never cast, on either device. The float32 TF32 rule (no autocast) is in
+``triton/launch.py``: it follows ``torch.backends.cudnn.allow_tf32``, as ``conv2d`` does.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Optional
 
-from .checks import AUTOCAST_DEVICE_TYPES, autocast_enabled  # noqa: F401 (re-exported)
+import torch
+from torch import Tensor
+
+from .checks import AUTOCAST_DEVICE_TYPES as DEVICE_TYPES
+from .checks import autocast_enabled  # noqa: F401 (re-exported)
 from .registry import deform_conv2d_op
 
+CPU_DTYPE = torch.float32
+# The float32 rule of the other ops (1-D/3-D, RoI pooling) on every device type.
 AUTOCAST_DTYPE = torch.float32
-DEVICE_TYPES = AUTOCAST_DEVICE_TYPES
+_LOW = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return t.to(dtype) if t is not None and t.dtype in _LOW else t
+
+
+def cuda_cast(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+              bias: Optional[Tensor], dtype: torch.dtype):
+    """The arguments as the CUDA rule casts them for autocast dtype ``dtype``: ``(input,
+    weight, offset, mask, bias)``. Nothing is cast when the input is float64."""
+    if input.dtype == torch.float64:
+        return input, weight, offset, mask, bias
+    return (_cast(input, dtype), _cast(weight, dtype), _cast(offset, torch.float32),
+            _cast(mask, torch.float32), _cast(bias, dtype))
+
+
+def _autocast_cuda(keyset, input, weight, offset, mask, bias, *params):
+    dtype = torch.get_autocast_dtype("cuda")
+    args = cuda_cast(input, weight, offset, mask, bias, dtype)
+    with torch._C._ExcludeDispatchKeyGuard(
+            torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)):
+        return torch.ops.deformconv.deform_conv2d.default(*args, *params)
+
+
+_lib = torch.library.Library("deformconv", "IMPL")
 
 
 def register() -> None:
-    """Register the float32 autocast rule for every device type in ``DEVICE_TYPES``."""
-    for device_type in DEVICE_TYPES:
-        torch.library.register_autocast(deform_conv2d_op, device_type, AUTOCAST_DTYPE)
+    """Register the float32 rule for CPU and the mixed rule for CUDA."""
+    torch.library.register_autocast(deform_conv2d_op, "cpu", CPU_DTYPE)
+    _lib.impl("deform_conv2d", _autocast_cuda, "AutocastCUDA", with_keyset=True)
+

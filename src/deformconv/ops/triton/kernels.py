@@ -133,15 +133,31 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
+# Config lists by family (``spec.family``): float16/bfloat16 ("half") or float32 data, with
+# 32-bit or 64-bit ("_i64") indices; each list is the set that compiles without register
+# spills for sm_90a and sm_80 (``deformconv kernels``).
+#
 # Forward: [BLOCK_M pixels, BLOCK_N output channels] tiles. Small maps split the taps over
 # SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
-# smaller tiles, so every config below stays a valid choice for every map.
-FWD_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-]
+# smaller tiles, so every config below stays a valid choice for every map. float32 (FMA or
+# TF32 dots) needs narrower channel blocks than float16/bfloat16 to stay within registers.
+FWD_CONFIGS = {
+    "half": [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+    ],
+    "float32": [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
+    ],
+    "half_i64": [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+    ],
+    "float32_i64": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
+    ],
+}
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)
@@ -200,11 +216,24 @@ def _deform_conv2d_fwd_kernel(
 
 
 # Input/offset/mask gradients: one program per (pixel tile, offset group x tap).
-BWD_DATA_CONFIGS = [
-    triton.Config({"BLOCK_M": 32, "BLOCK_O": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_O": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 64}, num_warps=4, num_stages=2),
-]
+BWD_DATA_CONFIGS = {
+    "half": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+    ],
+    "float32": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 16, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+    ],
+    "half_i64": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+    ],
+    "float32_i64": [
+        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
+    ],
+}
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)
@@ -306,14 +335,30 @@ def _deform_conv2d_bwd_data_kernel(
 # Weight gradient: [BLOCK_C, BLOCK_N] tiles. BLOCK_C is fixed at WEIGHT_BLOCK_C on the GPU
 # because the launcher's channel-block table (built once per shape) depends on it.
 WEIGHT_BLOCK_C = 32
-BWD_WEIGHT_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4,
-                  num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=4,
-                  num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": WEIGHT_BLOCK_C}, num_warps=8,
-                  num_stages=2),
-]
+
+
+def _weight_config(block_m, block_n, warps):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": WEIGHT_BLOCK_C},
+                         num_warps=warps, num_stages=2)
+
+
+BWD_WEIGHT_CONFIGS = {
+    "half": [
+        _weight_config(32, 128, 4),
+        _weight_config(64, 128, 8),
+    ],
+    "float32": [
+        _weight_config(32, 64, 4),
+    ],
+    "half_i64": [
+        _weight_config(32, 128, 4),
+        _weight_config(64, 128, 8),
+    ],
+    "float32_i64": [
+        _weight_config(32, 32, 4),
+        _weight_config(32, 64, 8),
+    ],
+}
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)

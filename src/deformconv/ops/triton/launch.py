@@ -32,7 +32,7 @@ import triton
 from torch import Tensor
 
 from .. import geometry
-from . import kernels
+from . import kernels, spec
 
 INT32_LIMIT = 2 ** 31
 PARTIAL_BYTES = 16 << 20  # cap of the float32 split-sum buffers (forward and weight gradient)
@@ -72,7 +72,7 @@ def size_bucket(pixels: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(name: str):
+def _tuned(name: str, family: str):
     fn, configs, zero = {
         "fwd": (kernels._deform_conv2d_fwd_kernel, kernels.FWD_CONFIGS, None),
         "bwd_data": (kernels._deform_conv2d_bwd_data_kernel, kernels.BWD_DATA_CONFIGS,
@@ -80,7 +80,7 @@ def _tuned(name: str):
         "bwd_weight": (kernels._deform_conv2d_bwd_weight_kernel, kernels.BWD_WEIGHT_CONFIGS,
                        None),
     }[name]
-    return triton.autotune(configs, key=_AUTOTUNE_KEY, reset_to_zero=zero)(fn)
+    return triton.autotune(configs[family], key=_AUTOTUNE_KEY, reset_to_zero=zero)(fn)
 
 
 def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs) -> None:
@@ -88,7 +88,8 @@ def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs)
     ``grid`` maps the block sizes to the grid."""
     if device.type == "cuda":
         with torch.cuda.device(device):
-            _tuned(name)[lambda meta: grid(meta)](**kwargs)
+            key = spec.family(kwargs["x_ptr"].dtype, kwargs["INDEX_64"])
+            _tuned(name, key)[grid](**kwargs)
     else:
         blocks = interpreter_config(name)
         fn[grid(blocks)](**kwargs, **blocks, num_warps=warps)

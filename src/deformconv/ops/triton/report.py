@@ -28,7 +28,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .spec import KernelSpec
+from .spec import KernelSpec, family
 
 # Report architecture name -> (compute capability, ptxas --gpu-name).
 ARCHS: Dict[str, Tuple[int, str]] = {"sm_90a": (90, "sm_90a"), "sm_80": (80, "sm_80")}
@@ -57,9 +57,10 @@ def _config_name(config, index_64: bool) -> str:
 def _ptxas(arch: int):
     from triton.backends.nvidia.compiler import get_ptxas  # noqa: PLC0415 (nvidia only)
     try:
-        return get_ptxas(arch).path
-    except TypeError:  # Triton < 3.5 takes no architecture
-        return get_ptxas().path
+        tool = get_ptxas(arch)
+    except TypeError:  # older Triton takes no architecture
+        tool = get_ptxas()
+    return tool.path if hasattr(tool, "path") else tool[0]  # Triton 3.3: (path, version)
 
 
 def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> Tuple[int, int]:
@@ -117,8 +118,8 @@ def _jobs(arch: str) -> Iterator[Tuple[KernelSpec, object, str, str, bool]]:
         for index_64 in (False, True):
             if index_64 and "INDEX_64" not in spec.signature(spec.dtypes[0])[1]:
                 continue
-            for config in spec.configs:
-                for label in spec.dtypes:
+            for label in spec.dtypes:
+                for config in spec.configs[family(label, index_64)]:
                     yield spec, config, label, arch, index_64
 
 

@@ -29,7 +29,9 @@ class KernelSpec:
     Attributes:
         name: the row's ``kernel`` column, e.g. ``"deform_conv2d_fwd"``.
         fn: the ``@triton.jit`` function.
-        configs: its shipped ``triton.Config`` list (the autotune configurations).
+        configs: its shipped ``triton.Config`` lists (the autotune configurations) by dtype
+            family: ``"half"`` (float16, bfloat16) and ``"float32"`` (FMA or TF32 dots), and
+            the same with ``"_i64"`` for 64-bit indices (``family``).
         signature: ``signature(label) -> (types, constants)``: Triton types of the pointer and
             scalar arguments by name (arguments not named default to ``"i32"``), and the values
             of the constexpr arguments other than the config's block sizes, for a dtype label of
@@ -41,7 +43,14 @@ class KernelSpec:
 
     name: str
     fn: object
-    configs: Sequence[object]
+    configs: Dict[str, Sequence[object]]
     signature: Callable[[str], Tuple[Dict[str, str], Dict[str, object]]]
     dtypes: Sequence[str] = DTYPES
     aligned: Sequence[str] = ("C", "Cg", "Og", "Cpg", "O")
+
+
+def family(label_or_dtype, index_64: bool = False) -> str:
+    """Config-list key: ``"float32"`` for float32 data (labels fp32/tf32 or
+    ``torch.float32``), else ``"half"``; with ``"_i64"`` appended for 64-bit indices."""
+    name = "float32" if str(label_or_dtype) in ("fp32", "tf32", "torch.float32") else "half"
+    return name + ("_i64" if index_64 else "")

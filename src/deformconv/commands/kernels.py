@@ -1,0 +1,53 @@
+"""``deformconv kernels``: registers, spills, shared memory and tensor-core use of every shipped
+Triton kernel, configuration and dtype, compiled offline for a GPU architecture (no GPU
+needed; Triton's wheel brings the compiler and ``ptxas``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+NAME = "kernels"
+HELP = "resource report of the Triton kernels (registers, spills, shared memory), offline"
+ARCHS = ("sm_90a", "sm_80")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=ARCHS, default="sm_90a",
+                        help="GPU architecture to compile for (default: sm_90a)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the rows as a JSON list instead of a Markdown table")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import triton  # noqa: F401,PLC0415 (optional dependency)
+    except ImportError:
+        print("deformconv kernels needs Triton: pip install 'deformconv[triton]'",
+              file=sys.stderr)
+        return 1
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("deformconv kernels compiles the kernels: unset TRITON_INTERPRET",
+              file=sys.stderr)
+        return 1
+    from deformconv.ops.triton import report  # noqa: PLC0415 (imports triton)
+
+    rows = report.resource_rows(args.arch)
+    print(json.dumps(rows, indent=1) if args.json else report.markdown(rows))
+    spilling = [r for r in rows if r["spill_bytes"]]
+    if spilling:
+        print(f"{len(spilling)} of {len(rows)} configurations spill registers",
+              file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog=f"deformconv {NAME}", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The one place that decides which kernel runs a deformable convolution.
+
+Both registered ops (``registry``) get their CPU and CUDA kernels here, so ``torch.compile``
+and ``torch.export`` see one opaque node whichever kernel runs. For every call:
+
+1. The backend setting: ``use_backend(...)`` (innermost context) wins over ``set_backend(...)``,
+   which wins over the environment variable ``DEFORMCONV_BACKEND``; the default is ``"auto"``.
+   ``"torch"`` always runs the pure-PyTorch kernels (any device). ``"auto"`` runs Triton on
+   CUDA tensors when ``triton`` imports. ``"triton"`` runs Triton wherever it can run: CUDA
+   tensors, and CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``).
+2. float64 always runs on the pure-PyTorch path (the Triton kernels ship float16, bfloat16
+   and float32).
+3. Under ``torch.use_deterministic_algorithms(True)`` the input gradient comes from the
+   pure-PyTorch path (its scatter is a stably sorted gather; Triton's uses atomics); the other
+   gradients stay on Triton, which computes them deterministically.
+4. If a Triton kernel fails to compile or launch (an older GPU, an unsupported Triton), the
+   call runs on the pure-PyTorch path instead and one warning names the cause; Triton stays
+   off for that op direction for the rest of the process.
+
+Triton is imported on the first call that wants it, never at package import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import warnings
+from typing import Iterator, List, Optional
+
+import torch
+from torch import Tensor
+
+from . import registry, torch_impl
+
+BACKENDS = ("auto", "triton", "torch")
+ENV_VAR = "DEFORMCONV_BACKEND"
+_chosen: Optional[str] = None
+_context: contextvars.ContextVar = contextvars.ContextVar("deformconv_backend", default=None)
+_failed: dict = {}  # op direction ("forward" / "backward") -> the error that turned Triton off
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Choose the kernels of ``deform_conv2d`` for the process: ``"auto"``, ``"triton"`` or
+    ``"torch"``; ``None`` returns to the environment variable ``DEFORMCONV_BACKEND``."""
+    global _chosen
+    _chosen = None if name is None else _check(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the ``with`` block, run ``deform_conv2d`` on backend ``name`` (wins over
+    ``set_backend`` and the environment variable)."""
+    token = _context.set(_check(name))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def backend() -> str:
+    """The backend setting in effect: context, then ``set_backend``, then the environment."""
+    name = _context.get() or _chosen
+    if name is not None:
+        return name
+    env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if env not in BACKENDS:
+        raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+    return env
+
+
+def interpreting() -> bool:
+    """Whether Triton's interpreter is on (it then runs kernels on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_module():
+    """``deformconv.ops.triton.launch``, or the ImportError when Triton is missing."""
+    try:
+        from .triton import launch  # noqa: PLC0415 (triton is optional, imported on use)
+    except ImportError as e:
+        return e
+    return launch
+
+
+def triton_available() -> bool:
+    return not isinstance(_launch_module(), ImportError)
+
+
+def use_triton(device: torch.device, dtype: torch.dtype, direction: str = "forward") -> bool:
+    """Whether a call on ``device`` with data of ``dtype`` runs the Triton kernels."""
+    name = backend()
+    if name == "torch" or dtype == torch.float64 or direction in _failed:
+        return False
+    if device.type == "cuda":
+        return triton_available()
+    return name == "triton" and device.type == "cpu" and interpreting() and triton_available()
+
+
+def describe() -> str:
+    """One line for ``deformconv info``: the setting and what it runs on each device."""
+    name = backend()
+    if not triton_available():
+        triton_line = f"triton not importable ({_launch_module()})"
+    else:
+        import triton  # noqa: PLC0415
+        triton_line = f"triton {triton.__version__}"
+    cuda = "triton" if use_triton(torch.device("cuda"), torch.float32) else "torch"
+    cpu = "triton (interpreter)" if use_triton(torch.device("cpu"), torch.float32) else "torch"
+    failed = "".join(f"; triton off for the {d} after: {e}" for d, e in _failed.items())
+    return f"backend {name} ({ENV_VAR}={os.environ.get(ENV_VAR, 'unset')}): cuda -> {cuda}, " \
+           f"cpu -> {cpu}, float64 -> torch; {triton_line}{failed}"
+
+
+def _fallback(direction: str, error: Exception) -> None:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        raise error
+    first = str(error).strip().splitlines()[:1]
+    _failed[direction] = f"{type(error).__name__}: {first[0] if first else ''}"
+    warnings.warn(f"deformconv: the Triton {direction} kernel failed ({_failed[direction]}); "
+                  f"using the pure-PyTorch kernels for the {direction} from now on",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _upcast(t: Optional[Tensor]) -> Optional[Tensor]:
+    return t.float() if t is not None and t.dtype != torch.float64 else t
+
+
+def _torch_fwd(input, weight, offset, mask, bias, *params) -> Tensor:
+    """The pure-PyTorch forward, also for the mixed dtypes of the CUDA autocast rule
+    (computed in float32, which is what it does for half precision anyway)."""
+    dts = {t.dtype for t in (input, weight, offset, mask, bias) if t is not None}
+    if len(dts) == 1:
+        return torch_impl.deform_conv2d_fwd(input, weight, offset, mask, bias, *params)
+    out = torch_impl.deform_conv2d_fwd(*(_upcast(t) for t in (input, weight, offset, mask, bias)),
+                                       *params)
+    return out.to(input.dtype)
+
+
+def _torch_bwd(grad_out, input, weight, offset, mask, bias, *params):
+    args = (input, weight, offset, mask, bias)
+    if len({t.dtype for t in args if t is not None} | {grad_out.dtype}) == 1:
+        return torch_impl.deform_conv2d_bwd(grad_out, *args, *params)
+    grads = torch_impl.deform_conv2d_bwd(_upcast(grad_out), *(_upcast(t) for t in args),
+                                         *params)
+    return tuple(g.to(t.dtype) if t is not None and g.numel() else g
+                 for g, t in zip(grads, args))
+
+
+def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                      bias: Optional[Tensor], *params: int) -> Tensor:
+    """The forward on the chosen kernels (``params``: stride, padding, dilation as h, w)."""
+    if use_triton(input.device, input.dtype, "forward"):
+        try:
+            return _launch_module().deform_conv2d_fwd(input, weight, offset, mask, bias, *params)
+        except Exception as e:  # noqa: BLE001 (any compile or launch failure falls back)
+            _fallback("forward", e)
+    return _torch_fwd(input, weight, offset, mask, bias, *params)
+
+
+def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
+                      mask: Optional[Tensor], bias: Optional[Tensor], *params_and_mask):
+    """Gradients of (input, weight, offset, mask, bias) on the chosen kernels."""
+    *params, output_mask = params_and_mask
+    args = (grad_out, input, weight, offset, mask, bias, *params)
+    if not use_triton(input.device, input.dtype, "backward"):
+        return _torch_bwd(*args, output_mask)
+    need = list(output_mask)
+    gi_det = None
+    if need[0] and torch.are_deterministic_algorithms_enabled():
+        gi_det = _torch_bwd(*args, [True, False, False, False])[0]
+        need[0] = False
+    try:
+        grads = _launch_module().deform_conv2d_bwd(*args, need)
+    except Exception as e:  # noqa: BLE001 (any compile or launch failure falls back)
+        _fallback("backward", e)
+        return _torch_bwd(*args, output_mask)
+    return (gi_det if gi_det is not None else grads[0],) + tuple(grads[1:])
+
+
+@registry.deform_conv2d_op.register_kernel(("cpu", "cuda"))
+def _deform_conv2d_kernel(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                          bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,
+                          pad_w: int, dil_h: int, dil_w: int) -> Tensor:
+    return deform_conv2d_fwd(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                             dil_h, dil_w)
+
+
+@registry.deform_conv2d_backward_op.register_kernel(("cpu", "cuda"))
+def _deform_conv2d_backward_kernel(grad_out: Tensor, input: Tensor, weight: Tensor,
+                                   offset: Tensor, mask: Optional[Tensor],
+                                   bias: Optional[Tensor], stride_h: int, stride_w: int,
+                                   pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+                                   output_mask: List[bool]):
+    grads = deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, stride_h, stride_w,
+                              pad_h, pad_w, dil_h, dil_w, output_mask)
+    return tuple(g.contiguous() for g in grads)
