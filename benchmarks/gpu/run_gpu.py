@@ -83,7 +83,7 @@ def check_correctness(torch, dev, meta):
     from deformconv.reference import deform_conv2d_ref
     from deformconv.testing import TOLERANCE, relative_error
 
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False  # the flag the kernels follow for float32
     cases = [_problem(2, 24, 11, 13, 20, groups=2, offset_groups=3),
              _problem(1, 64, 9, 10, 48, stride=2, dilation=2)]
     if dev == "cpu":
