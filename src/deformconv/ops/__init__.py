@@ -15,3 +15,6 @@ from .deform_conv_nd import deform_conv1d, deform_conv3d  # noqa: E402
 from . import registry_nd  # noqa: E402,F401
 
 __all__ += ["deform_conv1d", "deform_conv3d"]
+from . import onnx_nd  # noqa: E402
+
+onnx_nd.register_torchscript_symbolic()
