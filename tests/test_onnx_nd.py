@@ -10,10 +10,7 @@ import torch
 from deformconv import DeformConv1d, DeformConv3d, ModulatedDeformConv1dPack
 from deformconv.testing import Problem
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
+onnx, ort, _ = (pytest.importorskip(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 needs_symbolic = pytest.mark.skipif(not hasattr(torch.onnx, "ops"),
                                     reason="plain export needs torch.onnx.ops (torch >= 2.8)")

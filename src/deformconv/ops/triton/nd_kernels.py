@@ -38,6 +38,46 @@ GPU_BLOCKS = {
 
 
 @triton.jit
+def _program_ids(IDX64: tl.constexpr):
+    """The three program ids, as int64 when IDX64 (addresses may pass 2**31)."""
+    p0 = tl.program_id(0)
+    p1 = tl.program_id(1)
+    p2 = tl.program_id(2)
+    if IDX64:
+        p0 = p0.to(tl.int64)
+        p1 = p1.to(tl.int64)
+        p2 = p2.to(tl.int64)
+    return p0, p1, p2
+
+
+@triton.jit
+def _overlap(begin, end, other, width):
+    """The channel range shared by [begin, end) and group ``other`` of ``width`` channels."""
+    return tl.maximum(begin, other * width), tl.minimum(end, other * width + width)
+
+
+@triton.jit
+def _column_grad(gout_ptr,  # output gradient (N, O, oD, oH, oW)
+                 w_ptr,     # weight (groups, K, Cg, Og)
+                 go_base, pos_ok, grp, Og, w_row, cc, c_ok, o_vol,
+                 INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The column gradient tile grad_out[positions, Og of grp] @ weight[Og, channels cc]."""
+    oo = tl.arange(0, BLOCK_O)
+    g_ptrs = gout_ptr + go_base[:, None] + ((grp * Og + oo) * o_vol)[None, :]
+    w_ptrs = w_ptr + ((w_row + cc) * Og)[None, :] + oo[:, None]
+    gcol = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for o0 in range(0, Og, BLOCK_O):
+        keep = (o0 + oo) < Og
+        gcol = _dot(tl.load(g_ptrs, mask=pos_ok[:, None] & keep[None, :], other=0.0),
+                    tl.load(w_ptrs, mask=keep[:, None] & c_ok[None, :], other=0.0),
+                    gcol, INPUT_PRECISION, DOT_UPCAST)
+        g_ptrs += BLOCK_O * o_vol
+        w_ptrs += BLOCK_O
+    return gcol
+
+
+@triton.jit
 def _positions(pid, P, oD, oH, oW, BLOCK_M: tl.constexpr):
     """A tile of flattened output positions: validity, sample n, spatial rest, oz, oy, ox."""
     pos = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -120,9 +160,10 @@ def _corner(c: tl.constexpr, n, z0, y0, x0, fz, fy, fx, inside, D, H, W, C):
 def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
     """acc + a @ b; DOT_UPCAST multiplies in float32 (the interpreter's bfloat16 dot)."""
     if DOT_UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
-        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
 
 
 @triton.jit
@@ -137,6 +178,16 @@ def _gather(x_ptr,  # input, channels-last (N, D, H, W, C)
                     other=0.0)
         cols += (wgt * mm)[:, None] * v.to(tl.float32)
     return cols
+
+
+@triton.jit
+def _times_weight(w_ptr,  # weight (groups, K, Cg, Og)
+                  cols, acc, w_row, cc, c_ok, oc, oc_ok, Og,
+                  INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """acc + cols @ weight[rows w_row + cc, output channels oc]."""
+    wt = tl.load(w_ptr + (w_row + cc)[:, None] * Og + oc[None, :],
+                 mask=c_ok[:, None] & oc_ok[None, :], other=0.0)
+    return _dot(cols.to(wt.dtype), wt, acc, INPUT_PRECISION, DOT_UPCAST)
 
 
 @triton.jit
@@ -155,23 +206,16 @@ def _deform_conv_nd_fwd_kernel(
     """Implicit GEMM: output tile [BLOCK_M positions, BLOCK_N channels of conv group pid 2]."""
     K = KD * KH * KW
     NCORNER: tl.constexpr = 2 ** R
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    grp = tl.program_id(2)
-    if IDX64:
-        pid_m = pid_m.to(tl.int64)
-        pid_n = pid_n.to(tl.int64)
-        grp = grp.to(tl.int64)
+    pid_m, pid_n, grp = _program_ids(IDX64)
     o_vol = oD * oH * oW
     pos_ok, n, rem, oz, oy, ox = _positions(pid_m, P, oD, oH, oW, BLOCK_M)
+    c_begin = grp * Cg
+    c_end = c_begin + Cg
     oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel within the conv group
     oc_ok = oc < Og
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    c_begin = grp * Cg
-    c_end = c_begin + Cg
-    for g in range(c_begin // Cpg, (c_end - 1) // Cpg + 1):
-        lo = tl.maximum(c_begin, g * Cpg)
-        hi = tl.minimum(c_end, g * Cpg + Cpg)
+    for g in range(c_begin // Cpg, (c_end - 1) // Cpg + 1):  # offset groups of the conv group
+        lo, hi = _overlap(c_begin, c_end, g, Cpg)
         for k in range(K):
             z0, y0, x0, fz, fy, fx, inside, mm = _plan(
                 off_ptr, mask_ptr, n, rem, oz, oy, ox, pos_ok, g, k, G, D, H, W, o_vol,
@@ -182,23 +226,22 @@ def _deform_conv_nd_fwd_kernel(
                 c_ok = cc < hi
                 cols = _gather(x_ptr, n, z0, y0, x0, fz, fy, fx, inside, mm, D, H, W, C, cc,
                                c_ok, NCORNER, BLOCK_M, BLOCK_C)
-                wt = tl.load(w_ptr + (w_row + cc)[:, None] * Og + oc[None, :],
-                             mask=c_ok[:, None] & oc_ok[None, :], other=0.0)
-                acc = _dot(cols.to(wt.dtype), wt, acc, INPUT_PRECISION, DOT_UPCAST)
+                acc = _times_weight(w_ptr, cols, acc, w_row, cc, c_ok, oc, oc_ok, Og,
+                                    INPUT_PRECISION, DOT_UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + grp * Og + oc, mask=oc_ok, other=0.0).to(tl.float32)[None, :]
-    out_off = n[:, None] * O * o_vol + (grp * Og + oc)[None, :] * o_vol + rem[:, None]
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty),
-             mask=pos_ok[:, None] & oc_ok[None, :])
+    # (N, O, *o): position tile rows, output channels columns
+    dst = out_ptr + (n * O * o_vol + rem)[:, None] + ((grp * Og + oc) * o_vol)[None, :]
+    tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=pos_ok[:, None] & oc_ok[None, :])
 
 
 @triton.jit
 def _deform_conv_nd_bwd_data_kernel(
-        x_ptr,      # input, channels-last (N, D, H, W, C)
+        gout_ptr,   # output gradient (N, O, oD, oH, oW)
         w_ptr,      # weight (groups, K, Cg, Og)
+        x_ptr,      # input, channels-last (N, D, H, W, C)
         off_ptr,    # offset (N, R*G*K, oD, oH, oW)
         mask_ptr,   # mask (N, G*K, oD, oH, oW); unused without HAS_MASK
-        gout_ptr,   # output gradient (N, O, oD, oH, oW)
         gin_ptr,    # float32 input gradient, channels-last (N, D, H, W, C), zeroed, atomics
         goff_ptr,   # offset gradient (N, R*G*K, oD, oH, oW), every element written if NEED_OM
         gmask_ptr,  # mask gradient (N, G*K, oD, oH, oW), written if NEED_OM and HAS_MASK
@@ -216,9 +259,7 @@ def _deform_conv_nd_bwd_data_kernel(
     """
     K = KD * KH * KW
     NCORNER: tl.constexpr = 2 ** R
-    pid_m = tl.program_id(0)
-    if IDX64:
-        pid_m = pid_m.to(tl.int64)
+    pid_m, _, _ = _program_ids(IDX64)
     o_vol = oD * oH * oW
     pos_ok, n, rem, oz, oy, ox = _positions(pid_m, P, oD, oH, oW, BLOCK_M)
     go_base = n * O * o_vol + rem
@@ -234,21 +275,14 @@ def _deform_conv_nd_bwd_data_kernel(
             t_x = tl.zeros((BLOCK_M,), dtype=tl.float32)
             t_m = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for grp in range(g_begin // Cg, (g_end - 1) // Cg + 1):
-                lo = tl.maximum(grp * Cg, g_begin)
-                hi = tl.minimum(grp * Cg + Cg, g_end)
+                lo, hi = _overlap(g_begin, g_end, grp, Cg)
                 w_row = (grp * K + k) * Cg - grp * Cg
                 for c0 in range(lo, hi, BLOCK_C):
                     cc = c0 + tl.arange(0, BLOCK_C)
                     c_ok = cc < hi
-                    gcol = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-                    for o0 in range(0, Og, BLOCK_O):
-                        oo = o0 + tl.arange(0, BLOCK_O)
-                        o_ok = oo < Og
-                        go = tl.load(gout_ptr + go_base[:, None] + (grp * Og + oo)[None, :]
-                                     * o_vol, mask=pos_ok[:, None] & o_ok[None, :], other=0.0)
-                        wt = tl.load(w_ptr + (w_row + cc)[None, :] * Og + oo[:, None],
-                                     mask=o_ok[:, None] & c_ok[None, :], other=0.0)
-                        gcol = _dot(go, wt, gcol, INPUT_PRECISION, DOT_UPCAST)
+                    gcol = _column_grad(gout_ptr, w_ptr, go_base, pos_ok, grp, Og, w_row, cc,
+                                        c_ok, o_vol, INPUT_PRECISION, DOT_UPCAST, BLOCK_M,
+                                        BLOCK_O, BLOCK_C)
                     for c in tl.static_range(NCORNER):
                         addr, ok, wgt, dz, dy, dx = _corner(c, n, z0, y0, x0, fz, fy, fx,
                                                             inside, D, H, W, C)
@@ -302,13 +336,7 @@ def _deform_conv_nd_bwd_weight_kernel(
     its own partial sums (no atomics, deterministic), which the launcher adds."""
     K = KD * KH * KW
     NCORNER: tl.constexpr = 2 ** R
-    pid0 = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    split = tl.program_id(2)
-    if IDX64:
-        pid0 = pid0.to(tl.int64)
-        pid_n = pid_n.to(tl.int64)
-        split = split.to(tl.int64)
+    pid0, pid_n, split = _program_ids(IDX64)
     grp = pid0 // K
     k = pid0 % K
     oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -317,8 +345,7 @@ def _deform_conv_nd_bwd_weight_kernel(
     c_begin = grp * Cg
     c_end = c_begin + Cg
     for g in range(c_begin // Cpg, (c_end - 1) // Cpg + 1):
-        lo = tl.maximum(c_begin, g * Cpg)
-        hi = tl.minimum(c_end, g * Cpg + Cpg)
+        lo, hi = _overlap(c_begin, c_end, g, Cpg)
         for c0 in range(lo, hi, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
             c_ok = cc < hi
