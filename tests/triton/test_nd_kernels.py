@@ -37,6 +37,11 @@ CASES = {
                                  stride=(1, 2, 1), padding=(0, 1, 1), dilation=(2, 1, 1),
                                  groups=2, offset_groups=2, mask=False),
     "3d-size1": Problem(N=1, C=2, O=3, size=(1, 1, 3), kernel=(3, 3, 3), padding=1),
+    # Zero offsets with padding: border taps sit exactly at -1 (one-sided derivative +I[0])
+    # and every position is an integer.
+    "1d-integer": Problem(N=1, C=2, O=3, size=(9,), kernel=(3,), padding=1, offset_scale=0.0),
+    "3d-integer": Problem(N=1, C=2, O=3, size=(2, 3, 3), kernel=(3, 3, 3), padding=1,
+                          offset_scale=0.0),
 }
 
 
