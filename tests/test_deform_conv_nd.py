@@ -218,7 +218,7 @@ def test_hostile_offsets_contribute_nothing(R):
     for i, j in enumerate(picks.tolist()):
         flat[j] = True
         pos = list(torch.unravel_index(torch.tensor(j), bad.shape))
-        off[pos[0], pos[1], i % R, *pos[2:]] = values[i % len(values)]
+        off[(pos[0], pos[1], i % R, *pos[2:])] = values[i % len(values)]
     off = off.flatten(1, 2)
     leaves = {k: v.requires_grad_() for k, v in dict(t, offset=off).items() if v is not None}
     y = FUNCS[R](**leaves, **prob.kwargs())

@@ -7,9 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformconv import (DeformConv1d, DeformConv1dPack, DeformConv3d, DeformConv3dPack,
-                        ModulatedDeformConv1dPack, ModulatedDeformConv3dPack, deform_conv1d,
-                        deform_conv3d)
+from deformconv import (
+    DeformConv1d,
+    DeformConv1dPack,
+    DeformConv3d,
+    DeformConv3dPack,
+    ModulatedDeformConv1dPack,
+    ModulatedDeformConv3dPack,
+    deform_conv1d,
+    deform_conv3d,
+)
 from deformconv.nn.deform_conv_nd import deformable_from_conv
 from deformconv.reference_nd import deform_conv_nd_ref
 from deformconv.testing import assert_close
@@ -42,7 +49,7 @@ def test_external_offset_layer_matches_function_and_conv_init(R):
 
 @pytest.mark.parametrize("R", [1, 3])
 def test_pack_layers_start_on_the_grid_with_mmcv_layout(R):
-    conv_cls, _, v1, v2 = LAYERS[R]
+    _, _, v1, v2 = LAYERS[R]
     x = torch.randn(2, 4, *SIZES[R])
     K = 3 ** R
     a = v1(4, 6, 3, padding=1, offset_groups=2)

@@ -25,7 +25,7 @@ from torch import Tensor
 from . import geometry
 from .onnx import OPSET, OPSET_BFLOAT16, exporting_with_symbolic
 
-__all__ = ["exporting_with_symbolic", "deform_conv_nd_symbolic",
+__all__ = ["deform_conv_nd_symbolic", "exporting_with_symbolic",
            "register_torchscript_symbolic"]
 
 
@@ -76,7 +76,7 @@ def _torchscript_symbolic(R: int):
         params = [sym._get_const(v, "is", name) for v, name in
                   ((stride, "stride"), (padding, "padding"), (dilation, "dilation"))]
         stride, padding, dilation = ([int(i) for i in p] for p in params)
-        O, Cg, *kernel = sym._get_tensor_sizes(weight)
+        _, Cg, *kernel = sym._get_tensor_sizes(weight)
         C = sym._get_tensor_dim_size(input, 1)
         G = sym._get_tensor_dim_size(offset, 1) // (R * geometry.taps(kernel))
         if R == 1:

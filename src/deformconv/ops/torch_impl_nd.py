@@ -72,7 +72,7 @@ class _PlanND:
     """Sampling plan of one chunk: ``idx``/``wts`` (M, 2^R); ``frac`` and ``inside`` are in
     row order; ``mask`` likewise, or None."""
 
-    __slots__ = ("idx", "wts", "frac", "inside", "mask")
+    __slots__ = ("frac", "idx", "inside", "mask", "wts")
 
     def __init__(self, idx, wts, frac, inside, mask):
         self.idx, self.wts, self.frac, self.inside, self.mask = idx, wts, frac, inside, mask
@@ -171,7 +171,7 @@ def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Opti
                        dilation: Sequence[int]) -> Tensor:
     """Forward of ``deform_conv{R}d``: Tensor[N, O, *o] of the input's dtype."""
     N, C, *size = input.shape
-    O, Cg, *kernel = weight.shape
+    O, _, *kernel = weight.shape
     R = len(size)
     groups = geometry.groups_of(C, weight.shape, offset.shape[1])
     out_sz = geometry.out_size(size, kernel, stride, padding, dilation)
@@ -203,7 +203,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
     """
     need_in, need_w, need_om, need_b = output_mask
     N, C, *size = input.shape
-    O, Cg, *kernel = weight.shape
+    _, _, *kernel = weight.shape
     R = len(size)
     grp = geometry.groups_of(C, weight.shape, offset.shape[1])
     G = grp.offset_groups

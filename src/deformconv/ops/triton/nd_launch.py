@@ -113,7 +113,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
                                                 stride, padding, dilation, output_mask)
     need_in, need_w, need_om, need_b = output_mask
     deterministic_in = need_in and torch.are_deterministic_algorithms_enabled()
-    x, w, grp, out_sz, sizes, consts = _setup(input, weight, offset, stride, padding, dilation)
+    x, w, grp, _, sizes, consts = _setup(input, weight, offset, stride, padding, dilation)
     N, C, *size = input.shape
     go = grad_out.contiguous()
     off = offset.contiguous()
