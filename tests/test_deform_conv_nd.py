@@ -218,7 +218,7 @@ def test_hostile_offsets_contribute_nothing(R):
     for i, j in enumerate(picks.tolist()):
         flat[j] = True
         pos = list(torch.unravel_index(torch.tensor(j), bad.shape))
-        off[pos[0], pos[1], i % R, *pos[2:]] = values[i % len(values)]
+        off[(pos[0], pos[1], i % R, *pos[2:])] = values[i % len(values)]
     off = off.flatten(1, 2)
     leaves = {k: v.requires_grad_() for k, v in dict(t, offset=off).items() if v is not None}
     y = FUNCS[R](**leaves, **prob.kwargs())
@@ -428,3 +428,20 @@ def test_export_captures_one_node(R):
 
 def test_docstring_examples():
     assert doctest.testmod(deformconv.ops.deform_conv_nd).failed == 0
+
+
+def test_cuda_routing_falls_back_with_a_warning(monkeypatch):
+    # The routing function alone, on CPU tensors: a failing Triton backend warns once and
+    # hands the call (and later ones) to the pure-PyTorch kernel.
+    class Broken:
+        @staticmethod
+        def deform_conv_nd_fwd(*args):
+            raise RuntimeError("ptxas died")
+
+    monkeypatch.setattr(registry_nd, "_backend", Broken)
+    t = P1.tensors()
+    args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], [1], [1], [1])
+    with pytest.warns(RuntimeWarning, match="Triton N-D kernel failed .*ptxas died"):
+        y = registry_nd._on_cuda("deform_conv_nd_fwd", *args)
+    assert registry_nd.cuda_backend() is registry_nd.torch_impl_nd
+    assert torch.equal(y, deform_conv1d(**t, **P1.kwargs()))

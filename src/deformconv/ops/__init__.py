@@ -3,7 +3,7 @@
 from . import registry  # noqa: I001 (registration order: the ops before their kernels/rules)
 from . import dispatch  # registers the CPU and CUDA kernels (Triton imported lazily)
 from . import autocast
-from . import onnx  # imports torch.onnx only (cheap); onnx/onnxscript stay optional
+from . import onnx, onnx_nd  # import torch.onnx only (cheap); onnx/onnxscript stay optional
 from . import registry_nd  # registers deformconv::deform_conv1d/3d
 from .deform_conv import deform_conv2d
 from .deform_conv_nd import deform_conv1d, deform_conv3d
@@ -11,6 +11,7 @@ from .deform_roi_pool import deform_roi_pool  # registers deformconv::deform_roi
 
 autocast.register()
 onnx.register_torchscript_symbolic()
+onnx_nd.register_torchscript_symbolic()
 
 __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool", "registry",
            "registry_nd"]

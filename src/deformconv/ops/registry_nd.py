@@ -45,7 +45,7 @@ def _on_cuda(name: str, *args):
     if backend is not torch_impl_nd:
         try:
             return getattr(backend, name)(*args)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any kernel failure falls back
             warnings.warn(f"deformconv: the Triton N-D kernel failed ({type(e).__name__}: "
                           f"{e}); using the pure-PyTorch kernel", RuntimeWarning, stacklevel=3)
             _backend = torch_impl_nd

@@ -72,7 +72,7 @@ class _PlanND:
     """Sampling plan of one chunk: ``idx``/``wts`` (M, 2^R); ``frac`` and ``inside`` are in
     row order; ``mask`` likewise, or None."""
 
-    __slots__ = ("idx", "wts", "frac", "inside", "mask")
+    __slots__ = ("frac", "idx", "inside", "mask", "wts")
 
     def __init__(self, idx, wts, frac, inside, mask):
         self.idx, self.wts, self.frac, self.inside, self.mask = idx, wts, frac, inside, mask
@@ -143,10 +143,14 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
     # Filled column by column (broadcasting into a small inner size does not vectorise).
     for c, corner in enumerate(bits):
         torch.add(base, sum(p * u for p, u in zip(pitch, corner)), out=idx[:, c])
-        w = m
-        for d, u in enumerate(corner):
-            w = w * weight_of[d][u]
-        wts[:, c].copy_(w)
+    # Products staged one dimension at a time (first dimension's bit most significant, the
+    # corner order): 2 + 4 + 8 products in 3-D instead of 8 * 3; the last stage writes its
+    # column directly.
+    stage = [m]
+    for d in range(R - 1):
+        stage = [s_ * w for s_ in stage for w in weight_of[d]]
+    for c, (s_, w) in enumerate((s_, w) for s_ in stage for w in weight_of[R - 1]):
+        torch.mul(s_, w, out=wts[:, c])
     return _PlanND(idx, wts, frac, inside, msk)
 
 
@@ -167,7 +171,7 @@ def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Opti
                        dilation: Sequence[int]) -> Tensor:
     """Forward of ``deform_conv{R}d``: Tensor[N, O, *o] of the input's dtype."""
     N, C, *size = input.shape
-    O, Cg, *kernel = weight.shape
+    O, _, *kernel = weight.shape
     R = len(size)
     groups = geometry.groups_of(C, weight.shape, offset.shape[1])
     out_sz = geometry.out_size(size, kernel, stride, padding, dilation)
@@ -199,7 +203,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
     """
     need_in, need_w, need_om, need_b = output_mask
     N, C, *size = input.shape
-    O, Cg, *kernel = weight.shape
+    _, _, *kernel = weight.shape
     R = len(size)
     grp = geometry.groups_of(C, weight.shape, offset.shape[1])
     G = grp.offset_groups

@@ -1,0 +1,123 @@
+"""The 1-D/3-D Triton kernels against the float64 oracle: forward and all five gradients.
+
+Run in the Triton interpreter on CPU (``TRITON_INTERPRET=1 python -m pytest -q
+tests/triton/test_nd_kernels.py``: the variable must be set before Triton is imported), or
+compiled on a GPU. Skipped otherwise. Outputs the kernels must write are filled with NaN first,
+so an unwritten tile fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if os.environ.get("TRITON_INTERPRET") != "1" and not HAS_CUDA:
+    pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+pytest.importorskip("triton")
+
+from deformconv.ops.triton import nd_launch
+from deformconv.reference_nd import deform_conv_nd_ref
+from deformconv.testing import Problem, assert_close
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 3e-2}
+NAMES = ("input", "weight", "offset", "mask", "bias")
+
+CASES = {
+    "1d": Problem(N=2, C=4, O=6, size=(21,), kernel=(3,), padding=1),
+    "1d-groups-og-stride-dil": Problem(N=2, C=6, O=4, size=(19,), kernel=(3,), stride=2,
+                                       padding=2, dilation=2, groups=2, offset_groups=3),
+    "1d-v1-nobias": Problem(N=1, C=3, O=5, size=(17,), kernel=(4,), padding=1, mask=False,
+                            bias=False),
+    "3d": Problem(N=1, C=4, O=5, size=(3, 4, 5), kernel=(3, 2, 3), padding=(1, 0, 1)),
+    "3d-groups-og-asym": Problem(N=2, C=4, O=4, size=(3, 5, 4), kernel=(2, 3, 2),
+                                 stride=(1, 2, 1), padding=(0, 1, 1), dilation=(2, 1, 1),
+                                 groups=2, offset_groups=2, mask=False),
+    "3d-size1": Problem(N=1, C=2, O=3, size=(1, 1, 3), kernel=(3, 3, 3), padding=1),
+    # Zero offsets with padding: border taps sit exactly at -1 (one-sided derivative +I[0])
+    # and every position is an integer.
+    "1d-integer": Problem(N=1, C=2, O=3, size=(9,), kernel=(3,), padding=1, offset_scale=0.0),
+    "3d-integer": Problem(N=1, C=2, O=3, size=(2, 3, 3), kernel=(3, 3, 3), padding=1,
+                          offset_scale=0.0),
+}
+
+
+@pytest.fixture(autouse=True)
+def _nan_fill(monkeypatch):
+    monkeypatch.setattr(nd_launch, "DEBUG_FILL_NAN", True)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _check(prob: Problem, dtype=torch.float32, tensors=None):
+    t = tensors or prob.tensors(dtype, device=DEV)
+    params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
+    args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
+    out = nd_launch.deform_conv_nd_fwd(*args)
+    go = prob.grad_out(dtype, device=DEV)
+    grads = nd_launch.deform_conv_nd_bwd(go, *args, [True, True, True, True])
+    ref = {k: (v.detach().cpu().double().requires_grad_() if v is not None else None)
+           for k, v in t.items()}
+    want = deform_conv_nd_ref(ref["input"], ref["offset"], ref["weight"], ref["bias"],
+                              *params, ref["mask"])
+    assert out.dtype == dtype
+    assert_close(out, want, dtype, "output", TOL[dtype])
+    leaves = [n for n in NAMES if ref[n] is not None]
+    rgrads = dict(zip(leaves, torch.autograd.grad(want, [ref[n] for n in leaves],
+                                                  go.cpu().double())))
+    for name, g in zip(NAMES, grads):
+        if ref[name] is None:
+            assert g.numel() == 0, name
+            continue
+        assert g.dtype == dtype, name
+        assert_close(g, rgrads[name], dtype, name, TOL[dtype])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernels_match_oracle(name):
+    _check(CASES[name])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    _check(CASES["1d"].with_(offset_scale=1.0), dtype)
+
+
+def test_64bit_indices(monkeypatch):
+    monkeypatch.setattr(nd_launch, "_INT32_LIMIT", 0)
+    _check(CASES["3d"])
+
+
+def test_hostile_offsets():
+    prob = CASES["3d"]
+    t = prob.tensors(device=DEV)
+    off = t["offset"].clone()
+    off.view(-1)[::7] = float("nan")
+    off.view(-1)[1::11] = float("inf")
+    off.view(-1)[2::13] = -1e30
+    params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
+    args = (t["input"], t["weight"], off, t["mask"], t["bias"], *params)
+    out = nd_launch.deform_conv_nd_fwd(*args)
+    want = deform_conv_nd_ref(t["input"].double(), off.double(), t["weight"].double(),
+                              t["bias"].double(), *params, t["mask"].double())
+    assert_close(out, want, torch.float32, "output", TOL[torch.float32])
+    grads = nd_launch.deform_conv_nd_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    for g in grads:
+        assert torch.isfinite(g).all()
+    g_off = grads[2]
+    assert (g_off.view(-1)[::7] == 0).all() and (g_off.view(-1)[1::11] == 0).all()
+
+
+def test_batch_zero():
+    prob = CASES["1d"].with_(N=0)
+    t = prob.tensors(device=DEV)
+    params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
+    args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
+    assert nd_launch.deform_conv_nd_fwd(*args).shape == (0, prob.O, *prob.out)
+    grads = nd_launch.deform_conv_nd_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    assert grads[1].shape == t["weight"].shape and not grads[1].any()
