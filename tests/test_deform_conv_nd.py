@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import deformconv.ops.deform_conv_nd
 from deformconv import deform_conv1d, deform_conv3d
-from deformconv.ops import registry_nd, torch_impl
+from deformconv.ops import registry_nd, torch_impl, torch_impl_nd
 from deformconv.reference import bilinear
 from deformconv.reference_nd import deform_conv_nd_ref
 from deformconv.testing import Problem, assert_close
@@ -430,18 +430,23 @@ def test_docstring_examples():
     assert doctest.testmod(deformconv.ops.deform_conv_nd).failed == 0
 
 
-def test_cuda_routing_falls_back_with_a_warning(monkeypatch):
-    # The routing function alone, on CPU tensors: a failing Triton backend warns once and
-    # hands the call (and later ones) to the pure-PyTorch kernel.
+def test_triton_failure_falls_back_with_a_warning(monkeypatch):
+    # The central dispatch, on CPU tensors with the Triton backend forced: a failing launcher
+    # warns once and hands the call (and later ones) to the pure-PyTorch kernel.
+    from deformconv.ops import dispatch
+
     class Broken:
         @staticmethod
         def deform_conv_nd_fwd(*args):
             raise RuntimeError("ptxas died")
 
-    monkeypatch.setattr(registry_nd, "_backend", Broken)
+    monkeypatch.setattr(dispatch, "use_triton", lambda *a: True)
+    monkeypatch.setattr(dispatch, "_triton_module", lambda name: Broken)
+    monkeypatch.setattr(dispatch, "_failed", {})
     t = P1.tensors()
-    args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], [1], [1], [1])
-    with pytest.warns(RuntimeWarning, match="Triton N-D kernel failed .*ptxas died"):
-        y = registry_nd._on_cuda("deform_conv_nd_fwd", *args)
-    assert registry_nd.cuda_backend() is registry_nd.torch_impl_nd
-    assert torch.equal(y, deform_conv1d(**t, **P1.kwargs()))
+    with pytest.warns(RuntimeWarning, match="Triton deform_conv1d forward kernel failed .*ptxas"):
+        y = deform_conv1d(**t, **P1.kwargs())
+    assert "deform_conv1d forward" in dispatch._failed
+    want = torch_impl_nd.deform_conv_nd_fwd(t["input"], t["weight"], t["offset"], t["mask"],
+                                            t["bias"], [1], [1], [1])
+    assert torch.equal(y, want)

@@ -469,22 +469,26 @@ def test_chunks_bound_the_tiles_at_detector_sizes():
         assert e - a == 1 or (e - a) * ty * tx * 49 * 256 <= roi_pool_torch.CHUNK_ELEMENTS
 
 
-def test_cuda_kernel_falls_back_once_with_a_warning(monkeypatch):
-    from deformconv.ops import roi_pool_registry as reg
+def test_triton_failure_falls_back_once_with_a_warning(monkeypatch):
+    # The central dispatch, on CPU tensors with the Triton backend forced: a failing launcher
+    # warns once and hands this call and later ones to the pure-PyTorch kernels.
+    from deformconv.ops import dispatch
 
     class Broken:
         @staticmethod
         def deform_roi_pool_fwd(*args):
             raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(reg, "cuda_backend", lambda: Broken)
-    monkeypatch.setattr(reg, "_fell_back", False)
+    monkeypatch.setattr(dispatch, "use_triton", lambda *a: True)
+    monkeypatch.setattr(dispatch, "_triton_module", lambda name: Broken)
+    monkeypatch.setattr(dispatch, "_failed", {})
     x, rois, off = _interior_problem()
     args = (x, rois, off, 2, 3, 1.0, 0, 0.1)
-    with pytest.warns(RuntimeWarning, match="Triton kernel failed.*no compiler"):
-        y = reg._run_cuda("deform_roi_pool_fwd", *args)
+    with pytest.warns(RuntimeWarning, match="Triton deform_roi_pool forward kernel failed.*no "
+                                            "compiler"):
+        y = deform_roi_pool(x, rois, off, (2, 3), 1.0, 0, 0.1)
     assert_close(y, roi_pool_torch.deform_roi_pool_fwd(*args), tol=0)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reg._run_cuda("deform_roi_pool_fwd", *args)   # no second warning
+        deform_roi_pool(x, rois, off, (2, 3), 1.0, 0, 0.1)   # no second warning

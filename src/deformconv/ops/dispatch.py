@@ -186,6 +186,40 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     return (gi_det if gi_det is not None else grads[0],) + tuple(grads[1:])
 
 
+def _triton_module(name: str):
+    """``deformconv.ops.triton.<name>``, or the ImportError when Triton is missing."""
+    if name == "launch":
+        return _launch_module()
+    return _other_launch_module(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _other_launch_module(name: str):
+    import importlib  # noqa: PLC0415
+
+    try:
+        return importlib.import_module(f"{__package__}.triton.{name}")
+    except ImportError as e:
+        return e
+
+
+def run(op: str, direction: str, fn: str, torch_module, triton_module: str, device: torch.device,
+        dtype: torch.dtype, *args):
+    """Run ``fn(*args)`` of the kernels this module chooses for ``op`` (the rules above):
+    ``deformconv.ops.triton.<triton_module>`` or ``torch_module``. A Triton failure warns once,
+    and that op direction stays on PyTorch for the rest of the process. Used by the 1-D/3-D
+    convolutions and deformable RoI pooling; the 2-D op has its own entry points below."""
+    key = f"{op} {direction}"
+    if key not in _failed and use_triton(device, dtype, direction):
+        module = _triton_module(triton_module)
+        if not isinstance(module, ImportError):
+            try:
+                return getattr(module, fn)(*args)
+            except Exception as e:  # noqa: BLE001 (any compile or launch failure falls back)
+                _fallback(key, e)
+    return getattr(torch_module, fn)(*args)
+
+
 @registry.deform_conv2d_op.register_kernel(("cpu", "cuda"))
 def _deform_conv2d_kernel(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                           bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,

@@ -3,53 +3,30 @@
 The N-D counterparts of ``registry.py``, defined once for each dimensionality by
 :func:`_define`: ``torch.library`` custom ops with fake (shape) implementations, registered
 autograd (explicit backward; double backward raises), a float32 autocast rule on CPU and CUDA
-(the 2-D op's policy, see ``autocast.py``) and a CUDA kernel chosen by :func:`cuda_backend`.
+(the 2-D op's policy, see ``autocast.py``) and kernels chosen by ``dispatch`` (Triton on
+CUDA, else pure PyTorch).
 ``stride``, ``padding`` and ``dilation`` are lists of ``R`` ints. Arguments are assumed valid:
 the public functions check them.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import geometry, torch_impl_nd
+from . import dispatch, geometry, torch_impl_nd
 from .autocast import AUTOCAST_DTYPE, DEVICE_TYPES
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-_backend = None  # the CUDA kernel module, chosen on the first CUDA call
-
-
-def cuda_backend():
-    """The module whose ``deform_conv_nd_fwd``/``deform_conv_nd_bwd`` serve CUDA tensors:
-    ``deformconv.ops.triton.nd_launch`` when ``triton`` imports, else ``torch_impl_nd``."""
-    global _backend
-    if _backend is None:
-        try:
-            from .triton import nd_launch as _backend
-        except ImportError:
-            _backend = torch_impl_nd
-    return _backend
-
-
-def _on_cuda(name: str, *args):
-    """Run ``name`` of the CUDA backend; when a Triton kernel fails, warn and use PyTorch from
-    then on (a compiler or driver problem should cost speed, not the run)."""
-    global _backend
-    backend = cuda_backend()
-    if backend is not torch_impl_nd:
-        try:
-            return getattr(backend, name)(*args)
-        except Exception as e:  # noqa: BLE001 - any kernel failure falls back
-            warnings.warn(f"deformconv: the Triton N-D kernel failed ({type(e).__name__}: "
-                          f"{e}); using the pure-PyTorch kernel", RuntimeWarning, stacklevel=3)
-            _backend = torch_impl_nd
-    return getattr(torch_impl_nd, name)(*args)
+def _run(direction: str, fn: str, R: int, *args):
+    """``fn`` on the kernels ``dispatch`` chooses (Triton ``nd_launch`` or ``torch_impl_nd``)."""
+    input = args[1] if direction == "backward" else args[0]
+    return dispatch.run(f"deform_conv{R}d", direction, fn, torch_impl_nd, "nd_launch",
+                        input.device, input.dtype, *args)
 
 
 def _define(R: int):
@@ -110,16 +87,16 @@ def _define(R: int):
 
     bwd.register_autograd(no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
-    @fwd.register_kernel("cuda")
+    @fwd.register_kernel(("cpu", "cuda"))
     def _(input, weight, offset, mask, bias, stride, padding, dilation):
-        return _on_cuda("deform_conv_nd_fwd", input, weight, offset, mask, bias, stride,
-                        padding, dilation)
+        return _run("forward", "deform_conv_nd_fwd", R, input, weight, offset, mask, bias,
+                    stride, padding, dilation)
 
-    @bwd.register_kernel("cuda")
+    @bwd.register_kernel(("cpu", "cuda"))
     def _(grad_out, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
-        return tuple(g.contiguous() for g in _on_cuda(
-            "deform_conv_nd_bwd", grad_out, input, weight, offset, mask, bias, stride, padding,
-            dilation, output_mask))
+        return tuple(g.contiguous() for g in _run(
+            "backward", "deform_conv_nd_bwd", R, grad_out, input, weight, offset, mask, bias,
+            stride, padding, dilation, output_mask))
 
     for device_type in DEVICE_TYPES:
         torch.library.register_autocast(fwd, device_type, AUTOCAST_DTYPE)

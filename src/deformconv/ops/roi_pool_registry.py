@@ -2,21 +2,20 @@
 
 ``torch.library`` custom ops with fake (shape) implementations and registered autograd, so
 ``torch.compile(fullgraph=True)`` traces them without graph breaks and ``torch.export`` keeps
-the forward as one node. The default kernel is the pure-PyTorch one (any device); the CUDA
-kernel (:func:`cuda_backend`) is Triton when it imports. Autocast runs the op in float32.
+the forward as one node. The default kernel is the pure-PyTorch one (any device); on CPU and
+CUDA ``dispatch`` chooses (Triton on CUDA when it imports, else pure PyTorch). Autocast runs
+the op in float32.
 Arguments are assumed valid: the public function checks them.
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import roi_pool_torch
+from . import dispatch, roi_pool_torch
 
 AUTOCAST_DTYPE = torch.float32
 AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
@@ -87,51 +86,27 @@ for _device_type in AUTOCAST_DEVICE_TYPES:
     torch.library.register_autocast(deform_roi_pool_op, _device_type, AUTOCAST_DTYPE)
 
 
-# CUDA: Triton when it imports, else the pure-PyTorch kernels. One function, so the central
-# kernel choice can absorb it.
-@functools.lru_cache(maxsize=None)
-def cuda_backend():
-    """The module whose ``deform_roi_pool_fwd``/``deform_roi_pool_bwd`` serve CUDA tensors:
-    ``deformconv.ops.triton.roi_pool_launch`` when ``triton`` imports, else ``roi_pool_torch``.
-    """
-    try:
-        from .triton import roi_pool_launch
-    except ImportError:
-        return roi_pool_torch
-    return roi_pool_launch
+def _run(direction: str, fn: str, input: Tensor, *args):
+    """``fn`` on the kernels ``dispatch`` chooses (Triton ``roi_pool_launch`` or
+    ``roi_pool_torch``)."""
+    return dispatch.run("deform_roi_pool", direction, fn, roi_pool_torch, "roi_pool_launch",
+                        input.device, input.dtype, *args)
 
 
-_fell_back = False
-
-
-def _run_cuda(name: str, *args):
-    """Call ``name`` of the CUDA backend; if a Triton launch fails, warn once and use (and keep
-    using) the pure-PyTorch kernels."""
-    global _fell_back
-    backend = cuda_backend()
-    if backend is not roi_pool_torch and not _fell_back:
-        try:
-            return getattr(backend, name)(*args)
-        except Exception as e:  # compiler or driver failure: correctness over speed
-            _fell_back = True
-            warnings.warn(f"deform_roi_pool: the Triton kernel failed ({type(e).__name__}: "
-                          f"{e}); using the pure-PyTorch kernels from now on", RuntimeWarning)
-    return getattr(roi_pool_torch, name)(*args)
-
-
-@deform_roi_pool_op.register_kernel("cuda")
+@deform_roi_pool_op.register_kernel(("cpu", "cuda"))
 def _deform_roi_pool_cuda(input: Tensor, rois: Tensor, offset: Optional[Tensor], pooled_h: int,
                           pooled_w: int, spatial_scale: float, sampling_ratio: int,
                           gamma: float) -> Tensor:
-    return _run_cuda("deform_roi_pool_fwd", input, rois, offset, pooled_h, pooled_w,
-                     spatial_scale, sampling_ratio, gamma)
+    return _run("forward", "deform_roi_pool_fwd", input, input, rois, offset, pooled_h,
+                pooled_w, spatial_scale, sampling_ratio, gamma)
 
 
-@deform_roi_pool_backward_op.register_kernel("cuda")
+@deform_roi_pool_backward_op.register_kernel(("cpu", "cuda"))
 def _deform_roi_pool_backward_cuda(grad_out: Tensor, input: Tensor, rois: Tensor,
                                    offset: Optional[Tensor], pooled_h: int, pooled_w: int,
                                    spatial_scale: float, sampling_ratio: int, gamma: float,
                                    need_input: bool, need_offset: bool):
-    gi, go = _run_cuda("deform_roi_pool_bwd", grad_out, input, rois, offset, pooled_h,
-                       pooled_w, spatial_scale, sampling_ratio, gamma, need_input, need_offset)
+    gi, go = _run("backward", "deform_roi_pool_bwd", input, grad_out, input, rois, offset,
+                  pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, need_input,
+                  need_offset)
     return gi.contiguous(), go.contiguous()
