@@ -224,6 +224,9 @@ def run(op: str, direction: str, fn: str, torch_module, triton_module: str, devi
 def _deform_conv2d_kernel(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                           bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,
                           pad_w: int, dil_h: int, dil_w: int) -> Tensor:
+    # A direct torch.ops.deformconv call gets the public function's clear errors too.
+    registry.check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                        dil_h, dil_w)
     return deform_conv2d_fwd(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
                              dil_h, dil_w)
 

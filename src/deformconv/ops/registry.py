@@ -4,7 +4,7 @@ Both are ``torch.library`` custom ops with fake (shape) implementations, so ``to
 traces them without graph breaks and ``torch.export`` keeps the forward as one node. The
 default kernel is the pure-PyTorch one (any device); device-specific kernels register on top
 (``register_kernel``). The public function checks the arguments; the op's default kernel
-and its fake check them again (``_check_raw``), so a direct ``torch.ops.deformconv`` call gets
+and its fake check them again (``check_args``), so a direct ``torch.ops.deformconv`` call gets
 the same errors instead of a ZeroDivisionError (the fake checks shapes only when they are
 static, so symbolic sizes get no extra guards).
 """
@@ -25,12 +25,12 @@ _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 def deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                      bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,
                      pad_w: int, dil_h: int, dil_w: int) -> Tensor:
-    _check_raw(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+    check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
     return torch_impl.deform_conv2d_fwd(input, weight, offset, mask, bias, stride_h, stride_w,
                                         pad_h, pad_w, dil_h, dil_w)
 
 
-def _check_raw(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h,
+def check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h,
                dil_w, shapes: bool = True) -> None:
     """The public function's checks, for direct calls of the registered op."""
     stride = checks.int_tuple("stride", (stride_h, stride_w), 2, 1)
@@ -61,7 +61,7 @@ def check_not_functorch_autodiff(*tensors) -> None:
 
 @deform_conv2d_op.register_fake
 def _(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    _check_raw(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                shapes=_static(input, weight, offset, mask, bias))
     N, _, *size = input.shape
     O, _, *kernel = weight.shape
