@@ -285,6 +285,7 @@ def test_demo_then_visualize(tmp_path, capsys):
 def test_info_shows_the_dispatch_description(monkeypatch, capsys):
     """`info` prints deformconv.ops.dispatch.describe() when the dispatch module has one."""
     import types
+
     import deformconv.ops
     fake = types.ModuleType("deformconv.ops.dispatch")
     fake.describe = lambda: "  cpu: BACKEND-UNDER-TEST"

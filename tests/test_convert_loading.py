@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from deformconv import DeformConv2dPack, ModulatedDeformConv2dPack, convert_to_deformable
+from deformconv import ModulatedDeformConv2dPack, convert_to_deformable
 
 
 def _plain():

@@ -365,12 +365,16 @@ def test_gradcheck(sampling_ratio):
     x, rois, off = _interior_problem()
     x.requires_grad_()
     off.requires_grad_()
-    f = lambda x, off: deform_roi_pool(x, rois, off, (2, 3), 1.0, sampling_ratio, 0.5)
+    def f(x, off):
+        return deform_roi_pool(x, rois, off, (2, 3), 1.0, sampling_ratio, 0.5)
+
     assert torch.autograd.gradcheck(f, (x, off), fast_mode=True)
     # anywhere (regions of every kind): the input gradient is exact
     p = RoIProblem(N=2, C=1, H=5, W=6, R=14, sampling_ratio=sampling_ratio)
     t = p.tensors(requires_grad=True)
-    g = lambda x: deform_roi_pool(x, t["rois"], t["offset"].detach(), **p.kwargs())
+    def g(x):
+        return deform_roi_pool(x, t["rois"], t["offset"].detach(), **p.kwargs())
+
     assert torch.autograd.gradcheck(g, (t["input"],), fast_mode=True)
 
 

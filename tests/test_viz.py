@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from deformconv import DeformConv2dPack, ModulatedDeformConv2dPack, deform_conv2d
-from deformconv.viz import (LayerSampling, effective_sampling, effective_sampling_batch,
-                            effective_sampling_points, layer_sampling,
-                            plot_sampling_points, sampling_locations)
+from deformconv.viz import (
+    LayerSampling,
+    effective_sampling,
+    effective_sampling_batch,
+    effective_sampling_points,
+    layer_sampling,
+    plot_sampling_points,
+    sampling_locations,
+)
 
 
 @pytest.mark.parametrize("k,s,p,d", [((3, 3), (1, 1), (1, 1), (1, 1)),

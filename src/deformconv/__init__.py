@@ -3,9 +3,20 @@ PyTorch."""
 
 from ._version import __version__
 from .convert import convert_to_deformable
-from .nn import (DeformConv1d, DeformConv1dPack, DeformConv2d, DeformConv2dPack, DeformConv3d,
-                 DeformConv3dPack, DeformRoIPool, DeformRoIPoolPack, ModulatedDeformConv1dPack,
-                 ModulatedDeformConv2dPack, ModulatedDeformConv3dPack, ModulatedDeformRoIPoolPack)
+from .nn import (
+                 DeformConv1d,
+                 DeformConv1dPack,
+                 DeformConv2d,
+                 DeformConv2dPack,
+                 DeformConv3d,
+                 DeformConv3dPack,
+                 DeformRoIPool,
+                 DeformRoIPoolPack,
+                 ModulatedDeformConv1dPack,
+                 ModulatedDeformConv2dPack,
+                 ModulatedDeformConv3dPack,
+                 ModulatedDeformRoIPoolPack,
+)
 from .ops import deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
 from .ops.dispatch import set_backend, use_backend
 

@@ -13,7 +13,6 @@ from deformconv.testing import Problem, assert_close
 pytest.importorskip("triton")
 from deformconv.ops.triton import launch  # noqa: E402
 
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRADS = ("input", "weight", "offset", "mask", "bias")
 LAUNCH_ORDER = ("input", "weight", "offset", "mask", "bias")

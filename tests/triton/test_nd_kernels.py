@@ -18,9 +18,9 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not HAS_CUDA:
     pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 pytest.importorskip("triton")
 
-from deformconv.ops.triton import nd_launch
-from deformconv.reference_nd import deform_conv_nd_ref
-from deformconv.testing import Problem, assert_close
+from deformconv.ops.triton import nd_launch  # noqa: E402 (after the skip)
+from deformconv.reference_nd import deform_conv_nd_ref  # noqa: E402 (after the skip)
+from deformconv.testing import Problem, assert_close  # noqa: E402 (after the skip)
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 3e-2}

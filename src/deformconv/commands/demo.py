@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import PRESETS, run as run_demo
+    from ..demo import PRESETS
+    from ..demo import run as run_demo
 
     parser = args.parser
     check_device(parser, args.device)

@@ -16,8 +16,16 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..viz import (MARK_COLOUR, RING_COLOUR, LayerSampling, _pyplot, draw_sampling,
-                   effective_sampling_batch, layer_sampling, weighted_spread)
+from ..viz import (
+    MARK_COLOUR,
+    RING_COLOUR,
+    LayerSampling,
+    _pyplot,
+    draw_sampling,
+    effective_sampling_batch,
+    layer_sampling,
+    weighted_spread,
+)
 from .model import OFFSET, STRIDE, DigitNet
 
 #: Spread of the fixed 3x3x3 grid at stride 4: a plain network's receptive field here.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -1,7 +1,7 @@
 """Deformable convolution ops: the public functions and the registered operators."""
 
 from . import registry  # noqa: I001 (registration order: the ops before their kernels/rules)
-from . import dispatch  # registers the CPU and CUDA kernels (Triton imported lazily)
+from . import dispatch  # noqa: F401 (registers the CPU/CUDA kernels; Triton on first use)
 from . import autocast
 from . import onnx, onnx_nd  # import torch.onnx only (cheap); onnx/onnxscript stay optional
 from . import registry_nd  # registers deformconv::deform_conv1d/3d

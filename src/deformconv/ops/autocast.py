@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .checks import AUTOCAST_DEVICE_TYPES as DEVICE_TYPES
+from .checks import AUTOCAST_DEVICE_TYPES as DEVICE_TYPES  # noqa: F401 (re-exported)
 from .checks import autocast_enabled  # noqa: F401 (re-exported)
 from .registry import deform_conv2d_op
 
