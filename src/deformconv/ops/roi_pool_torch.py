@@ -6,13 +6,15 @@ regions. The input is read channels-last, ``(N*H*W, C)``. Pooling is linear in t
 chunk is a sparse ``(bins, N*H*W)`` matrix of corner weights (four per sample), so the forward
 is one sparse-dense product and the input gradient its transpose (CPU and CUDA; a gather and
 an ``index_add_`` elsewhere). The offset gradient gathers the corner rows. float16/bfloat16
-compute in float32, float32 and float64 in their own precision. Arguments are assumed valid (the public function checks them).
+compute in float32, float32 and float64 in their own precision. Arguments are assumed valid
+(the public function checks them).
 
 Bounded work for any region. A sample contributes only when ``-1 <= y <= H`` and
 ``-1 <= x <= W``; along each axis the samples of a bin are evenly spaced, so the indices that
 can fall in that range form one interval, computed in closed form (:func:`sample_window`) and
 widened by :data:`WINDOW_MARGIN` samples plus the positions' rounding error. Only that window
-is enumerated: a region 1e30 pixels wide costs what a region the size of the image costs, with the same result
+is enumerated: a region 1e30 pixels wide costs what a region the size of the image costs,
+with the same result
 as enumerating its whole grid. The adaptive grid (``ceil(size / bins)``) is capped at
 :data:`GRID_LIMIT` samples per axis and is 0 when that ratio is not finite (NaN or infinite
 coordinates): such a region has no samples and pools to 0. Non-finite sample positions are
