@@ -274,6 +274,7 @@ def main():
     rows += benchmark(torch, dev, meta, 1 if a.dry_run else a.reps,
                       DRY_SHAPES if a.dry_run else SHAPES)
     if not a.dry_run:
+        rows += benchmark_nd(torch, meta, a.reps)
         rows += benchmark_roi_pool(torch, meta, a.reps)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +304,46 @@ def benchmark_roi_pool(torch, meta, reps):
         for dtype in (torch.float32, torch.bfloat16):
             for r in roi_pool_cpu.run(torch, shape, reps, "cuda", dtype):
                 rows.append({**r, **meta, "step": "benchmark_roi_pool"})
+    return rows
+
+
+def benchmark_nd(torch, meta, reps):
+    """1-D and 3-D deformable convolution on the GPU against cuDNN's conv1d/conv3d of the same
+    shape (the floor), at ``benchmarks/nd_cpu.py``'s shapes, float32 and bfloat16, forward and
+    forward+backward, alternating, CUDA-event medians. Rows: ``step: benchmark_nd``."""
+    import torch.nn.functional as F
+
+    from deformconv import deform_conv1d, deform_conv3d
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import nd_cpu
+    timer = _timer(torch, "cuda")
+    rows = []
+    for p in nd_cpu.SHAPES:
+        deform, conv = {1: (deform_conv1d, F.conv1d), 3: (deform_conv3d, F.conv3d)}[p.ndim]
+        for dtype in (torch.float32, torch.bfloat16):
+            t = p.tensors(dtype, device="cuda", requires_grad=True)
+            go = p.grad_out(dtype, device="cuda")
+            kw = p.kwargs()
+            fns = {"deformconv": lambda: deform(t["input"], t["offset"], t["weight"], t["bias"],
+                                                mask=t["mask"], **kw),
+                   f"cudnn_conv{p.ndim}d": lambda: conv(t["input"], t["weight"], t["bias"],
+                                                        **kw)}
+            times = {(n, m): [] for n in fns for m in ("fwd", "fwd+bwd")}
+            for i in range(reps + 2):  # two warm-up rounds (autotuning), then alternate
+                for n, fn in fns.items():
+                    with torch.no_grad():
+                        tf = timer(fn)
+                    tb = timer(lambda: fn().backward(go))
+                    if i >= 2:
+                        times[(n, "fwd")].append(tf)
+                        times[(n, "fwd+bwd")].append(tb)
+            for (n, mode), ts in times.items():
+                floor = statistics.median(times[(f"cudnn_conv{p.ndim}d", mode)])
+                med = statistics.median(ts)
+                rows.append({**meta, "step": "benchmark_nd", "shape": p.name, "contender": n,
+                             "dtype": str(dtype).replace("torch.", ""), "mode": mode,
+                             "median_ms": med, "ratio_to_conv2d": med / floor, "reps": reps})
+                print(f"{p.name} {n:14s} {mode:8s} {med:9.3f} ms  x{med / floor:5.2f} floor")
     return rows
 
 
