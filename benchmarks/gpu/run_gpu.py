@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shutil
@@ -307,6 +308,17 @@ def benchmark_roi_pool(torch, meta, reps):
     return rows
 
 
+def _nd_calls(deform, conv, ndim, t, kw):
+    return {"deformconv": functools.partial(deform, t["input"], t["offset"], t["weight"],
+                                            t["bias"], mask=t["mask"], **kw),
+            f"cudnn_conv{ndim}d": functools.partial(conv, t["input"], t["weight"], t["bias"],
+                                                    **kw)}
+
+
+def _backward(fn, go):
+    fn().backward(go)
+
+
 def benchmark_nd(torch, meta, reps):
     """1-D and 3-D deformable convolution on the GPU against cuDNN's conv1d/conv3d of the same
     shape (the floor), at ``benchmarks/nd_cpu.py``'s shapes, float32 and bfloat16, forward and
@@ -324,16 +336,13 @@ def benchmark_nd(torch, meta, reps):
             t = p.tensors(dtype, device="cuda", requires_grad=True)
             go = p.grad_out(dtype, device="cuda")
             kw = p.kwargs()
-            fns = {"deformconv": lambda: deform(t["input"], t["offset"], t["weight"], t["bias"],
-                                                mask=t["mask"], **kw),
-                   f"cudnn_conv{p.ndim}d": lambda: conv(t["input"], t["weight"], t["bias"],
-                                                        **kw)}
+            fns = _nd_calls(deform, conv, p.ndim, t, kw)
             times = {(n, m): [] for n in fns for m in ("fwd", "fwd+bwd")}
             for i in range(reps + 2):  # two warm-up rounds (autotuning), then alternate
                 for n, fn in fns.items():
                     with torch.no_grad():
                         tf = timer(fn)
-                    tb = timer(lambda: fn().backward(go))
+                    tb = timer(functools.partial(_backward, fn, go))
                     if i >= 2:
                         times[(n, "fwd")].append(tf)
                         times[(n, "fwd+bwd")].append(tb)
