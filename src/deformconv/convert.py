@@ -80,10 +80,12 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           offset_groups: int = 1, preserve_output: bool = True,
                           inplace: bool = True,
                           include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
-    """Replace chosen ``nn.Conv2d`` layers of ``model`` with deformable layers.
+    """Replace chosen ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` layers of ``model`` with
+    deformable layers of the same dimensionality.
 
-    Each chosen convolution becomes a ``DeformConv2dPack`` (v1) or a
-    ``ModulatedDeformConv2dPack`` (v2) with the same channels, kernel, stride, padding,
+    Each chosen convolution becomes a ``DeformConv{R}dPack`` (v1) or a
+    ``ModulatedDeformConv{R}dPack`` (v2), ``R`` its number of spatial dimensions, with the same
+    channels, kernel, stride, padding,
     dilation, groups, bias, device, dtype, training mode and ``requires_grad`` flags. Its
     ``conv_offset`` starts at zero, so it samples the regular grid.
 
@@ -101,27 +103,28 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
       zero;
     - converting after loading gives the same;
     - a converted model's own state dict carries ``mask_gain`` and round-trips, also into
-      directly built ``ModulatedDeformConv2dPack`` layers;
+      directly built ``ModulatedDeformConv{R}dPack`` layers;
     - an mmcv checkpoint (``conv_offset`` keys, no ``mask_gain``) loaded into a converted layer
       switches it to mmcv's ``sigmoid(logits)`` mask; directly built layers are mmcv's layer.
 
     With ``preserve_output=False`` no gain is set and a v2 layer starts at half the
     convolution's output before the bias, as a fresh mmcv layer would.
 
-    Which convolutions: eligible ones are plain ``nn.Conv2d`` (not subclasses) with a kernel
-    larger than 1x1, ``padding_mode='zeros'`` and integer padding, outside existing deformable
+    Which convolutions: eligible ones are plain ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``
+    (not subclasses) with a kernel larger than 1 (1x1, 1x1x1), ``padding_mode='zeros'`` and integer padding, outside existing deformable
     layers, and, unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped
     convolution is cheap, and the dense offset predictor added to it (``in_channels`` to
     ``3*kH*kW`` channels) would cost more than the layer itself (on ConvNeXt-T it added 58%
     parameters and nearly doubled the inference time). The log (``logging``, logger
-    ``deformconv.convert``, level INFO) names every skipped ``nn.Conv2d`` and why. ``names``
+    ``deformconv.convert``, level INFO) names every skipped convolution and why. ``names``
     picks by qualified name (as in ``model.named_modules()``; grouped ones included); otherwise
     the eligible ones accepted by ``filter(name, conv)`` are taken, the last
-    ``min(num_last, eligible)`` of them in module order (``None``: all). The default takes the
+    ``min(num_last, eligible)`` of them in module order (``None``: all), counting all three
+    dimensionalities together. The default takes the
     last three, where the DCN papers found deformable layers most useful.
 
     Args:
-        model (nn.Module): the network; a bare ``nn.Conv2d`` is converted and returned.
+        model (nn.Module): the network; a bare convolution is converted and returned.
         version (int or str): 1/"v1" (offsets) or 2/"v2" (offsets and mask).
         names (sequence of str, optional): exactly the convolutions to convert.
         filter (callable, optional): ``filter(name, conv) -> bool`` restricts the candidates.
