@@ -111,10 +111,11 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     convolution's output before the bias, as a fresh mmcv layer would.
 
     Which convolutions: eligible ones are plain ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``
-    (not subclasses) with a kernel larger than 1 (1x1, 1x1x1), ``padding_mode='zeros'`` and integer padding, outside existing deformable
-    layers, and, unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped
-    convolution is cheap, and the dense offset predictor added to it (``in_channels`` to
-    ``3*kH*kW`` channels) would cost more than the layer itself (on ConvNeXt-T it added 58%
+    (not subclasses) with a kernel of more than one tap (not 1, 1x1, 1x1x1),
+    ``padding_mode='zeros'`` and integer padding, outside existing deformable layers, and,
+    unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped convolution
+    is cheap, and the dense offset predictor added to it (``in_channels`` to ``3*kH*kW``
+    channels in 2-D) would cost more than the layer itself (on ConvNeXt-T it added 58%
     parameters and nearly doubled the inference time). The log (``logging``, logger
     ``deformconv.convert``, level INFO) names every skipped convolution and why. ``names``
     picks by qualified name (as in ``model.named_modules()``; grouped ones included); otherwise
