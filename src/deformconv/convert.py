@@ -6,14 +6,16 @@ import copy
 import logging
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import nn
 
 from .nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
+from .nn.deform_conv import _copy_conv
+from .nn.deform_conv_nd import _DeformConvNd, deformable_from_conv
 
 logger = logging.getLogger(__name__)
 
-_Filter = Callable[[str, nn.Conv2d], bool]
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_Filter = Callable[[str, nn.Module], bool]
 
 
 def _version(version: Union[int, str]) -> int:
@@ -26,10 +28,10 @@ def _version(version: Union[int, str]) -> int:
 
 def _why_not(conv: nn.Module, include_grouped: bool = True) -> Optional[str]:
     """Why ``conv`` is not converted, or None when it is."""
-    if type(conv) is not nn.Conv2d:
-        return f"is a {type(conv).__name__}, not an nn.Conv2d"
-    if conv.kernel_size == (1, 1):
-        return "has a 1x1 kernel (nothing to deform)"
+    if type(conv) not in _CONVS:
+        return f"is a {type(conv).__name__}, not an nn.Conv1d, nn.Conv2d or nn.Conv3d"
+    if set(conv.kernel_size) == {1}:
+        return f"has a {'x'.join('1' * len(conv.kernel_size))} kernel (nothing to deform)"
     if conv.padding_mode != "zeros":
         return f"has padding_mode={conv.padding_mode!r}; deformable layers pad with zeros"
     if isinstance(conv.padding, str):
@@ -41,44 +43,35 @@ def _why_not(conv: nn.Module, include_grouped: bool = True) -> Optional[str]:
     return None
 
 
-def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Conv2d]]:
+def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Module]]:
     """Convertible convolutions in module order, skipping those inside deformable layers and
-    logging why each other ``nn.Conv2d`` is skipped."""
+    logging why each other ``nn.Conv1d/2d/3d`` is skipped."""
     out, inside = [], []
     for name, m in model.named_modules():
         if any(name.startswith(p + ".") for p in inside):
             continue
-        if isinstance(m, DeformConv2d):
+        if isinstance(m, (DeformConv2d, _DeformConvNd)):
             inside.append(name)
             continue
         reason = _why_not(m, include_grouped)
         if reason is None:
             out.append((name, m))
-        elif isinstance(m, nn.Conv2d):
+        elif isinstance(m, _CONVS):
             logger.info("skipped %s: it %s", name or "<root>", reason)
     return out
 
 
-def _deformable_from(conv: nn.Conv2d, version: int, offset_groups: int,
-                     preserve_output: bool) -> DeformConv2dPack:
+def _deformable_from(conv: nn.Module, version: int, offset_groups: int,
+                     preserve_output: bool) -> nn.Module:
+    """The Pack layer of ``conv``'s dimensionality that starts as ``conv``."""
+    if type(conv) is not nn.Conv2d:
+        return deformable_from_conv(conv, version, offset_groups, preserve_output)
     cls = ModulatedDeformConv2dPack if version == 2 else DeformConv2dPack
     w = conv.weight
     new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
               conv.dilation, conv.groups, offset_groups, conv.bias is not None,
               device=w.device, dtype=w.dtype)
-    new.from_conv = True
-    if version == 2 and preserve_output:
-        # mask = 2 * sigmoid(0) = 1 exactly at the start; the weight stays the plain one.
-        new.set_mask_gain(2.0)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    new.weight.requires_grad_(w.requires_grad)
-    if conv.bias is not None:
-        new.bias.requires_grad_(conv.bias.requires_grad)
-    new.train(conv.training)
-    return new
+    return _copy_conv(new, conv, preserve_output)
 
 
 def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
@@ -87,10 +80,12 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           offset_groups: int = 1, preserve_output: bool = True,
                           inplace: bool = True,
                           include_grouped: bool = False) -> Tuple[nn.Module, List[str]]:
-    """Replace chosen ``nn.Conv2d`` layers of ``model`` with deformable layers.
+    """Replace chosen ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` layers of ``model`` with
+    deformable layers of the same dimensionality.
 
-    Each chosen convolution becomes a ``DeformConv2dPack`` (v1) or a
-    ``ModulatedDeformConv2dPack`` (v2) with the same channels, kernel, stride, padding,
+    Each chosen convolution becomes a ``DeformConv{R}dPack`` (v1) or a
+    ``ModulatedDeformConv{R}dPack`` (v2), ``R`` its number of spatial dimensions, with the same
+    channels, kernel, stride, padding,
     dilation, groups, bias, device, dtype, training mode and ``requires_grad`` flags. Its
     ``conv_offset`` starts at zero, so it samples the regular grid.
 
@@ -108,27 +103,29 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
       zero;
     - converting after loading gives the same;
     - a converted model's own state dict carries ``mask_gain`` and round-trips, also into
-      directly built ``ModulatedDeformConv2dPack`` layers;
+      directly built ``ModulatedDeformConv{R}dPack`` layers;
     - an mmcv checkpoint (``conv_offset`` keys, no ``mask_gain``) loaded into a converted layer
       switches it to mmcv's ``sigmoid(logits)`` mask; directly built layers are mmcv's layer.
 
     With ``preserve_output=False`` no gain is set and a v2 layer starts at half the
     convolution's output before the bias, as a fresh mmcv layer would.
 
-    Which convolutions: eligible ones are plain ``nn.Conv2d`` (not subclasses) with a kernel
-    larger than 1x1, ``padding_mode='zeros'`` and integer padding, outside existing deformable
-    layers, and, unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped
-    convolution is cheap, and the dense offset predictor added to it (``in_channels`` to
-    ``3*kH*kW`` channels) would cost more than the layer itself (on ConvNeXt-T it added 58%
+    Which convolutions: eligible ones are plain ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``
+    (not subclasses) with a kernel of more than one tap (not 1, 1x1, 1x1x1),
+    ``padding_mode='zeros'`` and integer padding, outside existing deformable layers, and,
+    unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped convolution
+    is cheap, and the dense offset predictor added to it (``in_channels`` to ``3*kH*kW``
+    channels in 2-D) would cost more than the layer itself (on ConvNeXt-T it added 58%
     parameters and nearly doubled the inference time). The log (``logging``, logger
-    ``deformconv.convert``, level INFO) names every skipped ``nn.Conv2d`` and why. ``names``
+    ``deformconv.convert``, level INFO) names every skipped convolution and why. ``names``
     picks by qualified name (as in ``model.named_modules()``; grouped ones included); otherwise
     the eligible ones accepted by ``filter(name, conv)`` are taken, the last
-    ``min(num_last, eligible)`` of them in module order (``None``: all). The default takes the
+    ``min(num_last, eligible)`` of them in module order (``None``: all), counting all three
+    dimensionalities together. The default takes the
     last three, where the DCN papers found deformable layers most useful.
 
     Args:
-        model (nn.Module): the network; a bare ``nn.Conv2d`` is converted and returned.
+        model (nn.Module): the network; a bare convolution is converted and returned.
         version (int or str): 1/"v1" (offsets) or 2/"v2" (offsets and mask).
         names (sequence of str, optional): exactly the convolutions to convert.
         filter (callable, optional): ``filter(name, conv) -> bool`` restricts the candidates.

@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from ..ops import deform_conv2d
 from ..ops.checks import _is_int
 from ..ops.deform_conv import _pair
@@ -146,7 +147,83 @@ class DeformConv2d(nn.Module):
         return s
 
 
-class DeformConv2dPack(DeformConv2d):
+class _Convertible:
+    """Mixin (before the module base) for the Pack layers of every dimensionality: what a layer
+    made from a plain convolution (:func:`_copy_conv`) does on loading, and v2's ``mask_gain``.
+
+    - A plain convolution's state dict (``weight``/``bias`` only) loads into a converted layer:
+      ``conv_offset`` (and ``mask_gain``) are not missing, they restart (zero, gain kept).
+    - v2: a state dict with ``mask_gain`` sets it; one with ``conv_offset`` but no
+      ``mask_gain`` (an mmcv checkpoint) removes it, so the mask is mmcv's ``sigmoid``.
+    """
+
+    _mask = False
+    _converted = False  # set on an instance by _copy_conv
+
+    def init_offset(self) -> None:
+        """Zero the offset predictor: the layer starts on the regular grid."""
+        self.conv_offset.reset_parameters()
+
+    def _watch_loading(self) -> None:
+        self.register_load_state_dict_post_hook(_Convertible._after_load)
+
+    def set_mask_gain(self, gain: Optional[float]) -> None:
+        """Multiply the mask by ``gain`` (a persistent buffer); None removes it (mmcv's mask)."""
+        if gain is None:
+            self._buffers.pop("mask_gain", None)
+        else:
+            self.register_buffer("mask_gain", torch.tensor(
+                float(gain), dtype=self.weight.dtype, device=self.weight.device))
+
+    def _gained(self, mask: Tensor) -> Tensor:
+        gain = self._buffers.get("mask_gain")
+        return mask if gain is None else mask * gain
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        own = [prefix + "conv_offset." + n for n in ("weight", "bias")]
+        if self._mask and prefix + "mask_gain" in state_dict:
+            self.set_mask_gain(float(state_dict[prefix + "mask_gain"]))
+        elif self._mask and own[0] in state_dict:
+            self.set_mask_gain(None)  # a trained mmcv layer: mmcv's mask
+        if (self._converted and prefix + "weight" in state_dict
+                and not any(k in state_dict for k in own)):
+            # A plain convolution's state dict into a converted layer: see _after_load.
+            self._plain_conv_prefix = prefix
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    @staticmethod
+    def _after_load(module: "_Convertible", incompatible_keys) -> None:
+        """After a plain convolution's state dict was loaded into a converted layer (children
+        included): its offset predictor (and ``mask_gain``) are not missing, they restart."""
+        prefix = module.__dict__.pop("_plain_conv_prefix", None)
+        if prefix is None:
+            return
+        missing = incompatible_keys.missing_keys
+        missing[:] = [k for k in missing if not (k.startswith(prefix + "conv_offset.")
+                                                 or k == prefix + "mask_gain")]
+        module.init_offset()
+
+
+def _copy_conv(new: _Convertible, conv: nn.Module, preserve_output: bool) -> _Convertible:
+    """Make ``new`` (a freshly built Pack layer of ``conv``'s shape) the converted ``conv``:
+    weight and bias copied unchanged, ``requires_grad`` and training mode as ``conv``'s; v2 with
+    ``preserve_output`` gets ``mask_gain = 2`` (mask ``2 * sigmoid(0) = 1`` exactly)."""
+    new._converted = True
+    if new._mask and preserve_output:
+        new.set_mask_gain(2.0)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    new.weight.requires_grad_(conv.weight.requires_grad)
+    if conv.bias is not None:
+        new.bias.requires_grad_(conv.bias.requires_grad)
+    return new.train(conv.training)
+
+
+class DeformConv2dPack(_Convertible, DeformConv2d):
     """Deformable convolution v1 that predicts its own offsets (Dai et al. 2017).
 
     ``conv_offset`` maps the input to ``2*offset_groups*kH*kW`` offset channels with the same
@@ -195,23 +272,18 @@ class DeformConv2dPack(DeformConv2d):
             raise ValueError(f"offset_groups must be >= 1 and divide in_channels "
                              f"({in_channels}), got {offset_groups!r}")
         self.offset_groups = int(offset_groups)
-        self.from_conv = False  # set by convert_to_deformable
         per_group = (3 if self._mask else 2) * self.kernel_size[0] * self.kernel_size[1]
         # Zero-initialised (in its own reset_parameters too): a new layer samples the grid.
         self.conv_offset = _ZeroInitConv2d(in_channels, self.offset_groups * per_group,
                                            self.kernel_size, self.stride, self.padding,
                                            self.dilation, bias=True, device=device, dtype=dtype)
-        self.register_load_state_dict_post_hook(DeformConv2dPack._after_load)
+        self._watch_loading()
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation for the weight and bias, zero for ``conv_offset``."""
         super().reset_parameters()
         if "conv_offset" in self._modules:  # not yet built while the base class initialises
             self.init_offset()
-
-    def init_offset(self) -> None:
-        """Zero the offset predictor: the layer starts on the regular grid."""
-        self.conv_offset.reset_parameters()
 
     def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The offsets (and, for v2, the mask after its sigmoid) this layer uses on ``input``
@@ -238,28 +310,9 @@ class DeformConv2dPack(DeformConv2d):
                             self.padding, self.dilation, mask)
         return out[0] if unbatched else out
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        own = [prefix + "conv_offset." + n for n in ("weight", "bias")]
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
         _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
-        if (getattr(self, "from_conv", False) and prefix + "weight" in state_dict
-                and not any(k in state_dict for k in own)):
-            # A plain convolution's state dict into a converted layer: see _after_load.
-            self._plain_conv_prefix = prefix
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    @staticmethod
-    def _after_load(module: "DeformConv2dPack", incompatible_keys) -> None:
-        """After a plain convolution's state dict was loaded into a converted layer (children
-        included): its offset predictor (and ``mask_gain``) are not missing, they restart."""
-        prefix = module.__dict__.pop("_plain_conv_prefix", None)
-        if prefix is None:
-            return
-        missing = incompatible_keys.missing_keys
-        missing[:] = [k for k in missing if not (k.startswith(prefix + "conv_offset.")
-                                                 or k == prefix + "mask_gain")]
-        module.init_offset()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -286,30 +339,9 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     _mask = True
 
-    def set_mask_gain(self, gain: Optional[float]) -> None:
-        """Multiply the mask by ``gain`` (a persistent buffer); None removes it (mmcv's mask)."""
-        if gain is None:
-            self._buffers.pop("mask_gain", None)
-        else:
-            self.register_buffer("mask_gain", torch.tensor(
-                float(gain), dtype=self.weight.dtype, device=self.weight.device))
-
     def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        mask = torch.sigmoid(out[:, n_off:])
-        gain = self._buffers.get("mask_gain")
-        return out[:, :n_off], (mask if gain is None else mask * gain)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        key = prefix + "mask_gain"
-        _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
-        if key in state_dict:
-            self.set_mask_gain(float(state_dict[key]))
-        elif prefix + "conv_offset.weight" in state_dict:
-            self.set_mask_gain(None)  # a trained mmcv layer: mmcv's mask
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        return out[:, :n_off], self._gained(torch.sigmoid(out[:, n_off:]))
 
 
 def _rename_old_offset_keys(state_dict, prefix: str, version) -> None:

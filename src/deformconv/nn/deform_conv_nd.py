@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..ops.checks import int_tuple
 from ..ops.deform_conv_nd import deform_conv1d, deform_conv3d
-from .deform_conv import _positive_int
+from .deform_conv import _Convertible, _copy_conv, _positive_int
 
 _Size = Union[int, Tuple[int, ...]]
 _FUNCTIONS = {1: deform_conv1d, 3: deform_conv3d}
@@ -154,16 +154,18 @@ class DeformConv3d(_DeformConvNd):
     _ndim = 3
 
 
-class _PackNd:
+class _PackNd(_Convertible):
     """Mixin (first base) for the layers that predict their own offsets (and mask).
 
     ``conv_offset`` maps the input to ``R*G*K`` offset channels (v1), or ``(R+1)*G*K`` (v2:
     offsets, then mask logits through a sigmoid), with the layer's kernel size, stride,
     padding and dilation; it starts at zero, so a new layer samples the regular grid.
     ``deform_groups`` is mmcv's name for ``offset_groups`` (keyword only).
-    """
 
-    _mask = False
+    Loading and ``mask_gain`` are the 2-D Pack layers' (``_Convertible``): a layer made by
+    :meth:`from_conv` keeps the plain weight, v2 multiplies its mask by a persistent
+    ``mask_gain = 2``, and it accepts the plain convolution's state dict.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: Union[_Size, str] = 0, dilation: _Size = 1,
@@ -179,13 +181,14 @@ class _PackNd:
                                             self.kernel_size, self.stride, self.padding,
                                             self.dilation, bias=True, device=device,
                                             dtype=dtype)
+        self._watch_loading()
 
     def reset_parameters(self) -> None:
         """``nn.Conv{R}d``'s initialisation for the weight and bias, zero for
         ``conv_offset``."""
         super().reset_parameters()
         if "conv_offset" in self._modules:  # not yet built while the base initialises
-            self.conv_offset.reset_parameters()
+            self.init_offset()
 
     def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The offsets (and, for v2, the mask after its sigmoid) this layer uses on
@@ -199,7 +202,7 @@ class _PackNd:
         if not self._mask:
             return out, None
         n_off = self._ndim * self.offset_groups * math.prod(self.kernel_size)
-        return out[:, :n_off], torch.sigmoid(out[:, n_off:])
+        return out[:, :n_off], self._gained(torch.sigmoid(out[:, n_off:]))
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         offset, mask = self.offset_and_mask(input)
@@ -215,9 +218,11 @@ class _PackNd:
         """A layer of this class that starts as the same function as ``conv``
         (an ``nn.Conv{R}d`` with zero padding and integer padding).
 
-        Copies channels, kernel, stride, padding, dilation, groups, bias, device, dtype,
-        training mode and ``requires_grad``. v2 starts with the mask 0.5; with
-        ``preserve_output`` the copied weight is doubled, which undoes it exactly.
+        Copies channels, kernel, stride, padding, dilation, groups, bias (unchanged), device,
+        dtype, training mode and ``requires_grad``. v2 with ``preserve_output`` gets the
+        persistent buffer ``mask_gain = 2``: its mask ``2 * sigmoid(0)`` is exactly 1 at the
+        start, and the plain state dict loaded later keeps its meaning (see ``_PackNd``);
+        without it the layer starts at mmcv's mask 0.5.
         """
         want = {1: nn.Conv1d, 3: nn.Conv3d}[cls._ndim]
         if not isinstance(conv, want):
@@ -229,13 +234,7 @@ class _PackNd:
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                   offset_groups, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            new.weight.copy_(w * 2 if cls._mask and preserve_output else w)
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
-                new.bias.requires_grad_(conv.bias.requires_grad)
-        new.weight.requires_grad_(w.requires_grad)
-        return new.train(conv.training)
+        return _copy_conv(new, conv, preserve_output)
 
 
 class DeformConv1dPack(_PackNd, DeformConv1d):
@@ -246,7 +245,7 @@ class DeformConv1dPack(_PackNd, DeformConv1d):
 class ModulatedDeformConv1dPack(DeformConv1dPack):
     """1-D deformable convolution v2 predicting its own offsets and mask (``conv_offset``:
     ``G*kW`` offsets, then ``G*kW`` mask logits). A new layer computes
-    ``0.5 * conv1d(input, weight) + bias``."""
+    ``0.5 * conv1d(input, weight) + bias``; one made by ``from_conv`` the convolution itself."""
 
     _mask = True
 
@@ -260,7 +259,7 @@ class DeformConv3dPack(_PackNd, DeformConv3d):
 class ModulatedDeformConv3dPack(DeformConv3dPack):
     """3-D deformable convolution v2 predicting its own offsets and mask (``conv_offset``:
     ``3*G*K`` offsets depth first, then ``G*K`` mask logits). A new layer computes
-    ``0.5 * conv3d(input, weight) + bias``."""
+    ``0.5 * conv3d(input, weight) + bias``; one made by ``from_conv`` the convolution itself."""
 
     _mask = True
 
