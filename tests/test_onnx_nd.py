@@ -94,3 +94,17 @@ def test_3d_node_passes_checker_and_shape_inference(tmp_path, dynamo):
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     out = inferred.graph.output[0].type.tensor_type.shape
     assert [d.dim_value for d in out.dim] == [1, 2, *prob.out]
+
+
+@needs_symbolic
+@pytest.mark.parametrize("Layer", [DeformConv1d, DeformConv3d])
+def test_dynamo_below_opset_19_names_the_opset(tmp_path, Layer):
+    # The 2-D op's rule for the N-D ops: onnxruntime has no DeformConv below opset 19.
+    R = 1 if Layer is DeformConv1d else 3
+    prob = Problem(N=1, C=2, O=2, size=(5,) * R, kernel=(3,) * R, padding=1)
+    t = prob.tensors(torch.float32)
+    model = Explicit(Layer(2, 2, 3, padding=1)).eval()
+    with warnings.catch_warnings(), pytest.raises(Exception, match=r"opset 19 or newer.*=18"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (t["input"], t["offset"], t["mask"]), str(tmp_path / "m.onnx"),
+                          dynamo=True, opset_version=18)

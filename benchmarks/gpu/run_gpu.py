@@ -274,9 +274,8 @@ def main():
     rows += check_memory(dev, meta, a.skip_sanitizer)
     rows += benchmark(torch, dev, meta, 1 if a.dry_run else a.reps,
                       DRY_SHAPES if a.dry_run else SHAPES)
-    if not a.dry_run:
-        rows += benchmark_nd(torch, meta, a.reps)
-        rows += benchmark_roi_pool(torch, meta, a.reps)
+    rows += benchmark_nd(torch, meta, 1 if a.dry_run else a.reps, dev)
+    rows += benchmark_roi_pool(torch, meta, 1 if a.dry_run else a.reps, dev)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
@@ -290,20 +289,20 @@ def main():
     sys.exit(1 if failed else 0)
 
 
-def benchmark_roi_pool(torch, meta, reps):
+def benchmark_roi_pool(torch, meta, reps, dev="cuda"):
     """Deformable RoI pooling on the GPU: ``benchmarks/roi_pool_cpu.py``'s contenders (the op,
     the op without offsets, torchvision's ``roi_align`` when it imports) at its detector shape
     and at 2000 regions on a stride-8 level, float32 and bfloat16, CUDA-synchronised medians.
-    Rows are tagged ``step: benchmark_roi_pool``; main() adds them with
-    ``rows += benchmark_roi_pool(torch, meta, a.reps)``."""
+    Rows are tagged ``step: benchmark_roi_pool``. The dry run uses a quick shape on CPU."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import roi_pool_cpu
     shapes = [roi_pool_cpu.SHAPE, dict(N=2, C=256, H=100, W=168, R=2000, output_size=7,
-                                       spatial_scale=1 / 8)]
+                                       spatial_scale=1 / 8)] if dev == "cuda" else \
+        [roi_pool_cpu.QUICK]
     rows = []
     for shape in shapes:
         for dtype in (torch.float32, torch.bfloat16):
-            for r in roi_pool_cpu.run(torch, shape, reps, "cuda", dtype):
+            for r in roi_pool_cpu.run(torch, shape, reps, dev, dtype):
                 rows.append({**r, **meta, "step": "benchmark_roi_pool"})
     return rows
 
@@ -319,7 +318,7 @@ def _backward(fn, go):
     fn().backward(go)
 
 
-def benchmark_nd(torch, meta, reps):
+def benchmark_nd(torch, meta, reps, dev="cuda"):
     """1-D and 3-D deformable convolution on the GPU against cuDNN's conv1d/conv3d of the same
     shape (the floor), at ``benchmarks/nd_cpu.py``'s shapes, float32 and bfloat16, forward and
     forward+backward, alternating, CUDA-event medians. Rows: ``step: benchmark_nd``."""
@@ -328,13 +327,13 @@ def benchmark_nd(torch, meta, reps):
     from deformconv import deform_conv1d, deform_conv3d
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import nd_cpu
-    timer = _timer(torch, "cuda")
+    timer = _timer(torch, dev)
     rows = []
-    for p in nd_cpu.SHAPES:
+    for p in nd_cpu.SHAPES if dev == "cuda" else nd_cpu.QUICK:
         deform, conv = {1: (deform_conv1d, F.conv1d), 3: (deform_conv3d, F.conv3d)}[p.ndim]
         for dtype in (torch.float32, torch.bfloat16):
-            t = p.tensors(dtype, device="cuda", requires_grad=True)
-            go = p.grad_out(dtype, device="cuda")
+            t = p.tensors(dtype, device=dev, requires_grad=True)
+            go = p.grad_out(dtype, device=dev)
             kw = p.kwargs()
             fns = _nd_calls(deform, conv, p.ndim, t, kw)
             times = {(n, m): [] for n in fns for m in ("fwd", "fwd+bwd")}

@@ -12,6 +12,7 @@ from .deform_roi_pool import deform_roi_pool  # registers deformconv::deform_roi
 autocast.register()
 onnx.register_torchscript_symbolic()
 onnx_nd.register_torchscript_symbolic()
+onnx_nd.register_dynamo_translations()
 
 __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool", "registry",
            "registry_nd"]

@@ -24,7 +24,7 @@ def _call(R: int, input, offset, weight, bias, stride, padding, dilation, mask) 
     padding = int_tuple("padding", padding, R, 0)
     dilation = int_tuple("dilation", dilation, R, 1)
     check_deform_conv(input, offset, weight, bias, mask, stride, padding, dilation, ndim=R)
-    if onnx_nd.exporting_with_symbolic():
+    if onnx_nd.exporting_with_symbolic(input):
         return onnx_nd.deform_conv_nd_symbolic(input, weight, offset, mask, bias, stride,
                                                padding, dilation)
     return OPS[R](input, weight, offset, mask, bias, list(stride), list(padding),

@@ -44,6 +44,15 @@ OPSET = 19  # DeformConv-19: float16, float32, float64
 OPSET_BFLOAT16 = 22  # DeformConv-22 adds bfloat16
 
 
+# Translations other op modules add for the wrapped dynamo exporter (op overload -> function).
+EXTRA_TRANSLATIONS: Dict[Callable, Callable] = {}
+
+
+def export_opset():
+    """The opset of the dynamo export running now (recorded by the exporter wrapper), or None."""
+    return _export_opset.get()
+
+
 def exporting_with_symbolic() -> bool:
     """True inside ``torch.onnx.export(..., dynamo=True)`` on a torch that has
     ``torch.onnx.ops.symbolic`` (2.8 and newer), where the public function emits the ONNX node.
@@ -140,7 +149,7 @@ def _wrap_export_compat(module) -> None:
         opset = kwargs.get("opset_version", default)
         if opset is None:  # torch 2.5-2.7 write their registry's opset, 18
             opset = default if default is not None else _torchlib_opset()
-        table = {torch.ops.deformconv.deform_conv2d.default: _translation}
+        table = {torch.ops.deformconv.deform_conv2d.default: _translation, **EXTRA_TRANSLATIONS}
         table.update(kwargs.get("custom_translation_table") or {})
         kwargs["custom_translation_table"] = table
         token = _export_opset.set(opset)

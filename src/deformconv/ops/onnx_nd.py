@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import geometry
-from .onnx import OPSET, OPSET_BFLOAT16, exporting_with_symbolic
+from .onnx import EXTRA_TRANSLATIONS, OPSET, OPSET_BFLOAT16, export_opset
 
 __all__ = ["deform_conv_nd_symbolic", "exporting_with_symbolic",
            "register_torchscript_symbolic"]
@@ -38,6 +38,49 @@ def _attributes(C: int, Cg: int, kernel: Sequence[int], G: int, stride: Sequence
 
 def _as_2d(stride, padding, dilation, kernel):
     return [1, *stride], [0, *padding], [1, *dilation], [1, *kernel]
+
+
+def exporting_with_symbolic(input: Tensor) -> bool:
+    """True inside ``torch.onnx.export(..., dynamo=True)`` on torch >= 2.8: the 1-D/3-D public
+    functions then emit the ``DeformConv`` node themselves (they have no translation-table
+    entry), when the opset that ``deformconv.ops.onnx``'s exporter wrapper recorded has it.
+    """
+    if not (torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+            and hasattr(torch.onnx, "ops") and hasattr(torch.onnx.ops, "symbolic")):
+        return False
+    # Below DeformConv's opset the node stays the op's, whose translation raises the error.
+    return opset_ok(input.dtype == torch.bfloat16)
+
+
+def opset_ok(bf16: bool) -> bool:
+    """Whether the running export's opset has DeformConv (for this dtype)."""
+    opset = export_opset()
+    return opset is None or opset >= (OPSET_BFLOAT16 if bf16 else OPSET)
+
+
+def _check_opset(bf16: bool) -> None:
+    need = OPSET_BFLOAT16 if bf16 else OPSET
+    if not opset_ok(bf16):
+        raise ValueError(
+            f"ONNX DeformConv needs opset {need} or newer{' for bfloat16' if bf16 else ''} "
+            f"(onnxruntime rejects it below); this export was asked for "
+            f"opset_version={export_opset()}: pass opset_version={need} or higher to "
+            f"torch.onnx.export")
+
+
+def _untranslatable(input, *args, **kwargs):
+    """Translation of a 1-D/3-D node that reached the ONNX translation step: only an opset
+    without DeformConv gets here (otherwise the public function emitted the node)."""
+    bf16 = str(getattr(input, "dtype", "")).upper().endswith("BFLOAT16")
+    _check_opset(bf16)
+    raise ValueError("deform_conv1d/3d: the dynamo ONNX export needs torch >= 2.8 "
+                     "(torch.onnx.ops.symbolic)")
+
+
+def register_dynamo_translations() -> None:
+    """Give the wrapped dynamo exporter an entry for the N-D ops (clear opset errors)."""
+    for name in ("deform_conv1d", "deform_conv3d"):
+        EXTRA_TRANSLATIONS[getattr(torch.ops.deformconv, name).default] = _untranslatable
 
 
 def deform_conv_nd_symbolic(input: Tensor, weight: Tensor, offset: Tensor,
