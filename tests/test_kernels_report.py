@@ -113,12 +113,15 @@ def test_every_kernel_module_declares_its_shipped_configurations():
                     assert set(consts) | set(config.kwargs) == _constexprs(spec.fn), spec.name
                     assert {a for a in spec.fn.arg_names if a.endswith("_ptr")} <= set(types)
     for spec in nd_kernels.KERNEL_SPECS:
-        role = spec.name.split("_", 2)[2]
-        shipped = nd_kernels.GPU_BLOCKS[role]
-        for configs in spec.configs.values():
-            (config,) = configs
-            assert dict(config.kwargs, num_warps=config.num_warps,
-                        num_stages=config.num_stages) == shipped, spec.name
+        role, R = spec.name.split("_", 2)[2], int(spec.name[len("deform_conv")])
+        for (label,) in [spec.dtypes]:
+            for index_64 in (False, True):
+                (config,) = spec.configs[family(label, index_64)]
+                assert dict(config.kwargs, num_warps=config.num_warps,
+                            num_stages=config.num_stages) == \
+                    nd_kernels.gpu_blocks(role, R, label, index_64), spec.name
+    labels = {(s.name, s.dtypes) for s in nd_kernels.KERNEL_SPECS}
+    assert len(labels) == 2 * 3 * 4  # dimensions x kernels x dtypes
     for spec in roi_pool_kernels.KERNEL_SPECS:
         for configs in spec.configs.values():
             assert [(c.kwargs["BLOCK_C"], c.num_warps) for c in configs] == \
