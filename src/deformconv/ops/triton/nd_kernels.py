@@ -45,22 +45,22 @@ GPU_BLOCKS = {
 # dimension and index width), other blocks or warps, found with ``deformconv kernels``:
 # (role, R, dtype label of ``spec.DTYPES``, IDX64) -> changes to GPU_BLOCKS[role].
 GPU_BLOCKS_OVERRIDES = {
-    ('fwd', 1, 'fp32', False): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
-    ('fwd', 1, 'fp16', False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
-    ('fwd', 1, 'fp16', True): {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4},
-    ('fwd', 3, 'fp32', False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
-    ('bwd_data', 1, 'fp32', True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 8},
-    ('bwd_data', 1, 'tf32', True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
-    ('bwd_data', 3, 'fp32', False): {"BLOCK_M": 32, "BLOCK_O": 16, "num_warps": 4},
-    ('bwd_data', 3, 'tf32', True): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
-    ('bwd_data', 3, 'fp16', True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
-    ('bwd_data', 3, 'bf16', True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
-    ('bwd_weight', 1, 'fp32', True): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
-    ('bwd_weight', 3, 'fp32', True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
-    ('bwd_weight', 3, 'tf32', False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
-    ('bwd_weight', 3, 'tf32', True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
-    ('bwd_weight', 3, 'fp16', False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
-    ('bwd_weight', 3, 'bf16', False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 1, "fp32", False): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
+    ("fwd", 1, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 1, "fp16", True): {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 3, "fp32", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_data", 1, "fp32", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 8},
+    ("bwd_data", 1, "tf32", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "fp32", False): {"BLOCK_M": 32, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "tf32", True): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
+    ("bwd_data", 3, "fp16", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "bf16", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_weight", 1, "fp32", True): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
+    ("bwd_weight", 3, "fp32", True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "tf32", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "tf32", True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "bf16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
 }
 
 
