@@ -136,3 +136,27 @@ def test_kernel_filter_selects_by_substring():
     jobs = list(report._jobs("sm_80", "roi_pool_bwd"))
     # 4 channel blocks x 3 dtypes x 2 index widths
     assert len(jobs) == 24 and {j[4] for j in jobs} == {False, True}
+
+
+def test_nd_launcher_runs_the_reported_blocks_on_a_gpu():
+    """The 1-D/3-D launcher picks, per dimension, dtype and index width, the blocks the
+    report compiles (a stand-in for a CUDA tensor: only ``is_cuda`` and ``dtype`` are read)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from deformconv.ops.triton import nd_kernels, nd_launch
+
+    half = SimpleNamespace(is_cuda=True, dtype=torch.float16)
+    got = nd_launch._blocks("fwd", half, dict(R=1, IDX64=True, INPUT_PRECISION="ieee"))
+    assert got == nd_kernels.gpu_blocks("fwd", 1, "fp16", True) != nd_kernels.GPU_BLOCKS["fwd"]
+    single = SimpleNamespace(is_cuda=True, dtype=torch.float32)
+    for precision, label in (("tf32", "tf32"), ("ieee", "fp32")):
+        got = nd_launch._blocks("bwd_weight", single,
+                                dict(R=3, IDX64=False, INPUT_PRECISION=precision))
+        assert got == nd_kernels.gpu_blocks("bwd_weight", 3, label, False)
+    assert nd_launch._blocks("bwd_weight", single, dict(R=3, IDX64=False,
+                                                        INPUT_PRECISION="tf32")) != \
+        nd_launch._blocks("bwd_weight", single, dict(R=3, IDX64=False, INPUT_PRECISION="ieee"))
+    cpu = SimpleNamespace(is_cuda=False, dtype=torch.float16)
+    assert nd_launch._blocks("fwd", cpu, {}) == nd_launch.INTERPRETER_BLOCKS["fwd"]
