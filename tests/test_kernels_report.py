@@ -4,6 +4,7 @@ for sm_90a and sm_80 without register spills (Triton's wheel ships ``ptxas``; no
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -37,18 +38,25 @@ def _rows(arch):
 def test_no_register_spills(arch):
     rows = _rows(arch)
     kernels = {r["kernel"] for r in rows}
-    assert {"deform_conv2d_fwd", "deform_conv2d_bwd_data",
-            "deform_conv2d_bwd_weight"} <= kernels
-    assert {r["dtype"] for r in rows} == {"fp32", "tf32", "fp16", "bf16"}
-    assert {r["config"].rsplit(",", 1)[1] for r in rows} == {"i32", "i64"}
+    assert {f"deform_conv{d}d_{role}" for d in (1, 2, 3)
+            for role in ("fwd", "bwd_data", "bwd_weight")} | \
+        {"deform_roi_pool_fwd", "deform_roi_pool_bwd"} == kernels
+    for name in kernels:
+        mine = [r for r in rows if r["kernel"] == name]
+        want = {"fp32", "fp16", "bf16"} | (set() if "roi_pool" in name else {"tf32"})
+        assert {r["dtype"] for r in mine} == want, name
+        assert {r["config"].rsplit(",", 1)[1] for r in mine} == {"i32", "i64"}, name
     for r in rows:
         assert set(r) == COLUMNS and r["arch"] == arch
-        assert 0 < r["registers"] <= 255 and r["shared_bytes"] > 0
+        assert 0 < r["registers"] <= 255 and r["shared_bytes"] >= 0
+        # The convolutions' tl.dot operands go through shared memory; RoI pooling has no dot.
+        assert r["shared_bytes"] > 0 or "roi_pool" in r["kernel"]
     spilling = [f"{r['kernel']} {r['config']} {r['dtype']}: {r['spill_bytes']} B"
                 for r in rows if r["spill_bytes"]]
     assert not spilling, "\n".join(spilling)
     # Half precision runs on tensor cores: wgmma on Hopper, mma on Ampere.
-    half = {r["tensor_cores"] for r in rows if r["dtype"] in ("fp16", "bf16")}
+    half = {r["tensor_cores"] for r in rows if r["dtype"] in ("fp16", "bf16")
+            and "conv" in r["kernel"]}
     assert half <= ({"wgmma", "mma"} if arch == "sm_90a" else {"mma"}) and half
 
 
@@ -57,6 +65,7 @@ def test_command_contract():
     command.add_arguments(parser)
     args = parser.parse_args(["--arch", "sm_80", "--json"])
     assert command.NAME == "kernels" and args.arch == "sm_80" and args.json
+    assert args.kernel == "" and parser.parse_args(["--kernel", "conv3d"]).kernel == "conv3d"
     assert isinstance(command.HELP, str) and "\n" not in command.HELP
     with pytest.raises(SystemExit):
         parser.parse_args(["--arch", "sm_70"])
@@ -78,3 +87,76 @@ def test_registration_hook_finds_every_kernel_module():
     specs = report.kernel_specs()
     assert [s.name for s in specs if s.fn in {k.fn for k in kernels.KERNEL_SPECS}] == \
         [s.name for s in kernels.KERNEL_SPECS]
+
+
+def _constexprs(fn):
+    """Names of the ``tl.constexpr`` parameters of a JIT (or interpreted) kernel."""
+    params = inspect.signature(fn.fn).parameters.values()
+    return {p.name for p in params if "constexpr" in str(p.annotation)}
+
+
+def test_every_kernel_module_declares_its_shipped_configurations():
+    """The 1-D/3-D and RoI-pooling kernels are in the report with what their launchers ship
+    on a GPU, and every spec fixes each constexpr of its kernel."""
+    from deformconv.ops.triton import nd_kernels, report, roi_pool_kernels
+    from deformconv.ops.triton.spec import family
+
+    specs = report.kernel_specs()
+    for module in (nd_kernels, roi_pool_kernels):
+        assert not hasattr(module, "REPORT_KERNELS")
+        assert {s.name for s in module.KERNEL_SPECS} <= {s.name for s in specs}
+    for spec in specs:
+        for label in spec.dtypes:
+            for index_64 in (False, True):
+                types, consts = spec.signature(label, index_64=index_64)
+                for config in spec.configs[family(label, index_64)]:
+                    assert set(consts) | set(config.kwargs) == _constexprs(spec.fn), spec.name
+                    assert {a for a in spec.fn.arg_names if a.endswith("_ptr")} <= set(types)
+    for spec in nd_kernels.KERNEL_SPECS:
+        role, R = spec.name.split("_", 2)[2], int(spec.name[len("deform_conv")])
+        for (label,) in [spec.dtypes]:
+            for index_64 in (False, True):
+                (config,) = spec.configs[family(label, index_64)]
+                assert dict(config.kwargs, num_warps=config.num_warps,
+                            num_stages=config.num_stages) == \
+                    nd_kernels.gpu_blocks(role, R, label, index_64), spec.name
+    labels = {(s.name, s.dtypes) for s in nd_kernels.KERNEL_SPECS}
+    assert len(labels) == 2 * 3 * 4  # dimensions x kernels x dtypes
+    for spec in roi_pool_kernels.KERNEL_SPECS:
+        for configs in spec.configs.values():
+            assert [(c.kwargs["BLOCK_C"], c.num_warps) for c in configs] == \
+                [(b, roi_pool_kernels.num_warps(b)) for b in roi_pool_kernels.GPU_BLOCKS_C]
+
+
+def test_kernel_filter_selects_by_substring():
+    from deformconv.ops.triton import report
+
+    names = {job[0].name for job in report._jobs("sm_80", "conv3d")}
+    assert names == {"deform_conv3d_fwd", "deform_conv3d_bwd_data", "deform_conv3d_bwd_weight"}
+    jobs = list(report._jobs("sm_80", "roi_pool_bwd"))
+    # 4 channel blocks x 3 dtypes x 2 index widths
+    assert len(jobs) == 24 and {j[4] for j in jobs} == {False, True}
+
+
+def test_nd_launcher_runs_the_reported_blocks_on_a_gpu():
+    """The 1-D/3-D launcher picks, per dimension, dtype and index width, the blocks the
+    report compiles (a stand-in for a CUDA tensor: only ``is_cuda`` and ``dtype`` are read)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from deformconv.ops.triton import nd_kernels, nd_launch
+
+    half = SimpleNamespace(is_cuda=True, dtype=torch.float16)
+    got = nd_launch._blocks("fwd", half, dict(R=1, IDX64=True, INPUT_PRECISION="ieee"))
+    assert got == nd_kernels.gpu_blocks("fwd", 1, "fp16", True) != nd_kernels.GPU_BLOCKS["fwd"]
+    single = SimpleNamespace(is_cuda=True, dtype=torch.float32)
+    for precision, label in (("tf32", "tf32"), ("ieee", "fp32")):
+        got = nd_launch._blocks("bwd_weight", single,
+                                dict(R=3, IDX64=False, INPUT_PRECISION=precision))
+        assert got == nd_kernels.gpu_blocks("bwd_weight", 3, label, False)
+    assert nd_launch._blocks("bwd_weight", single, dict(R=3, IDX64=False,
+                                                        INPUT_PRECISION="tf32")) != \
+        nd_launch._blocks("bwd_weight", single, dict(R=3, IDX64=False, INPUT_PRECISION="ieee"))
+    cpu = SimpleNamespace(is_cuda=False, dtype=torch.float16)
+    assert nd_launch._blocks("fwd", cpu, {}) == nd_launch.INTERPRETER_BLOCKS["fwd"]

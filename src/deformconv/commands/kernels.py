@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU architecture to compile for (default: sm_90a)")
     parser.add_argument("--json", action="store_true",
                         help="print the rows as a JSON list instead of a Markdown table")
+    parser.add_argument("--kernel", default="", metavar="SUBSTRING",
+                        help="only the kernels whose name contains SUBSTRING, e.g. conv3d")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from deformconv.ops.triton import report  # noqa: PLC0415 (imports triton)
 
-    rows = report.resource_rows(args.arch)
+    rows = report.resource_rows(args.arch, args.kernel)
     print(json.dumps(rows, indent=1) if args.json else report.markdown(rows))
     spilling = [r for r in rows if r["spill_bytes"]]
     if spilling:

@@ -28,10 +28,12 @@ form an out-of-bounds address; such samples contribute 0 and get zero offset/mas
 import triton
 import triton.language as tl
 
-# One configuration per kernel on the GPU (no autotuning: the no-spill report compiles exactly
-# these). Small tiles and no software pipelining: with the 8 trilinear corners' addresses,
-# validity and weights live, larger tiles or num_stages > 1 spilled (measured offline with
-# the wheel's ptxas: 64x64x32 tiles spilled up to 2.8 KB of stack on sm_80/sm_90a).
+from .spec import ELEMENT, KernelSpec, dot_precision
+
+# The configuration of each kernel on the GPU (no autotuning: the no-spill report compiles
+# exactly these). Small tiles and no software pipelining: with the 8 trilinear corners'
+# addresses, validity and weights live, larger tiles or num_stages > 1 spilled (measured offline
+# with the wheel's ptxas: 64x64x32 tiles spilled up to 2.8 KB of stack on sm_80/sm_90a).
 GPU_BLOCKS = {
     "fwd": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4, "num_stages": 1},
     "bwd_data": {"BLOCK_M": 16, "BLOCK_O": 32, "BLOCK_C": 16, "num_warps": 4,
@@ -39,6 +41,33 @@ GPU_BLOCKS = {
     "bwd_weight": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 16, "num_warps": 4,
                    "num_stages": 1},
 }
+# Where ptxas spilled a few bytes with GPU_BLOCKS (its register targets move with the dtype,
+# dimension and index width), other blocks or warps, found with ``deformconv kernels``:
+# (role, R, dtype label of ``spec.DTYPES``, IDX64) -> changes to GPU_BLOCKS[role].
+GPU_BLOCKS_OVERRIDES = {
+    ("fwd", 1, "fp32", False): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
+    ("fwd", 1, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 1, "fp16", True): {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 3, "fp32", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_data", 1, "fp32", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 8},
+    ("bwd_data", 1, "tf32", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "fp32", False): {"BLOCK_M": 32, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "tf32", True): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
+    ("bwd_data", 3, "fp16", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "bf16", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_weight", 1, "fp32", True): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
+    ("bwd_weight", 3, "fp32", True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "tf32", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "tf32", True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 3, "bf16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+}
+
+
+def gpu_blocks(role, R, label, idx64):
+    """Blocks, warps and stages of kernel ``role`` on the GPU for ``R`` dimensions (1 or 3),
+    dtype label ``label`` (``spec.DTYPES``) and index width."""
+    return dict(GPU_BLOCKS[role], **GPU_BLOCKS_OVERRIDES.get((role, R, label, idx64), {}))
 
 
 @triton.jit
@@ -370,16 +399,40 @@ def _deform_conv_nd_bwd_weight_kernel(
                      mask=c_ok[:, None] & oc_ok[None, :])
 
 
-# What the ``deformconv kernels`` report compiles offline (sm_90a, sm_80) to check for register
-# spills: each kernel with its GPU blocks, for the 1-D case (kernel 1x1x3) and the 3-D case
-# (3x3x3), with and without a mask, 32-bit indices, float32/float16/bfloat16 inputs. A 1-D
-# problem runs these kernels with R=1, unit depth and height.
-REPORT_KERNELS = [
-    dict(kernel=fn.fn.__name__, blocks=GPU_BLOCKS[role], R=R, KD=kd, KH=kh, KW=kw,
-         HAS_MASK=has_mask, IDX64=False, dtypes=("float32", "float16", "bfloat16"))
-    for role, fn in (("fwd", _deform_conv_nd_fwd_kernel),
-                     ("bwd_data", _deform_conv_nd_bwd_data_kernel),
-                     ("bwd_weight", _deform_conv_nd_bwd_weight_kernel))
+def _report_signature(R, kd, kh, kw, flags):
+    """Signature builder of the report (``spec.KernelSpec``): 1-D (kernel 1x1x3) or 3-D (3x3x3)
+    taps with a mask, 32- or 64-bit indices, as the launcher calls the kernel on a GPU."""
+    def build(label, index_64=False):
+        e = "*" + ELEMENT[label]
+        types = dict.fromkeys(("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr",
+                               "gout_ptr", "goff_ptr", "gmask_ptr"), e)
+        types.update(gin_ptr="*fp32", gw_ptr="*fp32")
+        consts = dict(KD=kd, KH=kh, KW=kw, R=R, HAS_MASK=True, IDX64=index_64,
+                      INPUT_PRECISION=dot_precision(label), DOT_UPCAST=False, **flags)
+        return types, consts
+    return build
+
+
+def _gpu_configs(role, R, label):
+    """``gpu_blocks`` as the report's config lists (``spec.family`` keys) for one dtype."""
+    def config(idx64):
+        b = gpu_blocks(role, R, label, idx64)
+        return triton.Config({k: v for k, v in b.items() if k.startswith("BLOCK_")},
+                             num_warps=b["num_warps"], num_stages=b["num_stages"])
+    return {f + i: [config(i == "_i64")] for f in ("half", "float32") for i in ("", "_i64")}
+
+
+# What the ``deformconv kernels`` report compiles offline: each kernel with its GPU blocks,
+# for the 1-D case (R=1, kernel 1x1x3) and the 3-D case (R=3, 3x3x3), with a mask, for
+# float32 (FMA and TF32 dots), float16 and bfloat16, with 32- and 64-bit indices (one spec
+# per dtype, as the blocks may depend on it).
+KERNEL_SPECS = [
+    KernelSpec(f"deform_conv{R}d_{role}", fn, _gpu_configs(role, R, label),
+               _report_signature(R, kd, kh, kw, flags), dtypes=(label,))
     for R, kd, kh, kw in ((1, 1, 1, 3), (3, 3, 3, 3))
-    for has_mask in (True, False)
+    for role, fn, flags in (("fwd", _deform_conv_nd_fwd_kernel, dict(HAS_BIAS=True)),
+                            ("bwd_data", _deform_conv_nd_bwd_data_kernel,
+                             dict(NEED_IN=True, NEED_OM=True)),
+                            ("bwd_weight", _deform_conv_nd_bwd_weight_kernel, {}))
+    for label in ("fp32", "tf32", "fp16", "bf16")
 ]

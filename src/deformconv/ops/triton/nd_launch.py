@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import geometry, torch_impl_nd
 from . import nd_kernels
-from .nd_kernels import GPU_BLOCKS
+from .nd_kernels import gpu_blocks
 
 # The interpreter (CPU tensors): small blocks, so tiny test shapes span several tiles.
 INTERPRETER_BLOCKS: Dict[str, Dict[str, int]] = {
@@ -35,8 +35,15 @@ DEBUG_FILL_NAN = False
 _INT32_LIMIT = 2 ** 31 - 1
 
 
-def _blocks(name: str, t: Tensor) -> Dict[str, int]:
-    return dict(GPU_BLOCKS[name] if t.is_cuda else INTERPRETER_BLOCKS[name])
+_LABELS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _blocks(name: str, t: Tensor, consts: Dict) -> Dict[str, int]:
+    """Blocks (and, on a GPU, warps and stages) of kernel ``name`` for data like ``t``."""
+    if not t.is_cuda:
+        return dict(INTERPRETER_BLOCKS[name])
+    label = _LABELS.get(t.dtype, "tf32" if consts["INPUT_PRECISION"] == "tf32" else "fp32")
+    return gpu_blocks(name, consts["R"], label, consts["IDX64"])
 
 
 def _new(shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
@@ -89,7 +96,7 @@ def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Opti
     off = offset.contiguous()
     msk = mask.contiguous() if mask is not None else off
     b = bias.contiguous() if bias is not None else off
-    bl = _blocks("fwd", input)
+    bl = _blocks("fwd", input, consts)
     grid = (triton.cdiv(sizes["P"], bl["BLOCK_M"]), triton.cdiv(sizes["Og"], bl["BLOCK_N"]),
             grp.groups)
     with _on(input):
@@ -125,7 +132,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
         gin = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if run_in else x
         goff = _new(offset.shape, offset) if need_om else off
         gmask = _new(mask.shape, mask) if need_om and mask is not None else off
-        bl = _blocks("bwd_data", input)
+        bl = _blocks("bwd_data", input, consts)
         with _on(input):
             nd_kernels._deform_conv_nd_bwd_data_kernel[(triton.cdiv(sizes["P"],
                                                                     bl["BLOCK_M"]),)](
@@ -157,7 +164,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
 
 def _weight_grad(x, off, msk, go, weight, grp, sizes, consts, has_mask) -> Tensor:
     """Split partial sums over position tiles, added here: (O, Cg, *k)."""
-    bl = _blocks("bwd_weight", x)
+    bl = _blocks("bwd_weight", x, consts)
     tiles = triton.cdiv(sizes["P"], bl["BLOCK_M"])
     if tiles == 0:
         return torch.zeros_like(weight)

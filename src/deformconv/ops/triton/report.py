@@ -8,8 +8,8 @@ register and spill counts, and the PTX is searched for ``wgmma`` (Hopper) or ``m
 
 Registration hook: every module of ``deformconv.ops.triton`` that defines
 ``KERNEL_SPECS: list[spec.KernelSpec]`` is reported, each kernel at each of its configurations
-and dtypes, with 32-bit indices and, when its constants have an ``INDEX_64`` switch, 64-bit
-ones. A new kernel module needs nothing but that list.
+and dtypes, with 32-bit indices and, when its constants have an index-width switch
+(``spec.INDEX_SWITCHES``), 64-bit ones. A new kernel module needs nothing but that list.
 
 Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels the compiler reads).
 """
@@ -28,7 +28,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .spec import KernelSpec, family
+from .spec import INDEX_SWITCHES, KernelSpec, family
 
 # Report architecture name -> (compute capability, ptxas --gpu-name).
 ARCHS: Dict[str, Tuple[int, str]] = {"sm_90a": (90, "sm_90a"), "sm_80": (80, "sm_80")}
@@ -113,23 +113,26 @@ def compile_row(spec: KernelSpec, config, label: str, arch: str, index_64: bool)
                 tensor_cores=_tensor_cores(ptx))
 
 
-def _jobs(arch: str) -> Iterator[Tuple[KernelSpec, object, str, str, bool]]:
+def _jobs(arch: str, kernel: str = "") -> Iterator[Tuple[KernelSpec, object, str, str, bool]]:
     for spec in kernel_specs():
+        if kernel not in spec.name:
+            continue
         for index_64 in (False, True):
-            if index_64 and "INDEX_64" not in spec.signature(spec.dtypes[0])[1]:
+            if index_64 and not set(INDEX_SWITCHES) & set(spec.signature(spec.dtypes[0])[1]):
                 continue
             for label in spec.dtypes:
                 for config in spec.configs[family(label, index_64)]:
                     yield spec, config, label, arch, index_64
 
 
-def resource_rows(arch: str = "sm_90a") -> List[dict]:
-    """One row per kernel x configuration x dtype x index width, for ``arch`` (``ARCHS``)."""
+def resource_rows(arch: str = "sm_90a", kernel: str = "") -> List[dict]:
+    """One row per kernel x configuration x dtype x index width, for ``arch`` (``ARCHS``);
+    only the kernels whose name contains ``kernel`` when given."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("the resource report compiles kernels: unset TRITON_INTERPRET")
-    return [compile_row(*job) for job in _jobs(arch)]
+    return [compile_row(*job) for job in _jobs(arch, kernel)]
 
 
 def markdown(rows: List[dict]) -> str:

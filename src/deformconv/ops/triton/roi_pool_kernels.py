@@ -22,9 +22,18 @@ bounds the loops whatever the region's size. ``INDEX_64`` switches the address a
 import triton
 import triton.language as tl
 
+from .spec import ELEMENT, KernelSpec
+
 GRID_LIMIT = tl.constexpr(16777216.0)  # 2**24, roi_pool_torch.GRID_LIMIT
 WINDOW_MARGIN = tl.constexpr(2.0)      # roi_pool_torch.WINDOW_MARGIN
 EPS32 = tl.constexpr(1.1920928955078125e-07)  # float32 machine epsilon
+# Channel blocks on a GPU: the launcher takes the next power of two of C, clamped to these.
+GPU_BLOCKS_C = (32, 64, 128, 256)
+
+
+def num_warps(block_c: int) -> int:
+    """One channel per thread: with two, ptxas spills in the backward (sm_80, BLOCK_C 256)."""
+    return max(1, block_c // 32)
 
 
 @triton.jit
@@ -231,3 +240,33 @@ def _deform_roi_pool_bwd_kernel(
         p = goff_ptr + ((cb * R + r) * 2) * (PH * PW) + i * PW + j
         tl.store(p, gx)
         tl.store(p + PH * PW, gy)
+
+
+def _report_signature(pointers, flags):
+    """Signature builder of the report (``spec.KernelSpec``): 7x7 bins with offsets, as the
+    launcher calls the kernel on a GPU; float32 gradients, the other tensors in the input's
+    dtype."""
+    def build(label, index_64=False):
+        e = "*" + ELEMENT[label]
+        types = {p: e for p in pointers}
+        types.update(gin_ptr="*fp32", goff_ptr="*fp32", spatial_scale="fp32", gamma="fp32")
+        consts = dict(PH=7, PW=7, HAS_OFFSET=True, INDEX_64=index_64, **flags)
+        return types, consts
+    return build
+
+
+# What the ``deformconv kernels`` report compiles offline: both kernels at every GPU channel
+# block (with its warps), float32/float16/bfloat16, 32- and 64-bit indices. No tl.dot here,
+# so no TF32 variant.
+_GPU_CONFIGS = [triton.Config({"BLOCK_C": bc}, num_warps=num_warps(bc), num_stages=1)
+                for bc in GPU_BLOCKS_C]
+KERNEL_SPECS = [
+    KernelSpec(name, fn, {f + i: _GPU_CONFIGS for f in ("half", "float32") for i in ("", "_i64")},
+               _report_signature(pointers, flags), dtypes=("fp32", "fp16", "bf16"),
+               aligned=("C",))
+    for name, fn, pointers, flags in (
+        ("deform_roi_pool_fwd", _deform_roi_pool_fwd_kernel,
+         ("x_ptr", "rois_ptr", "off_ptr", "out_ptr"), {}),
+        ("deform_roi_pool_bwd", _deform_roi_pool_bwd_kernel,
+         ("x_ptr", "rois_ptr", "off_ptr", "go_ptr"), dict(NEED_INPUT=True, NEED_OFFSET=True)))
+]

@@ -10,8 +10,8 @@ Determinism: the forward and the offset gradient are deterministic (per-channel-
 sums added here); the input gradient uses atomics, so under
 ``torch.use_deterministic_algorithms(True)`` it comes from ``roi_pool_torch`` instead.
 
-``REPORT_KERNELS`` lists the kernels with the launch configurations used on a GPU, for the
-offline register/spill report (compiled with the ptxas bundled in the Triton wheel).
+The channel blocks and warps used on a GPU (``GPU_BLOCKS_C``, ``num_warps``) live beside the
+kernels, whose ``KERNEL_SPECS`` the offline register/spill report compiles.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .. import roi_pool_torch
 from . import roi_pool_kernels as kernels
+from .roi_pool_kernels import GPU_BLOCKS_C, num_warps
 
 # Channel block on CPU tensors (the interpreter): small, so tiny test shapes still run several
 # channel blocks. Tests may change it.
@@ -32,18 +33,12 @@ INTERPRETER_BLOCK_C = 4
 # kernel forgot fails loudly.
 DEBUG_FILL_NAN = False
 INT32_MAX = 2**31 - 1
-GPU_BLOCKS_C = (32, 64, 128, 256)
 
 
 def _block_c(C: int, cuda: bool) -> int:
     if not cuda:
         return INTERPRETER_BLOCK_C
     return max(GPU_BLOCKS_C[0], min(GPU_BLOCKS_C[-1], triton.next_power_of_2(C)))
-
-
-def num_warps(block_c: int) -> int:
-    """One channel per thread: with two, ptxas spills in the backward (sm_80, BLOCK_C 256)."""
-    return max(1, block_c // 32)
 
 
 def _index_64(N: int, C: int, H: int, W: int, R: int, ph: int, pw: int) -> bool:
@@ -153,34 +148,3 @@ class _device:
         if self.guard is not None:
             return self.guard.__exit__(*exc)
         return False
-
-
-# What a GPU launch compiles (for the register/spill report): per kernel and channel block,
-# the pointer and scalar argument types, the constexprs and the launch options.
-_SCALARS = dict(N="i32", C="i32", H="i32", W="i32", spatial_scale="fp32", gamma="fp32",
-                sampling_ratio="i32")
-
-
-def _report_entry(name, kernel, pointers, block_c, index_64, dtype, **flags):
-    sig = {p: (f"*{dtype}" if p in ("x_ptr", "rois_ptr", "off_ptr", "out_ptr", "go_ptr")
-               else "*fp32") for p in pointers}
-    sig.update(_SCALARS)
-    if "gin_ptr" in pointers:
-        sig["R"] = "i32"
-    return dict(name=f"{name}[BLOCK_C={block_c},{dtype}{',int64' if index_64 else ''}]",
-                kernel=kernel, signature=sig,
-                constexprs=dict(PH=7, PW=7, HAS_OFFSET=True, INDEX_64=index_64,
-                                BLOCK_C=block_c, **flags),
-                num_warps=num_warps(block_c), num_stages=1)
-
-
-REPORT_KERNELS = [
-    _report_entry(name, kernel, ptrs, bc, i64, dt, **flags)
-    for name, kernel, ptrs, flags in (
-        ("deform_roi_pool_fwd", kernels._deform_roi_pool_fwd_kernel,
-         ("x_ptr", "rois_ptr", "off_ptr", "out_ptr"), {}),
-        ("deform_roi_pool_bwd", kernels._deform_roi_pool_bwd_kernel,
-         ("x_ptr", "rois_ptr", "off_ptr", "go_ptr", "gin_ptr", "goff_ptr"),
-         dict(NEED_INPUT=True, NEED_OFFSET=True)))
-    for bc in GPU_BLOCKS_C for i64 in (False, True) for dt in ("fp32", "bf16")
-]

@@ -15,6 +15,8 @@ from typing import Callable, Dict, Sequence, Tuple
 # "tf32" is float32 data with TF32 dots.
 DTYPES = ("fp32", "tf32", "fp16", "bf16")
 ELEMENT = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+# Names of the constexpr index-width switch (64-bit address arithmetic) the kernels use.
+INDEX_SWITCHES = ("INDEX_64", "IDX64")
 
 
 def dot_precision(label: str) -> str:
