@@ -130,21 +130,30 @@ class Problem:
             mask=(torch.rand(self.N, self.offset_groups * K, *o, generator=g, dtype=f64)
                   if self.mask else None),
         )
-        out = {}
-        for k, v in t.items():
-            if v is not None:
-                v = v.to(dtype).to(device)
-                if requires_grad:
-                    v.requires_grad_()
-            out[k] = v
-        return out
+        return _rounded(t, dtype, device, ARGS if requires_grad else ())
 
     def grad_out(self, dtype: torch.dtype = torch.float64, device="cpu",
                  seed: int = 1) -> Tensor:
         """A random upstream gradient of the output's shape."""
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(self.N, self.O, *self.out, generator=g,
-                           dtype=torch.float64).to(dtype).to(device)
+        return _random_grad((self.N, self.O, *self.out), dtype, device, seed)
+
+
+def _rounded(t: Dict[str, Optional[Tensor]], dtype: torch.dtype, device,
+             grad_names) -> Dict[str, Optional[Tensor]]:
+    """float64 draws rounded once to ``dtype`` on ``device``; ``grad_names`` require grad."""
+    out = {}
+    for k, v in t.items():
+        if v is not None:
+            v = v.to(dtype).to(device)
+            if k in grad_names:
+                v.requires_grad_()
+        out[k] = v
+    return out
+
+
+def _random_grad(shape, dtype: torch.dtype, device, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(device)
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
@@ -324,17 +333,8 @@ class RoIProblem:
                  rois=self._rois(g),
                  offset=(torch.randn(self.R, 2, ph, pw, generator=g, dtype=torch.float64)
                          * self.offset_scale if self.offset else None))
-        out = {}
-        for k, v in t.items():
-            if v is not None:
-                v = v.to(dtype).to(device)
-                if requires_grad and k != "rois":
-                    v.requires_grad_()
-            out[k] = v
-        return out
+        return _rounded(t, dtype, device, ("input", "offset") if requires_grad else ())
 
     def grad_out(self, dtype: torch.dtype = torch.float64, device="cpu",
                  seed: int = 1) -> Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(self.R, self.C, *self.output_size, generator=g,
-                           dtype=torch.float64).to(dtype).to(device)
+        return _random_grad((self.R, self.C, *self.output_size), dtype, device, seed)

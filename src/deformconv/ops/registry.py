@@ -115,11 +115,16 @@ def _backward(ctx, grad_out):
 deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "deform_conv2d supports first-order gradients only: double backward (create_graph=True "
-        "through the backward, e.g. gradient penalties) is not implemented")
+def forbid_double_backward(backward_op, name: str) -> None:
+    """Register an autograd formula on ``backward_op`` that raises a clear error: the ops have
+    first-order gradients only."""
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            f"{name} supports first-order gradients only: double backward (create_graph=True "
+            f"through the backward, e.g. gradient penalties) is not implemented")
+
+    backward_op.register_autograd(no_double_backward,
+                                  setup_context=lambda ctx, inputs, output: None)
 
 
-deform_conv2d_backward_op.register_autograd(_no_double_backward,
-                                            setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward(deform_conv2d_backward_op, "deform_conv2d")

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import dispatch, geometry, torch_impl_nd
 from .autocast import AUTOCAST_DTYPE, DEVICE_TYPES
+from .registry import forbid_double_backward
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -80,12 +81,7 @@ def _define(R: int):
 
     fwd.register_autograd(grad, setup_context=setup_context)
 
-    def no_double_backward(ctx, *grads):
-        raise RuntimeError(
-            f"{name} supports first-order gradients only: double backward (create_graph=True "
-            f"through the backward, e.g. gradient penalties) is not implemented")
-
-    bwd.register_autograd(no_double_backward, setup_context=lambda ctx, inputs, output: None)
+    forbid_double_backward(bwd, name)
 
     @fwd.register_kernel(("cpu", "cuda"))
     def _(input, weight, offset, mask, bias, stride, padding, dilation):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import dispatch, roi_pool_torch
+from .registry import forbid_double_backward
 
 AUTOCAST_DTYPE = torch.float32
 AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
@@ -73,14 +74,7 @@ def _backward(ctx, grad_out):
 deform_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "deform_roi_pool supports first-order gradients only: double backward (create_graph="
-        "True through the backward, e.g. gradient penalties) is not implemented")
-
-
-deform_roi_pool_backward_op.register_autograd(_no_double_backward,
-                                              setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward(deform_roi_pool_backward_op, "deform_roi_pool")
 
 for _device_type in AUTOCAST_DEVICE_TYPES:
     torch.library.register_autocast(deform_roi_pool_op, _device_type, AUTOCAST_DTYPE)

@@ -34,8 +34,9 @@ Autotune configurations sit beside each kernel (``*_CONFIGS``); ``KERNEL_SPECS``
 feeds the offline resource report (``report.py``).
 """
 
-import triton
 import triton.language as tl
+
+import triton
 
 from .spec import ELEMENT, KernelSpec, dot_precision
 

@@ -28,8 +28,9 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import triton
 from torch import Tensor
+
+import triton
 
 from .. import geometry
 from . import kernels, spec

@@ -25,8 +25,9 @@ indices are clamped, and every load and atomic is masked by corner validity, so 
 form an out-of-bounds address; such samples contribute 0 and get zero offset/mask gradients.
 """
 
-import triton
 import triton.language as tl
+
+import triton
 
 from .spec import ELEMENT, KernelSpec, dot_precision
 

@@ -17,8 +17,9 @@ import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import triton
 from torch import Tensor
+
+import triton
 
 from .. import geometry, torch_impl_nd
 from . import nd_kernels

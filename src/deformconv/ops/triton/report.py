@@ -24,9 +24,10 @@ import subprocess
 import tempfile
 from typing import Dict, Iterator, List, Tuple
 
-import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+import triton
 
 from .spec import INDEX_SWITCHES, KernelSpec, family
 

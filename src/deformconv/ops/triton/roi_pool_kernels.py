@@ -19,8 +19,9 @@ bounds the loops whatever the region's size. ``INDEX_64`` switches the address a
 64 bits; the launcher sets it only when an element index can exceed 2**31 - 1.
 """
 
-import triton
 import triton.language as tl
+
+import triton
 
 from .spec import ELEMENT, KernelSpec
 

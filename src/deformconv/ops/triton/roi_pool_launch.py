@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import triton
 from torch import Tensor
+
+import triton
 
 from .. import roi_pool_torch
 from . import roi_pool_kernels as kernels
