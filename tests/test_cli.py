@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_help_names_every_subcommand(capsys):
     from deformconv.cli import COMMANDS
     names = [m.NAME for m in COMMANDS]
-    assert names == ["check", "info", "bench", "demo", "visualize"]
+    assert names == ["check", "info", "kernels", "bench", "demo", "visualize"]
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
