@@ -134,6 +134,14 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
+def config_table(names, rows_by_family, num_stages=2):
+    """Autotune config lists by family (``spec.family``) from rows of block sizes (in the
+    order of ``names``) followed by ``num_warps``."""
+    return {fam: [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1],
+                                num_stages=num_stages) for row in rows]
+            for fam, rows in rows_by_family.items()}
+
+
 # Config lists by family (``spec.family``): float16/bfloat16 ("half") or float32 data, with
 # 32-bit or 64-bit ("_i64") indices; each list is the set that compiles without register
 # spills for sm_90a and sm_80 (``deformconv kernels``).
@@ -142,23 +150,12 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
 # SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
 # smaller tiles, so every config below stays a valid choice for every map. float32 (FMA or
 # TF32 dots) needs narrower channel blocks than float16/bfloat16 to stay within registers.
-FWD_CONFIGS = {
-    "half": [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-    ],
-    "float32": [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
-    ],
-    "half_i64": [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-    ],
-    "float32_i64": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
-    ],
-}
+FWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_C"), {
+    "half": [(64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8)],
+    "float32": [(64, 64, 16, 4), (128, 64, 16, 8)],
+    "half_i64": [(64, 64, 32, 4)],
+    "float32_i64": [(32, 64, 16, 8)],
+})
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)
@@ -217,24 +214,12 @@ def _deform_conv2d_fwd_kernel(
 
 
 # Input/offset/mask gradients: one program per (pixel tile, offset group x tap).
-BWD_DATA_CONFIGS = {
-    "half": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_O": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-    ],
-    "float32": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_O": 16, "BLOCK_C": 16}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-    ],
-    "half_i64": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-    ],
-    "float32_i64": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_O": 32, "BLOCK_C": 32}, num_warps=8, num_stages=2),
-    ],
-}
+BWD_DATA_CONFIGS = config_table(("BLOCK_M", "BLOCK_O", "BLOCK_C"), {
+    "half": [(32, 64, 32, 4), (32, 32, 32, 4), (64, 32, 32, 8)],
+    "float32": [(32, 16, 16, 4), (32, 32, 32, 8)],
+    "half_i64": [(32, 32, 32, 4), (64, 32, 32, 8)],
+    "float32_i64": [(32, 32, 32, 8)],
+})
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)

@@ -128,6 +128,27 @@ def _and(vec, flag):
 
 
 @triton.jit
+def _sample_row(y0, bin_h, ghf, k, H, W, b):
+    """Sample row k of a bin: (unclamped y, in range, low row, high row, weight of the high
+    row, flat pixel index of the low row's start, of the high row's start)."""
+    y, oky, yl, yh, ly = _axis(y0, bin_h, ghf, k, H)
+    return y, oky, yl, yh, ly, (b * H + yl.to(tl.int32)) * W, (b * H + yh.to(tl.int32)) * W
+
+
+@triton.jit
+def _sample_corners(x0, bin_w, gwf, k, W, oky, valid, row_l, row_h, C, cc, c_ok):
+    """Sample k of a bin row: (unclamped x, in range, load mask of channels cc, low column,
+    high column, weight of the high column, and the channels-last addresses of the four
+    corners (low row low column, low high, high low, high high))."""
+    x, okx, xl, xh, lx = _axis(x0, bin_w, gwf, k, W)
+    ok = oky & okx & valid
+    xli = xl.to(tl.int32)
+    xhi = xh.to(tl.int32)
+    return (x, ok, _and(c_ok, ok), xl, xh, lx, (row_l + xli) * C + cc, (row_l + xhi) * C + cc,
+            (row_h + xli) * C + cc, (row_h + xhi) * C + cc)
+
+
+@triton.jit
 def _program(N, C, PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
              INDEX_64: tl.constexpr):
     """(region, bin row, bin column, channels of this block, their mask, channel block)."""
@@ -143,6 +164,22 @@ def _program(N, C, PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
 
 
 @triton.jit
+def _bin(rois_ptr, off_ptr, N, C, H, W, spatial_scale, gamma, sampling_ratio,
+         PH: tl.constexpr, PW: tl.constexpr, HAS_OFFSET: tl.constexpr,
+         INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's bin and channels (``_program``) and the bin's geometry (``_region``),
+    the image index widened to 64 bits with INDEX_64."""
+    r, i, j, cc, c_ok, cb = _program(N, C, PH, PW, BLOCK_C, INDEX_64)
+    b, valid, roi_w, roi_h, bin_w, bin_h, ghf, gwf, count, y0, x0, lo_y, n_y, lo_x, n_x = \
+        _region(rois_ptr, off_ptr, r, i, j, N, H, W, spatial_scale, gamma, PH, PW,
+                sampling_ratio, HAS_OFFSET)
+    if INDEX_64:
+        b = b.to(tl.int64)
+    return (r, i, j, cc, c_ok, cb, b, valid, roi_w, roi_h, bin_w, bin_h, ghf, gwf, count,
+            y0, x0, lo_y, n_y, lo_x, n_x)
+
+
+@triton.jit
 def _deform_roi_pool_fwd_kernel(
         x_ptr,       # input, channels-last (N, H, W, C)
         rois_ptr,    # rois (R, 5)
@@ -151,27 +188,19 @@ def _deform_roi_pool_fwd_kernel(
         N, C, H, W, spatial_scale, gamma, sampling_ratio,
         PH: tl.constexpr, PW: tl.constexpr,
         HAS_OFFSET: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr):
-    r, i, j, cc, c_ok, cb = _program(N, C, PH, PW, BLOCK_C, INDEX_64)
-    b, valid, roi_w, roi_h, bin_w, bin_h, ghf, gwf, count, y0, x0, lo_y, n_y, lo_x, n_x = \
-        _region(rois_ptr, off_ptr, r, i, j, N, H, W, spatial_scale, gamma, PH, PW,
-                sampling_ratio, HAS_OFFSET)
-    if INDEX_64:
-        b = b.to(tl.int64)
+    r, i, j, cc, c_ok, cb, b, valid, roi_w, roi_h, bin_w, bin_h, ghf, gwf, count, y0, x0, \
+        lo_y, n_y, lo_x, n_x = _bin(rois_ptr, off_ptr, N, C, H, W, spatial_scale, gamma,
+                                    sampling_ratio, PH, PW, HAS_OFFSET, INDEX_64, BLOCK_C)
     acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for ty in range(n_y):
-        y, oky, yl, yh, ly = _axis(y0, bin_h, ghf, lo_y + ty, H)
-        row_l = (b * H + yl.to(tl.int32)) * W
-        row_h = (b * H + yh.to(tl.int32)) * W
+        y, oky, yl, yh, ly, row_l, row_h = _sample_row(y0, bin_h, ghf, lo_y + ty, H, W, b)
         for tx in range(n_x):
-            x, okx, xl, xh, lx = _axis(x0, bin_w, gwf, lo_x + tx, W)
-            ok = oky & okx & valid
-            m = _and(c_ok, ok)
-            xli = xl.to(tl.int32)
-            xhi = xh.to(tl.int32)
-            v00 = tl.load(x_ptr + (row_l + xli) * C + cc, mask=m, other=0.0).to(tl.float32)
-            v01 = tl.load(x_ptr + (row_l + xhi) * C + cc, mask=m, other=0.0).to(tl.float32)
-            v10 = tl.load(x_ptr + (row_h + xli) * C + cc, mask=m, other=0.0).to(tl.float32)
-            v11 = tl.load(x_ptr + (row_h + xhi) * C + cc, mask=m, other=0.0).to(tl.float32)
+            x, ok, m, xl, xh, lx, a00, a01, a10, a11 = _sample_corners(
+                x0, bin_w, gwf, lo_x + tx, W, oky, valid, row_l, row_h, C, cc, c_ok)
+            v00 = tl.load(x_ptr + a00, mask=m, other=0.0).to(tl.float32)
+            v01 = tl.load(x_ptr + a01, mask=m, other=0.0).to(tl.float32)
+            v10 = tl.load(x_ptr + a10, mask=m, other=0.0).to(tl.float32)
+            v11 = tl.load(x_ptr + a11, mask=m, other=0.0).to(tl.float32)
             hy = 1.0 - ly
             hx = 1.0 - lx
             acc += (hy * hx) * v00 + (hy * lx) * v01 + (ly * hx) * v10 + (ly * lx) * v11
@@ -191,31 +220,19 @@ def _deform_roi_pool_bwd_kernel(
         PH: tl.constexpr, PW: tl.constexpr,
         HAS_OFFSET: tl.constexpr, NEED_INPUT: tl.constexpr, NEED_OFFSET: tl.constexpr,
         INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr):
-    r, i, j, cc, c_ok, cb = _program(N, C, PH, PW, BLOCK_C, INDEX_64)
-    b, valid, roi_w, roi_h, bin_w, bin_h, ghf, gwf, count, y0, x0, lo_y, n_y, lo_x, n_x = \
-        _region(rois_ptr, off_ptr, r, i, j, N, H, W, spatial_scale, gamma, PH, PW,
-                sampling_ratio, HAS_OFFSET)
-    if INDEX_64:
-        b = b.to(tl.int64)
+    r, i, j, cc, c_ok, cb, b, valid, roi_w, roi_h, bin_w, bin_h, ghf, gwf, count, y0, x0, \
+        lo_y, n_y, lo_x, n_x = _bin(rois_ptr, off_ptr, N, C, H, W, spatial_scale, gamma,
+                                    sampling_ratio, PH, PW, HAS_OFFSET, INDEX_64, BLOCK_C)
     g = tl.load(go_ptr + (r * C + cc) * (PH * PW) + i * PW + j, mask=c_ok,
                 other=0.0).to(tl.float32) / count
     sx = 0.0
     sy = 0.0
     hit = 0.0
     for ty in range(n_y):
-        y, oky, yl, yh, ly = _axis(y0, bin_h, ghf, lo_y + ty, H)
-        row_l = (b * H + yl.to(tl.int32)) * W
-        row_h = (b * H + yh.to(tl.int32)) * W
+        y, oky, yl, yh, ly, row_l, row_h = _sample_row(y0, bin_h, ghf, lo_y + ty, H, W, b)
         for tx in range(n_x):
-            x, okx, xl, xh, lx = _axis(x0, bin_w, gwf, lo_x + tx, W)
-            ok = oky & okx & valid
-            m = _and(c_ok, ok)
-            xli = xl.to(tl.int32)
-            xhi = xh.to(tl.int32)
-            a00 = (row_l + xli) * C + cc
-            a01 = (row_l + xhi) * C + cc
-            a10 = (row_h + xli) * C + cc
-            a11 = (row_h + xhi) * C + cc
+            x, ok, m, xl, xh, lx, a00, a01, a10, a11 = _sample_corners(
+                x0, bin_w, gwf, lo_x + tx, W, oky, valid, row_l, row_h, C, cc, c_ok)
             if NEED_INPUT:
                 hy = 1.0 - ly
                 hx = 1.0 - lx
