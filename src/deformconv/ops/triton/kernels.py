@@ -135,27 +135,14 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
 
 
 def config_table(names, rows_by_family, num_stages=2):
-    """Autotune config lists by family (``spec.family``) from rows of block sizes (in the
-    order of ``names``) followed by ``num_warps``."""
+    """Autotune config lists by family (``spec.family``: float16/bfloat16 ("half") or float32
+    data, with 32-bit or 64-bit ("_i64") indices) from rows of block sizes (in the order of
+    ``names``) followed by ``num_warps``. Each kernel's table follows the kernel; each list is
+    the set that compiles without register spills for sm_90a and sm_80 (``deformconv
+    kernels``)."""
     return {fam: [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1],
                                 num_stages=num_stages) for row in rows]
             for fam, rows in rows_by_family.items()}
-
-
-# Config lists by family (``spec.family``): float16/bfloat16 ("half") or float32 data, with
-# 32-bit or 64-bit ("_i64") indices; each list is the set that compiles without register
-# spills for sm_90a and sm_80 (``deformconv kernels``).
-#
-# Forward: [BLOCK_M pixels, BLOCK_N output channels] tiles. Small maps split the taps over
-# SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
-# smaller tiles, so every config below stays a valid choice for every map. float32 (FMA or
-# TF32 dots) needs narrower channel blocks than float16/bfloat16 to stay within registers.
-FWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_C"), {
-    "half": [(64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8)],
-    "float32": [(64, 64, 16, 4), (128, 64, 16, 8)],
-    "half_i64": [(64, 64, 32, 4)],
-    "float32_i64": [(32, 64, 16, 8)],
-})
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)
@@ -213,21 +200,21 @@ def _deform_conv2d_fwd_kernel(
              mask=pix_ok[:, None] & oc_ok[None, :])
 
 
-# Input/offset/mask gradients: one program per (pixel tile, offset group x tap).
-BWD_DATA_CONFIGS = config_table(("BLOCK_M", "BLOCK_O", "BLOCK_C"), {
-    "half": [(32, 64, 32, 4), (32, 32, 32, 4), (64, 32, 32, 8)],
-    "float32": [(32, 16, 16, 4), (32, 32, 32, 8)],
-    "half_i64": [(32, 32, 32, 4), (64, 32, 32, 8)],
-    "float32_i64": [(32, 32, 32, 8)],
+# Forward: [BLOCK_M pixels, BLOCK_N output channels] tiles. Small maps split the taps over
+# SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
+# smaller tiles, so every config below stays a valid choice for every map. float32 (FMA or
+# TF32 dots) needs narrower channel blocks than float16/bfloat16 to stay within registers.
+FWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_C"), {
+    "half": [(64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8)],
+    "float32": [(64, 64, 16, 4), (128, 64, 16, 8)],
+    "half_i64": [(64, 64, 32, 4)],
+    "float32_i64": [(32, 64, 16, 8)],
 })
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)
 def _deform_conv2d_bwd_data_kernel(
-        x_ptr,      # input, channels-last (N, H, W, C)
-        w_ptr,      # weight (groups, K, Cg, Og)
-        off_ptr,    # offset (N, 2*G*K, oH, oW)
-        mask_ptr,   # mask (N, G*K, oH, oW); unused without HAS_MASK
+        x_ptr, w_ptr, off_ptr, mask_ptr,  # the forward kernel's inputs, same layouts
         gout_ptr,   # output gradient (N, O, oH, oW)
         gin_ptr,    # float32 input gradient, channels-last (N, H, W, C), zeroed, atomics
         goff_ptr,   # offset gradient (N, 2*G*K, oH, oW), every element written if NEED_OM
@@ -316,6 +303,15 @@ def _deform_conv2d_bwd_data_kernel(
             gm = ins * (hy * hx * s00 + hy * lx * s01 + ly * hx * s10 + ly * lx * s11)
             tl.store(gmask_ptr + n * (G * K) * oHW + ch * oHW + rem,
                      gm.to(gmask_ptr.dtype.element_ty), mask=pix_ok)
+
+
+# Input/offset/mask gradients: one program per (pixel tile, offset group x tap).
+BWD_DATA_CONFIGS = config_table(("BLOCK_M", "BLOCK_O", "BLOCK_C"), {
+    "half": [(32, 64, 32, 4), (32, 32, 32, 4), (64, 32, 32, 8)],
+    "float32": [(32, 16, 16, 4), (32, 32, 32, 8)],
+    "half_i64": [(32, 32, 32, 4), (64, 32, 32, 8)],
+    "float32_i64": [(32, 32, 32, 8)],
+})
 
 
 # Weight gradient: [BLOCK_C, BLOCK_N] tiles. BLOCK_C is fixed at WEIGHT_BLOCK_C on the GPU
