@@ -79,6 +79,7 @@ def test_paired_difference_and_verdict():
     assert not d["separated"]  # 0.02 < 0.0248
     assert paired([0.02, 0.025, 0.03])["separated"]  # 0.025 > 0.0124
     assert not paired([0.03, -0.01, 0.01])["separated"]
+    assert paired([0.03, -0.01, 0.01, 0.0])["positive"] == 2  # zero is not above zero
     assert not paired([0.5])["separated"]  # one seed separates nothing
 
 

@@ -11,13 +11,15 @@ _T95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26]
 
 def paired(xs: List[float]) -> Dict[str, object]:
     """Mean, standard deviation and 95% confidence half-width of per-seed differences, and
-    whether the interval excludes zero (``separated``); one seed cannot separate anything."""
+    whether the interval excludes zero (``separated``); one seed cannot separate anything.
+    ``positive``: how many of the differences are above zero."""
     n = len(xs)
     mean = statistics.mean(xs)
     sd = statistics.stdev(xs) if n > 1 else float("nan")
     half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * sd / n ** 0.5 if n > 1 \
         else float("inf")
-    return {"n": n, "mean": mean, "sd": sd, "ci95": half, "separated": abs(mean) > half}
+    return {"n": n, "mean": mean, "sd": sd, "ci95": half, "separated": abs(mean) > half,
+            "positive": sum(x > 0 for x in xs)}
 
 
 def _pm(xs: List[float], scale: float = 100, unit: str = "%") -> str:
@@ -47,7 +49,8 @@ def summarize(runs: List[Dict]) -> Dict[str, object]:
         f"{_pm([deform[s]['spread_small'] for s in seeds], 1, ' px')}, large digits "
         f"{_pm([deform[s]['spread_large'] for s in seeds], 1, ' px')}, background "
         f"{_pm([deform[s]['spread_background'] for s in seeds], 1, ' px')}; large minus "
-        f"small {growth['mean']:+.2f} px (95% interval ± {growth['ci95']:.2f})"]
+        f"small {growth['mean']:+.2f} px (95% interval ± {growth['ci95']:.2f}; positive in "
+        f"{growth['positive']} of {growth['n']} seeds)"]
     return {"seeds": seeds, "accuracy_difference": acc, "spread_growth": growth,
             "background_minus_small": background, "lines": lines}
 
@@ -105,8 +108,9 @@ def write_report(path, results: Dict) -> None:
             ("spread_small", "spread_large", "spread_background")}
     lines += ["", f"Large minus small digits: {growth['mean']:+.2f} px, 95% interval over seeds "
               f"± {growth['ci95']:.2f}: " + ("the receptive field grows with the digit, "
-                                             "separated from the seed spread." if grows else
-                                             "not separated from the seed spread."), ""]
+                                             "separated from the seed spread" if grows else
+                                             "not separated from the seed spread")
+              + f" (larger on large digits in {growth['positive']} of {growth['n']} seeds).", ""]
     if bg is not None:
         largest = mean["spread_background"] > mean["spread_large"]
         lines += [f"Background: {mean['spread_background']:.2f} px against "
