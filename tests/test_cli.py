@@ -295,3 +295,63 @@ def test_info_shows_the_dispatch_description(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "kernels:\n  cpu: BACKEND-UNDER-TEST\n" in out
     assert "embedding_bag" not in out  # the fallback text is not printed as well
+
+
+def _save(path, array):
+    import matplotlib.image
+    matplotlib.image.imsave(path, array.numpy(), vmin=0, vmax=1, cmap="gray" if array.dim() == 2
+                            else None)
+
+
+def test_image_on_grey_paper_pads_with_its_page(tiny_models, tmp_path):
+    """A dark stroke on a grey page (0.67): after inversion the page level becomes 0 like
+    the padding, the stroke's peak 1, and the ink's centre stays where the stroke is."""
+    pytest.importorskip("matplotlib.image")
+    from deformconv.demo.figures import centre_of_mass
+    from deformconv.demo.visualize import load_image
+    img = torch.full((30, 60), 2 / 3)
+    img[5:25, 48:52] = 0.0  # near the right edge
+    _save(tmp_path / "paper.png", img)
+    x, note = load_image(str(tmp_path / "paper.png"), 32)
+    assert "page level 0.33 taken as background" in note
+    assert x[0, 0, :8].abs().max() == 0 and x[0, 0, 24:].abs().max() == 0  # padding
+    assert x[0, 0, 8:24].abs().max() == pytest.approx(1, abs=0.02)
+    page = x[0, 0, 10:22, 2:20]  # the inverted page inside the image, away from the stroke
+    assert page.abs().max() < 0.02
+    y, xc = centre_of_mass(x[0, 0])
+    assert 15 <= y <= 17 and 25 <= xc <= 28  # at the stroke, not pulled to the middle
+
+
+def test_transparent_and_blank_images(tiny_models, tmp_path, capsys):
+    pytest.importorskip("matplotlib.image")
+    from deformconv.demo.visualize import load_image
+    rgba = torch.zeros(32, 32, 4)
+    rgba[8:24, 14:18, 3] = 1  # black strokes, opaque; transparent elsewhere
+    _save(tmp_path / "rgba.png", rgba)
+    x, note = load_image(str(tmp_path / "rgba.png"), 32)
+    assert "light background inverted" in note
+    assert x[0, 0, 8:24, 14:18].min() > 0.9 and x[0, 0, :, :12].max() < 0.02
+    model = str(tiny_models / "deformable.pt")
+    for name, value in (("white", 1.0), ("black", 0.0), ("grey", 0.5)):
+        _save(tmp_path / f"{name}.png", torch.full((20, 30), value))
+        _usage_error(["visualize", "--model", model, "--image", str(tmp_path / f"{name}.png")],
+                     capsys, "--image", f"{name}.png", "no ink found")
+
+
+def test_visualize_says_where_it_traced(tiny_models, tmp_path, capsys):
+    model = str(tiny_models / "deformable.pt")
+    assert main(["visualize", "--model", model, "--index", "0", "--pixel", "12", "20",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # feature pixel round((12 - 1.5) / 4) = 3, round((20 - 1.5) / 4) = 5 -> 13.5, 21.5
+    assert "traced at (13.5, 21.5), the nearest feature pixel to (12, 20)" in out
+    _usage_error(["visualize", "--model", model, "--image", str(tmp_path)], capsys, "--image",
+                 "is a folder")
+    _usage_error(["visualize", "--model", model, "--index", "0", "--canvas", "64"], capsys,
+                 "--canvas", "only applies to --image", "64")
+
+
+def test_demo_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "report.md").write_text("")
+    _usage_error(["demo", "--quick", "--out", str(tmp_path / "report.md")], capsys, "--out",
+                 "report.md", "File exists")

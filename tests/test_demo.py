@@ -109,3 +109,17 @@ def test_masks_are_interpolated_between_pixels():
     i2 = torch.arange(81) // 9 // 3
     torch.testing.assert_close(w, 0.8 * (0.1 + 0.1 * (2 + (i2 - 1) + 0.5)).double())
     torch.testing.assert_close(pts[:, 0] % 1, torch.full((81,), 0.5, dtype=torch.float64))
+
+
+def test_quick_runs_give_no_verdict():
+    """A --quick run's numbers carry no conclusion: its summary and report say so instead of
+    calling a difference separated."""
+    runs = []
+    for seed, (a_plain, a_def) in enumerate([(0.33, 0.17), (0.34, 0.18)]):
+        runs.append({"seed": seed, "variant": "plain", "acc": a_plain})
+        runs.append({"seed": seed, "variant": "deformable", "acc": a_def, "spread_small": 9.0,
+                     "spread_large": 10.0 + 0.1 * seed, "spread_background": 11.0})
+    assert "separated" in summarize(runs)["lines"][0]
+    quick = summarize(runs, quick=True)
+    assert "no verdict" in quick["lines"][0] and "separated" not in quick["lines"][0]
+    assert "carry no conclusion" in quick["lines"][-1]

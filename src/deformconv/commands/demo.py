@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._args import check_device, positive_float, positive_int
+from ._args import check_device, make_folder, positive_float, positive_int
 
 NAME = "demo"
 HELP = ("train a plain and a deformable CNN on digits under random scale, rotation and shear; "
@@ -74,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < args.batch_size:
         parser.error(f"--limit: expected at least --batch-size ({args.batch_size}) digits, "
                      f"since incomplete batches are dropped, got {args.limit}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        make_folder(parser, "--out", args.out)
+        make_folder(parser, "--out", os.path.join(args.out, "models"))
     return run_demo(args)

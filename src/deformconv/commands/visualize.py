@@ -41,11 +41,14 @@ def run(args: argparse.Namespace) -> int:
 
     parser = args.parser
     if args.image is not None and not os.path.isfile(args.image):
-        parser.error(f"--image: expected an image file, got {args.image!r}, which does not "
-                     f"exist")
+        what = "is a folder" if os.path.isdir(args.image) else "does not exist"
+        parser.error(f"--image: expected an image file, got {args.image!r}, which {what}")
     if args.canvas % 4:
         parser.error(f"--canvas: expected a multiple of 4 (the network pools twice by 2), "
                      f"got {args.canvas}")
+    if args.image is None and args.canvas != 32:
+        parser.error(f"--canvas: only applies to --image (the demo's test images are 32x32), "
+                     f"got {args.canvas} without --image")
     if args.out.lower().endswith(".png"):
         parser.error(f"--out: expected a folder (the PNG inside is named after the image), "
                      f"got {args.out!r}")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error(f"--pixel: expected Y X within the {canvas}x{canvas} canvas "
                      f"(0 to {canvas - 1}; feature map {canvas // 4}x{canvas // 4}, "
                      f"feature pixel p at 4p + 1.5), got {args.pixel[0]:g} {args.pixel[1]:g}")
+    make_folder(parser, "--out", args.out)
     try:
         model = load_model(args.model)
         if args.image is not None:
@@ -73,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
             name = f"index{args.index}"
     except ValueError as e:
         parser.error(str(e))
-    make_folder(parser, "--out", args.out)
     path = os.path.join(args.out, f"visualize-{name}.png")
-    visualize(model, image, path, title, args.pixel)
+    result = visualize(model, image, path, title, args.pixel)
+    y, x = result["traced"]
+    print(f"traced at ({y:g}, {x:g}), the nearest feature pixel to "
+          + ("the ink's centre of mass" if args.pixel is None else
+             f"({args.pixel[0]:g}, {args.pixel[1]:g})"))
+    if result["background"] is None:
+        print("no background location (no feature pixel far enough from the ink): drew the "
+              "traced location only")
     print(f"wrote {path}")
     return 0

@@ -120,7 +120,8 @@ def _figures(model, test, out: str, spreads: List[dict]) -> Dict[str, object]:
     centres = [math.sqrt(a * b) for a, b in zip(edges[:-1], edges[1:])]
     spread_plot(centres, [s["spread_by_size"] for s in spreads],
                 [s["spread_background"] for s in spreads if not math.isnan(
-                    s["spread_background"])], os.path.join(out, "spread_vs_size.png"))
+                    s["spread_background"])], os.path.join(out, "spread_vs_size.png"),
+                seeds=[s["seed"] for s in spreads])
     return {"files": files + ["spread_vs_size.png"], "size_bin_centres": centres,
             "examples": cells}
 
@@ -204,7 +205,7 @@ def run(args) -> int:
                     "background_locations": int((~background[:, 0].isnan()).sum()),
                     "parameters": params}
         from .report import summarize, write_report
-        summary = summarize(runs)
+        summary = summarize(runs, quick=args.preset == "quick")
         results = {"settings": settings, "machine": _machine(), "runs": runs,
                    "summary": summary, "figures": figures,
                    "seconds": {"wall": time.perf_counter() - t_start,

@@ -185,11 +185,14 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
                    f"all {d['points']} points on the canvas")
             top.set_title(f"{caption}\nDEFORMABLE: size {d['spread']:.1f} px\n{off}",
                           fontsize=7.5)
-            bottom.set_title(f"PLAIN network, same place: size {f['spread']:.1f} px",
+            plain_off = (f"\n{f['off_image']} of {f['points']} points off the canvas "
+                         f"({100 * f['off_weight']:.0f}% of weight)" if f["off_image"] else "")
+            bottom.set_title(f"PLAIN network, same place: size {f['spread']:.1f} px{plain_off}",
                              fontsize=7.5)
             cells.append({"caption": caption, "spread": d["spread"],
                           "off_canvas": d["off_image"], "points": d["points"],
-                          "off_canvas_weight": d["off_weight"]})
+                          "off_canvas_weight": d["off_weight"],
+                          "plain_off_canvas": f["off_image"]})
         for c in range(len(row), ncol):
             axes[2 * r][c].axis("off")
             axes[2 * r + 1][c].axis("off")
@@ -221,17 +224,25 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
 
 
 def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
-                background: Sequence[float], path) -> str:
+                background: Sequence[float], path,
+                seeds: Optional[Sequence[int]] = None) -> str:
     """Receptive field size against digit size: one thin line per seed, their mean with the
     seeds' standard deviation, the plain network's constant, and the mean over background
     locations. ``per_seed[s][b]`` is seed ``s``'s mean spread of size bin ``b`` (NaN when the
-    bin is empty); ``background[s]`` seed ``s``'s mean spread at background locations."""
+    bin is empty); ``background[s]`` seed ``s``'s mean spread at background locations;
+    ``seeds`` name the thin lines (default 0, 1, ...)."""
     plt = _pyplot()
+    seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
     t = torch.tensor(per_seed, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for s, ys in enumerate(t):
         ax.plot(sizes, ys.tolist(), color="#ff7f0e", alpha=0.35, linewidth=1,
-                label="deformable, each seed" if s == 0 else None)
+                label="deformable, each seed (labelled at its right end)" if s == 0 else None)
+        ends = [i for i in range(len(sizes)) if ys[i] == ys[i]]  # bins that are not NaN
+        if ends:
+            ax.annotate(f"seed {seeds[s]}", (sizes[ends[-1]], ys[ends[-1]].item()),
+                        xytext=(3, 0), textcoords="offset points", fontsize=6.5,
+                        color="#b35900", va="center")
     mean = t.nanmean(0)
     sd = (t - mean).square().nansum(0).div(max(len(t) - 1, 1)).sqrt()
     ax.errorbar(sizes, mean.tolist(), yerr=sd.tolist(), color="#d95f02", linewidth=2,
@@ -242,6 +253,7 @@ def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
         bg = sum(background) / len(background)
         ax.axhline(bg, color="#7570b3", linestyle=":",
                    label=f"deformable, at background locations: {bg:.1f} px (mean)")
+    ax.set_xlim(right=sizes[-1] + 0.12 * (sizes[-1] - sizes[0]))  # room for the seed labels
     ax.set_xlabel("digit size on the canvas (px)")
     ax.set_ylabel("receptive field size (weighted spread, px)")
     ax.set_title("Does the receptive field grow with the digit?", fontsize=10)

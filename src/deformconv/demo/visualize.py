@@ -12,11 +12,17 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+#: Below this contrast (the ink's peak above the page, on a 0-1 scale) an image has no ink.
+MIN_CONTRAST = 0.05
+
 
 def load_image(path: str, canvas: int) -> Tuple[Tensor, str]:
     """A grey image file as Tensor[1, 1, canvas, canvas] in [0, 1] with a dark background,
-    keeping its aspect ratio: the longer side is resized to ``canvas`` and the shorter one
-    padded with background, centred. Returns the image and a sentence saying what was done."""
+    like the demo's digits, keeping its aspect ratio: the longer side is resized to ``canvas``
+    and the shorter one padded with background, centred. Transparent pixels count as page;
+    the page's level (the median of the border pixels) becomes 0 and the ink's peak 1, so the
+    padding matches the page. Returns the image and a sentence saying what was done;
+    ``ValueError`` naming ``--image`` when the file is no image or holds no ink."""
     try:
         import matplotlib.image as mpimg
     except ImportError as e:
@@ -27,16 +33,33 @@ def load_image(path: str, canvas: int) -> Tuple[Tensor, str]:
     except Exception as e:  # not an image matplotlib can read
         raise ValueError(f"--image: expected an image file (PNG, ...), got {path!r}, which "
                          f"cannot be read ({type(e).__name__}: {e})") from None
-    if a.dim() == 3:
-        a = a[..., :3].mean(-1)
+    if a.dim() == 3 and a.shape[-1] in (1, 2, 3, 4):
+        if a.max() > 1:
+            a = a / 255.0
+        colour = a.shape[-1] in (3, 4)
+        grey = a[..., :3].mean(-1) if colour else a[..., 0]
+        if a.shape[-1] in (2, 4):  # alpha: composite onto the page the opaque pixels show
+            alpha = a[..., -1]
+            opaque = grey[alpha > 0.5]
+            page = 1.0 if opaque.numel() == 0 or opaque.mean() < 0.5 else 0.0
+            grey = alpha * grey + (1 - alpha) * page
+        a = grey
+    elif a.max() > 1:
+        a = a / 255.0
     if a.dim() != 2 or min(a.shape) < 1:
         raise ValueError(f"--image: expected a 2-D image, got {path!r} of shape "
                          f"{tuple(a.shape)}")
-    if a.max() > 1:
-        a = a / 255.0
-    inverted = bool(a.mean() > 0.5)
+    border = torch.cat((a[0], a[-1], a[:, 0], a[:, -1]))
+    page = border.median()
+    inverted = bool(page > 0.5)
     if inverted:  # dark strokes on a light page: invert, the demo's digits are light
-        a = 1 - a
+        a, page = 1 - a, 1 - page
+    peak = a.max() - page
+    if peak < MIN_CONTRAST:
+        raise ValueError(f"--image: expected strokes that stand out from the page, got "
+                         f"{path!r}, whose pixels differ from its border's level by at most "
+                         f"{peak.item():.3f} (of 1): no ink found")
+    a = ((a - page) / peak).clamp(0, 1)
     H, W = a.shape
     h, w = max(1, round(canvas * H / max(H, W))), max(1, round(canvas * W / max(H, W)))
     small = F.interpolate(a[None, None], size=(h, w), mode="bilinear", antialias=True,
@@ -48,6 +71,8 @@ def load_image(path: str, canvas: int) -> Tuple[Tensor, str]:
         note += f", padded with background to {canvas}x{canvas}"
     if inverted:
         note += ", light background inverted"
+    if page > 0.02:
+        note += f", page level {page.item():.2f} taken as background"
     return out, note
 
 
@@ -85,18 +110,26 @@ def visualize(model, image: Tensor, path: str, title: str,
     (Tensor[1, 1, S, S]), beside the plain grid, and at a background location when the image
     has one; write the PNG ``path``. ``pixel``: the canvas location (y, x) traced (default:
     the ink's centre of mass). Returns the figure's per-cell numbers."""
-    from .figures import attention_figure, background_location, centre_of_mass
+    from .figures import attention_figure, background_location, centre_of_mass, feature_pixel
+    from .model import OFFSET, STRIDE
 
     img = image[0, 0]
-    centre = tuple(pixel) if pixel is not None else centre_of_mass(img)
+    asked = tuple(pixel) if pixel is not None else centre_of_mass(img)
+    # the layers' output lives on the feature grid: the location traced is its nearest pixel
+    traced = tuple(p * STRIDE + OFFSET for p in feature_pixel(asked, img.shape[-1] // STRIDE))
     with torch.no_grad():
         pred = model(image).argmax(1).item()
-    cells = [(img, centre, f"{title}\npredicted {pred}; traced at "
-                           f"({centre[0]:.0f}, {centre[1]:.0f})")]
+    where = ("the ink's centre of mass" if pixel is None else
+             f"asked ({asked[0]:g}, {asked[1]:g})")
+    cells = [(img, traced, f"{title}\ndeformable network predicts {pred}\ntraced at "
+                           f"({traced[0]:g}, {traced[1]:g}): nearest feature pixel to {where}")]
     bg = background_location(img)
     if bg is not None:
         cells.append((img, bg, "background location\n(farthest from the ink)"))
-    return attention_figure(model, [cells], path, "Where the deformable layers read (x)")
+    result = attention_figure(model, [cells], path, "Where the deformable layers read (x)")
+    result["traced"] = traced
+    result["background"] = bg
+    return result
 
 
 __all__ = ["load_image", "load_model", "visualize"]
