@@ -33,13 +33,21 @@ QUICK = [problem(1, 32, 20, 24, 32), problem(2, 16, 12, 12, 16, offset_groups=2)
 
 def machine_info() -> Dict[str, object]:
     cpu = platform.processor() or platform.machine()
+    vector = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+            lines = f.readlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
+        flags = set(next(line.split(":", 1)[1].split() for line in lines
+                         if line.startswith("flags")))
+        # the widest x86 vector extension: CPU kernels' speed differs between them
+        vector = ("avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else
+                  "avx" if "avx" in flags else "none")
     except (OSError, StopIteration):
         pass
     info: Dict[str, object] = {
-        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu, "vector_isa": vector, "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__,
         "platform": platform.platform(),
     }

@@ -164,7 +164,8 @@ def write_report(path, results: Dict) -> None:
     if sec:
         lines.append(f"| run time | {sec['wall']:.0f} s wall, {sec['cpu_main_process']:.0f} s "
                      "CPU (training and evaluation, one process) |")
-    lines += [f"| machine | {m.get('cpu')}, {m.get('cores')} cores |",
+    lines += [f"| machine | {m.get('cpu')} ({m.get('vector_isa', 'vector ISA not recorded')}), "
+              f"{m.get('cores')} cores |",
               f"| versions | python {m.get('python')}, torch {m.get('torch')}, deformconv "
               f"{m.get('deformconv')} |", f"| commit | {m.get('commit')} |", ""]
     with open(path, "w") as fh:
