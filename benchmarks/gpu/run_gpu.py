@@ -173,9 +173,9 @@ class Context:
 
 
 def step_functions() -> dict:
-    import bench
-    import checks
-    import tools
+    import gpu_bench as bench
+    import gpu_checks as checks
+    import gpu_tools as tools
     return {"pytest": checks.step_pytest, "correctness": checks.step_correctness,
             "compile": checks.step_compile, "sanitizer": tools.step_sanitizer,
             "bench": bench.step_bench, "bench_nd": bench.step_bench_nd,

@@ -1,7 +1,7 @@
 """What ``run_gpu.py`` runs under compute-sanitizer and Nsight Compute, in a process of its own:
 
-    python benchmarks/gpu/child.py hostile [--device cuda]   # steps sanitizer
-    python benchmarks/gpu/child.py profile [--device cuda]   # step ncu
+    python benchmarks/gpu/gpu_child.py hostile [--device cuda]   # steps sanitizer
+    python benchmarks/gpu/gpu_child.py profile [--device cuda]   # step ncu
 
 ``hostile``: forward+backward of the 2-D op with NaN/inf/1e30 offsets, and of deformable RoI
 pooling with hostile regions (NaN/inf/1e30 coordinates, batch indices out of range through the

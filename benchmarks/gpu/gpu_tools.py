@@ -1,4 +1,4 @@
-"""Steps of ``run_gpu.py`` that wrap CUDA tools around ``child.py``: ``sanitizer``
+"""Steps of ``run_gpu.py`` that wrap CUDA tools around ``gpu_child.py``: ``sanitizer``
 (compute-sanitizer memcheck and racecheck) and ``ncu`` (Nsight Compute)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CHILD = HERE / "child.py"
+CHILD = HERE / "gpu_child.py"
 SANITIZER_TOOLS = ("memcheck", "racecheck")
 # Nsight Compute metrics copied from the report's details page into ncu.json.
 NCU_METRICS = ("Duration", "Compute (SM) Throughput", "Memory Throughput", "DRAM Throughput",
@@ -62,12 +62,12 @@ def sanitizer_errors(text: str):
 
 
 def step_sanitizer(rec, ctx):
-    """memcheck and racecheck on ``child.py hostile``: exit code, error count, the child's
-    verdict. PYTORCH_NO_CUDA_MEMORY_CACHING=1 so stray accesses are not hidden inside the
+    """memcheck and racecheck on ``gpu_child.py hostile``: exit code, error count, the
+    child's verdict. PYTORCH_NO_CUDA_MEMORY_CACHING=1 so stray accesses are not hidden inside the
     caching allocator's blocks. Zero errors and a passing child required."""
     torch = ctx.torch
     if ctx.dry:
-        import child
+        import gpu_child as child
         verdict = "ok"
         try:
             child.run_hostile(torch, "cpu")
@@ -114,7 +114,7 @@ def step_sanitizer(rec, ctx):
 
 
 def ncu_command(ncu: str, report: str, section_set: str) -> list:
-    from child import NVTX_RANGE
+    from gpu_child import NVTX_RANGE
     return [ncu, "--set", section_set, "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
             "--kernel-name", "regex:deform_conv2d", "--clock-control", "none",
             "--target-processes", "all", "--force-overwrite", "--export", report,
@@ -138,9 +138,10 @@ def ncu_metrics(details_csv: str) -> list:
 
 def step_ncu(rec, ctx):
     """Nsight Compute (``--set`` from ``--ncu-set``, clocks left as found) on one forward and
-    one backward of ours at child.PROFILE_SHAPE, bfloat16: the report ``ncu_bf16.ncu-rep``
-    and its details page ``ncu_details.csv`` under --out, key metrics per kernel as rows."""
-    import child
+    one backward of ours at ``gpu_child.PROFILE_SHAPE``, bfloat16: the report
+    ``ncu_bf16.ncu-rep`` and its details page ``ncu_details.csv`` under --out; key metrics
+    per kernel as rows."""
+    import gpu_child as child
     out = Path(ctx.args.out)
     report = str(out / "ncu_bf16")
     if ctx.dry:
