@@ -1,0 +1,208 @@
+"""The GPU script's own logic, without a GPU: step selection, rows written as they arrive,
+errors recorded instead of raised, the parsers of pytest's, compute-sanitizer's and Nsight
+Compute's output, and ``table.py``'s tables and goals on synthetic rows and on a dry run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = ROOT / "benchmarks" / "gpu"
+sys.path.insert(0, str(GPU))
+
+import gpu_checks  # noqa: E402
+import gpu_tools  # noqa: E402
+import run_gpu  # noqa: E402
+import table  # noqa: E402
+
+META = {"gpu": "test", "driver": "0", "torch": "0", "triton": "0", "commit": "c0ffee",
+        "dry_run": False}
+
+
+def test_steps_are_selected_in_order_and_unknown_ones_refused():
+    assert run_gpu.parse_steps("bench,pytest") == ["pytest", "bench"]
+    assert run_gpu.parse_steps("all") == list(run_gpu.STEPS)
+    with pytest.raises(ValueError, match="bnech"):
+        run_gpu.parse_steps("bench,bnech")
+    with pytest.raises(ValueError):
+        run_gpu.parse_steps(",")
+
+
+def test_rows_are_on_disk_as_they_arrive_and_a_failing_step_is_a_row(tmp_path):
+    seen = []
+
+    def step(rec, ctx):
+        rec.add(check="a", passed=True)
+        seen.append(json.loads((tmp_path / "demo.json").read_text()))
+        raise RuntimeError("boom")
+    rec = run_gpu.run_step("demo", step, tmp_path, META, None)
+    assert len(seen[0]) == 1 and seen[0][0]["check"] == "a"  # written before the step ended
+    rows = json.loads((tmp_path / "demo.json").read_text())
+    assert rows[-1]["status"] == "error" and "boom" in rows[-1]["error"]
+    assert rec.failed() and not run_gpu.step_done(tmp_path / "demo.json")
+    ok = run_gpu.run_step("fine", lambda rec, ctx: rec.add(check="b", passed=True), tmp_path,
+                          META, None)
+    assert not ok.failed() and run_gpu.step_done(tmp_path / "fine.json")
+    assert all(r["commit"] == "c0ffee" and r["step"] == "fine" for r in ok.rows)
+
+
+def test_guard_turns_an_exception_into_a_failed_row(tmp_path):
+    rec = run_gpu.Recorder(tmp_path, "x", META)
+    row = gpu_checks.guard(rec, lambda: 1 / 0, check="oracle", dtype="float32")
+    assert row["passed"] is False and "ZeroDivisionError" in row["error"]
+
+
+def test_tf32_tolerance_is_ten_times_the_per_product_bound():
+    assert gpu_checks.TF32_TOLERANCE == pytest.approx(10 * 2 * 2.0 ** -11)
+
+
+def test_junit_summary_groups_and_failures(tmp_path):
+    xml = tmp_path / "j.xml"
+    xml.write_text(
+        '<testsuites><testsuite>'
+        '<testcase classname="tests.triton.test_kernels" name="test_a"/>'
+        '<testcase classname="tests.triton.test_kernels" name="test_b">'
+        '<failure message="AssertionError: bad">trace</failure></testcase>'
+        '<testcase classname="tests.test_ops" name="test_c[cuda]"/>'
+        '<testcase classname="tests.test_ops" name="test_c[cpu]">'
+        '<skipped message="no reason"/></testcase>'
+        '<testcase classname="tests.test_ops" name="test_d[cuda-float32]">'
+        '<error message="RuntimeError: x"/></testcase>'
+        '</testsuite></testsuites>')
+    s = gpu_checks.junit_summary(xml)
+    assert s["groups"]["triton"] == {"passed": 1, "failed": 1}
+    assert s["groups"]["cuda"] == {"passed": 1, "errors": 1}
+    assert s["groups"]["other"] == {"skipped": 1}
+    assert [f["test"] for f in s["failures"]] == ["tests.triton.test_kernels::test_b",
+                                                  "tests.test_ops::test_d[cuda-float32]"]
+    assert s["skip_reasons"] == [("no reason", 1)]
+
+
+def test_sanitizer_error_counts():
+    assert gpu_tools.sanitizer_errors("========= ERROR SUMMARY: 0 errors") == 0
+    assert gpu_tools.sanitizer_errors("========= ERROR SUMMARY: 12 errors") == 12
+    assert gpu_tools.sanitizer_errors(
+        "========= RACECHECK SUMMARY: 3 hazards displayed (1 error, 2 warnings)") == 1
+    assert gpu_tools.sanitizer_errors("Segmentation fault") is None
+
+
+def test_ncu_details_metrics():
+    csv = ('"ID","Kernel Name","Grid Size","Block Size","Section Name","Metric Name",'
+           '"Metric Unit","Metric Value"\n'
+           '"0","_deform_conv2d_fwd_kernel","(10, 1, 1)","(128, 1, 1)","SOL",'
+           '"Duration","us","12.5"\n'
+           '"0","_deform_conv2d_fwd_kernel","(10, 1, 1)","(128, 1, 1)","SOL",'
+           '"Ignored Metric","%","1"\n'
+           '"1","_deform_conv2d_bwd_data_kernel","(9, 1, 1)","(128, 1, 1)","Occupancy",'
+           '"Achieved Occupancy","%","40.1"\n')
+    ks = gpu_tools.ncu_metrics(csv)
+    assert [k["kernel"] for k in ks] == ["_deform_conv2d_fwd_kernel",
+                                         "_deform_conv2d_bwd_data_kernel"]
+    assert ks[0]["Duration [us]"] == "12.5" and "Ignored Metric [%]" not in ks[0]
+    assert ks[1]["Achieved Occupancy [%]"] == "40.1"
+
+
+# --- table.py ----------------------------------------------------------------------------------
+
+def _rows(tv16=30.0, dops=12.0, peak=1.1, shapes=4):
+    """bench rows: conv2d 1 ms fwd / 3 ms fwd+bwd; ours 1.2 / 5.0 (bf16), 1.1 / 4.0 (fp16)."""
+    rows = []
+    mains = [f"8x{c}x10x10->{c}" for c in (128, 256, 512, 64)][:shapes]
+    for shape, main in [(s, True) for s in mains] + [("1x256x13x21->256", False)]:
+        for dtype in ("bfloat16", "float16"):
+            ours = {"fwd": 1.2, "fwd+bwd": 5.0} if dtype == "bfloat16" else {
+                "fwd": 1.1, "fwd+bwd": 4.0}
+            conv = {"fwd": 1.0, "fwd+bwd": 3.0}
+            for c, times in (("cudnn_conv2d", conv),
+                             ("deformconv", ours),
+                             ("deformops", {"fwd": dops, "fwd+bwd": dops}),
+                             ("torchvision", {"fwd": tv16, "fwd+bwd": tv16})):
+                if c == "torchvision" and dtype == "bfloat16":
+                    rows.append({**META, "step": "bench", "shape": shape, "main": main,
+                                 "dtype": dtype, "contender": c, "mode": "fwd+bwd",
+                                 "median_ms": None, "skipped": "skipped: no bf16"})
+                    continue
+                for mode, ms in times.items():
+                    rows.append({**META, "step": "bench", "shape": shape, "main": main,
+                                 "dtype": dtype, "contender": c, "mode": mode, "median_ms": ms,
+                                 "tflops": 1.0, "ratio_to_conv2d": ms / conv[mode],
+                                 "peak_ratio_to_conv2d": peak if c == "deformconv" else 1.0,
+                                 "reps": 20, "kernel": "3x3", "padding": 1})
+    rows.append({**META, "step": "bench", "status": "done"})
+    return rows
+
+
+def test_goals_on_synthetic_rows():
+    g = {" ".join(x["goal"].split(" ")[:2]): x for x in table.goals(_rows())}
+    fwd = g["forward /"]
+    assert fwd["measured"] == pytest.approx(1.2) and fwd["met"] is True and fwd["shapes"] == 4
+    fb = g["forward+backward /"]
+    assert fb["measured"] == pytest.approx(5.0 / 3.0) and fb["met"] is True
+    tv = g["torchvision fwd+bwd"]  # torchvision fp16 30 ms over ours bf16 5 ms
+    assert tv["measured"] == pytest.approx(6.0) and tv["met"] is True
+    assert "float16 vs float16): 7.50x" in tv["note"]
+    assert g["deformops forward"]["measured"] == pytest.approx(12 / 1.2)
+    assert g["deformops fwd+bwd"]["measured"] == pytest.approx(12 / 5.0)
+    assert g["deformops fwd+bwd"]["met"] is True
+    peak = g["peak memory"]
+    assert peak["measured"] == pytest.approx(1.1) and peak["met"] is True
+
+
+def test_goals_not_met_and_missing_are_said():
+    gs = table.goals(_rows(tv16=9.0, dops=1.0, peak=1.5, shapes=3))
+    by = {x["goal"]: x for x in gs}
+    tv = next(x for x in gs if x["goal"].startswith("torchvision"))
+    assert tv["measured"] == pytest.approx(1.8) and tv["met"] is False
+    assert "only 3 of 4 main shapes" in tv["note"]
+    dfwd = next(x for x in gs if x["goal"].startswith("deformops forward"))
+    assert dfwd["met"] is False  # 1.0 / 1.2 < 1
+    peak = next(x for x in gs if x["goal"].startswith("peak"))
+    assert peak["met"] is False and math.isclose(peak["measured"], 1.5)
+    md = table.goals_markdown(gs)
+    assert "**no** (3/4 shapes)" in md and len(by) == 6
+    none = table.goals([r for r in _rows() if r.get("contender") != "deformops"])
+    d = next(x for x in none if x["goal"].startswith("deformops forward"))
+    assert d["measured"] is None and d["met"] is None
+    assert "| deformops forward / ours forward (bf16) | no data |" in table.goals_markdown(none)
+
+
+def test_markdown_table_from_synthetic_rows(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps(_rows()))
+    (tmp_path / "notes.json").write_text(json.dumps({"not": "a list"}))
+    rows = table.load_rows(tmp_path)
+    md = table.markdown_tables(rows)
+    assert "**bfloat16**" in md and "**float16**" in md and "DRY RUN" not in md
+    assert "| 8x128x10x10->128 | fwd+bwd | 3.000 | 5.000 | 1.67 |" in md
+    assert "| 1x256x13x21->256 (small map) | fwd |" in md
+    assert "| 30.000 (27.27x) |" in md  # torchvision fp16 forward: 30 ms, ours 1.1 ms
+    assert "- torchvision, bfloat16: skipped: no bf16" in md
+    assert table.main([str(tmp_path)]) == 0
+
+
+@pytest.mark.slow
+def test_dry_run_steps_and_table(tmp_path):
+    """The dry run of two steps writes their files; table.py reads them (about 20 s)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, str(GPU / "run_gpu.py"), "--dry-run", "--steps",
+                        "bench,compile", "--out", str(tmp_path)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "compile.json"]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench[-1]["status"] == "done" and all(r["dry_run"] for r in bench)
+    ours = [r for r in bench if r.get("contender") == "deformconv"]
+    assert {(r["dtype"], r["mode"]) for r in ours} == {
+        (d, m) for d in ("bfloat16", "float16", "float32") for m in ("fwd", "fwd+bwd")}
+    compile_rows = json.loads((tmp_path / "compile.json").read_text())
+    graph = [r for r in compile_rows if r.get("check") == "cuda_graph"]
+    assert graph and all(r["skipped"] == "skipped: dry run" for r in graph)
+    t = subprocess.run([sys.executable, str(GPU / "table.py"), str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert t.returncode == 0 and "DRY RUN" in t.stdout and "| goal" in t.stdout
