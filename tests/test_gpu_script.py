@@ -27,7 +27,7 @@ META = {"gpu": "test", "driver": "0", "torch": "0", "triton": "0", "commit": "c0
 
 
 def test_steps_are_selected_in_order_and_unknown_ones_refused():
-    assert run_gpu.parse_steps("bench,pytest") == ["pytest", "bench"]
+    assert run_gpu.parse_steps("bench,pytest,correctness") == ["correctness", "pytest", "bench"]
     assert run_gpu.parse_steps("all") == list(run_gpu.STEPS)
     with pytest.raises(ValueError, match="bnech"):
         run_gpu.parse_steps("bench,bnech")

@@ -100,8 +100,11 @@ def step_pytest(rec, ctx):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         interrupted = False
+        limit = ctx.args.pytest_timeout
+        if ctx.remaining() != float("inf"):  # leave the later steps their estimated time
+            limit = max(60, min(limit, ctx.remaining() - ctx.reserve_after("pytest") - 30))
         try:
-            out, _ = proc.communicate(timeout=ctx.args.pytest_timeout)
+            out, _ = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             # SIGINT: pytest stops, prints its summary and writes the JUnit file so far.
             interrupted = True
@@ -123,7 +126,8 @@ def step_pytest(rec, ctx):
         rec.add(check="pytest_failure", passed=False, **f)
     nfail = counts["failed"] + counts["errors"]
     rec.add(check="pytest", command=" ".join(cmd[1:]), exit_code=proc.returncode,
-            interrupted=interrupted, seconds=round(time.perf_counter() - t0, 1),
+            interrupted=interrupted, timeout_s=limit,
+            seconds=round(time.perf_counter() - t0, 1),
             **{f"n_{k}": v for k, v in counts.items()},
             skip_reasons=summary["skip_reasons"], last_line=tail[-1] if tail else "",
             passed=(proc.returncode == 0 and not interrupted and nfail == 0

@@ -4,18 +4,18 @@
     python benchmarks/gpu/run_gpu.py --dry-run --out DIR   # no GPU: interpreter, tiny shapes
     python benchmarks/gpu/table.py DIR                      # README table and goals from DIR
 
-Steps (``--steps``, comma-separated, in this order; default all; README.md next to this file
-gives each one's method, its GPU-time estimate and the device commands that group them):
+Steps (``--steps``, comma-separated, run in this order; default all; README.md next to this
+file gives each one's method, its GPU-time estimate and the device commands that group them):
 
-- ``pytest``: the whole test suite on the GPU machine, compiled (no interpreter): the Triton
-  suite ``tests/triton`` on CUDA tensors and every ``device=cuda`` case of ``tests/``;
-  pass/fail/skip counts per group;
 - ``correctness``: the registered op against the float64 oracle (Triton and pure-PyTorch
   kernels on CUDA; float32 with TF32 off and on, float16, bfloat16; forward and all five
   gradients; groups, straddling offset groups, stride, dilation, non-square kernels, batch 0,
   hostile offsets) and the autocast policy;
 - ``compile``: ``torch.compile(fullgraph=True)`` forward and backward against eager, CUDA-graph
   capture and replay against eager, deterministic mode bitwise repeatable;
+- ``pytest``: the whole test suite on the GPU machine, compiled (no interpreter): the Triton
+  suite ``tests/triton`` on CUDA tensors and every ``device=cuda`` case of ``tests/``;
+  pass/fail/skip counts per group;
 - ``sanitizer``: compute-sanitizer memcheck and racecheck on forward+backward with hostile
   offsets and hostile regions of interest;
 - ``bench``: the 2-D benchmark of the issue (six shapes, bfloat16/float16/float32, forward and
@@ -45,8 +45,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 # Step name -> rough GPU-machine seconds on an H100 (Triton compiles included), for planning
 # the device commands; README.md explains each estimate. The dry run takes seconds per step.
-STEPS = {"pytest": 300, "correctness": 120, "compile": 60, "sanitizer": 180, "bench": 240,
-         "bench_nd": 60, "bench_roi": 40, "ncu": 120}
+# The targeted checks come first, so the pytest step's Triton compiles hit the disk cache they
+# filled, and a budget squeezes the broad suite rather than them.
+STEPS = {"correctness": 150, "compile": 90, "pytest": 300, "sanitizer": 240, "bench": 240,
+         "bench_nd": 90, "bench_roi": 60, "ncu": 150}
 
 
 def parse_steps(text: str) -> list:
@@ -73,11 +75,15 @@ def _args(argv=None):
                         "GPU machine gets a copy of the tree without .git, so pass it there")
     p.add_argument("--pytest-timeout", type=int, default=330,
                    help="seconds before the pytest step is interrupted (its counts so far kept)")
-    p.add_argument("--pytest-workers", default="8", help="pytest-xdist workers (-n)")
+    p.add_argument("--pytest-workers", default="12", help="pytest-xdist workers (-n)")
     p.add_argument("--sanitizer-timeout", type=int, default=240,
                    help="seconds per compute-sanitizer run")
     p.add_argument("--ncu-set", default="full",
                    help="Nsight Compute section set (full, detailed, basic)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds this command may take: a step whose estimate no longer fits "
+                        "is skipped with a row saying so; the pytest step's timeout and the "
+                        "benchmark's shape loop shrink to fit")
     p.add_argument("--skip-done", action="store_true",
                    help="skip a step whose STEP.json under --out already ends with status done")
     p.add_argument("--dry-run", action="store_true",
@@ -163,13 +169,25 @@ def run_step(name, fn, out, meta, ctx) -> Recorder:
 
 
 class Context:
-    """What every step needs: torch, the device, the options."""
+    """What every step needs: torch, the device, the options, the time left."""
 
-    def __init__(self, torch, args):
+    def __init__(self, torch, args, steps=()):
         self.torch, self.args = torch, args
         self.dry = args.dry_run
         self.dev = "cpu" if args.dry_run else "cuda"
         self.reps = 1 if args.dry_run else args.reps
+        self.start = time.perf_counter()
+        self.steps = list(steps)
+
+    def remaining(self) -> float:
+        """Seconds left of ``--budget`` (infinite without one)."""
+        b = getattr(self.args, "budget", None)
+        return float("inf") if b is None else b - (time.perf_counter() - self.start)
+
+    def reserve_after(self, step: str) -> float:
+        """The estimated seconds of the steps after ``step`` in this command."""
+        later = self.steps[self.steps.index(step) + 1:] if step in self.steps else []
+        return 0.0 if self.dry else float(sum(STEPS[s] for s in later))
 
 
 def step_functions() -> dict:
@@ -206,13 +224,20 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     m = meta(torch, a.commit, a.dry_run)
     print(json.dumps(m), flush=True)
-    ctx = Context(torch, a)
+    ctx = Context(torch, a, steps)
     fns = step_functions()
     failed = []
     t0 = time.perf_counter()
     for name in steps:
         if a.skip_done and step_done(out / f"{name}.json"):
             print(f"=== step {name}: already done in {out}, skipped")
+            continue
+        if not a.dry_run and ctx.remaining() < min(STEPS[name], 60):
+            rec = Recorder(out, name, m)
+            rec.add(status="skipped", reason=f"budget: {ctx.remaining():.0f} s left, step "
+                                             f"estimated at {STEPS[name]} s")
+            print(f"=== step {name}: skipped, {ctx.remaining():.0f} s of the budget left")
+            failed.append(name)
             continue
         if run_step(name, fns[name], out, m, ctx).failed():
             failed.append(name)

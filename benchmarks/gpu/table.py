@@ -46,7 +46,7 @@ def load_rows(folder) -> list:
 
 
 def bench_rows(rows) -> list:
-    return [r for r in rows if r.get("step") == "bench" and "contender" in r]
+    return [r for r in rows if r.get("step") == "bench" and r.get("contender")]
 
 
 def _find(rows, shape, contender, dtype, mode):
