@@ -93,9 +93,11 @@ def step_sanitizer(rec, ctx):
     for tool in SANITIZER_TOOLS:
         cmd = sanitizer_command(path, tool)
         print("+", " ".join(cmd), flush=True)
+        limit = max(60, min(ctx.args.sanitizer_timeout,
+                            ctx.remaining() - ctx.reserve_after("sanitizer") - 15))
         try:
             r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                               timeout=ctx.args.sanitizer_timeout)
+                               timeout=limit)
             text, code, timed_out = r.stdout + r.stderr, r.returncode, False
         except subprocess.TimeoutExpired as e:
             text = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes)
@@ -106,7 +108,7 @@ def step_sanitizer(rec, ctx):
         errors = sanitizer_errors(text)
         child_ok = "hostile: ok" in text
         rec.add(check="sanitizer", tool=tool, exit_code=code, errors=errors,
-                child_ok=child_ok, timed_out=timed_out, command=" ".join(cmd),
+                child_ok=child_ok, timed_out=timed_out, timeout_s=limit, command=" ".join(cmd),
                 passed=(code == 0 and errors == 0 and child_ok),
                 tail=text[-3000:])
         print(f"sanitizer {tool}: exit {code}, errors {errors}, child ok {child_ok}"
@@ -156,8 +158,13 @@ def step_ncu(rec, ctx):
         return
     cmd = ncu_command(ncu, report, ctx.args.ncu_set)
     print("+", " ".join(cmd), flush=True)
-    r = subprocess.run(cmd, env=_child_env(), cwd=ROOT, capture_output=True, text=True,
-                       timeout=540)
+    limit = max(60, min(540, ctx.remaining() - 20))
+    try:
+        r = subprocess.run(cmd, env=_child_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=limit)
+        code, text = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as e:
+        code, text = None, f"timed out after {limit:.0f} s: {str(e.stdout)[-1500:]}"
     rep = report + ".ncu-rep"
     kernels = []
     if os.path.exists(rep):
@@ -167,9 +174,9 @@ def step_ncu(rec, ctx):
         kernels = ncu_metrics(d.stdout)
     for k in kernels:
         rec.add(check="ncu_kernel", **k)
-    rec.add(check="ncu", exit_code=r.returncode, report=os.path.basename(rep)
+    rec.add(check="ncu", exit_code=code, report=os.path.basename(rep)
             if os.path.exists(rep) else None,
             report_bytes=os.path.getsize(rep) if os.path.exists(rep) else None,
-            kernels=len(kernels), command=" ".join(cmd), tail=(r.stdout + r.stderr)[-2000:],
-            passed=r.returncode == 0 and bool(kernels))
-    print(f"ncu: exit {r.returncode}, {len(kernels)} kernels profiled", flush=True)
+            kernels=len(kernels), command=" ".join(cmd), tail=text[-2000:],
+            passed=code == 0 and bool(kernels))
+    print(f"ncu: exit {code}, {len(kernels)} kernels profiled", flush=True)
