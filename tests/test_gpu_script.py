@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "benchmarks" / "gpu"
 sys.path.insert(0, str(GPU))
 
+import gpu_bench  # noqa: E402
 import gpu_checks  # noqa: E402
 import gpu_tools  # noqa: E402
 import run_gpu  # noqa: E402
@@ -107,6 +109,62 @@ def test_ncu_details_metrics():
                                          "_deform_conv2d_bwd_data_kernel"]
     assert ks[0]["Duration [us]"] == "12.5" and "Ignored Metric [%]" not in ks[0]
     assert ks[1]["Achieved Occupancy [%]"] == "40.1"
+
+
+def _fake_contenders(monkeypatch):
+    """torchvision and deformops stand-ins with the signatures of torchvision 0.26's
+    ``ops.deform_conv2d`` and deformops 3.0.1's ``integrations.torchvision.deform_conv2d``
+    (read from its wheel), computing with ours."""
+    from deformconv import deform_conv2d
+
+    def tv(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+           mask=None):
+        return deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+
+    def dops(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
+             dilation=(1, 1), mask=None, *, backend=None):
+        assert backend is None
+        return deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+    mods = {"torchvision": dict(__version__="fake-tv"), "torchvision.ops": dict(deform_conv2d=tv),
+            "deformops": dict(__version__="fake-dops"), "deformops.integrations": {},
+            "deformops.integrations.torchvision": dict(deform_conv2d=dops)}
+    for name, attrs in mods.items():
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, m)
+    sys.modules["torchvision"].ops = sys.modules["torchvision.ops"]
+
+
+def test_bench_rows_carry_the_issue_fields(tmp_path, monkeypatch):
+    """One shape on CPU (pure-PyTorch kernels), every contender present (stand-ins), then one
+    missing: the fields the issue asks for, speedup_of_ours on the others' rows, a row with
+    the reason for each contender that did not run."""
+    import torch
+    _fake_contenders(monkeypatch)
+    rec = run_gpu.Recorder(tmp_path, "bench", META)
+    for dtype in ("bfloat16", "float32"):
+        gpu_bench.bench_one(rec, torch, "cpu", (1, 4, 3, 4), 4, dtype, reps=2, main=True,
+                            warmup=0, k=1)
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    need = {"step", "gpu", "driver", "torch", "triton", "commit", "shape", "contender", "dtype",
+            "mode", "median_ms", "tflops", "ratio_to_conv2d", "peak_ratio_to_conv2d"}
+    timed = [r for r in rows if r.get("median_ms") is not None]
+    assert timed and all(need <= set(r) for r in timed)
+    f32 = {(r["contender"], r["mode"]) for r in timed if r["dtype"] == "float32"}
+    assert f32 == {(c, m) for c in gpu_bench.CONTENDERS for m in ("fwd", "fwd+bwd")}
+    for r in timed:
+        assert ("speedup_of_ours" in r) == (r["contender"] != "deformconv")
+        assert r["tf32"] == "off" and r["version"]
+    tv_bf16 = [r for r in rows if r["contender"] == "torchvision" and r["dtype"] == "bfloat16"]
+    assert len(tv_bf16) == 1 and "no bfloat16" in tv_bf16[0]["skipped"]
+    monkeypatch.setitem(sys.modules, "deformops.integrations.torchvision", None)
+    rec2 = run_gpu.Recorder(tmp_path, "bench2", META)
+    gpu_bench.bench_one(rec2, torch, "cpu", (1, 4, 3, 4), 4, "float16", reps=1, main=True,
+                        warmup=None, k=1)
+    miss = [r for r in rec2.rows if r["contender"] == "deformops"]
+    assert len(miss) == 1 and miss[0]["median_ms"] is None and "failed" in miss[0]["skipped"]
+    goals = table.goals(rows)
+    assert next(g for g in goals if g["goal"].startswith("deformops forward"))["shapes"] == 1
 
 
 # --- table.py ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -67,8 +68,10 @@ def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", default="all",
                    help=f"comma-separated steps of {','.join(STEPS)}, or 'all' (default)")
-    p.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")),
-                   help="folder for the STEP.json files (default: $OUT, else results/ here)")
+    p.add_argument("--out", default=None,
+                   help="folder for the STEP.json files (default: $OUT, else results/ next "
+                        "to this script; a dry run without --out writes to a new temporary "
+                        "folder, never into results/)")
     p.add_argument("--reps", type=int, default=20, help="timed repeats per contender (bench*)")
     p.add_argument("--commit", default=None,
                    help="commit to record (default: git rev-parse HEAD, else $GIT_COMMIT); the "
@@ -220,6 +223,9 @@ def main(argv=None):
         dispatch.set_backend("triton")
     elif not torch.cuda.is_available():
         sys.exit("no CUDA GPU: run on a GPU, or pass --dry-run")
+    if a.out is None:
+        a.out = (tempfile.mkdtemp(prefix="deformconv-gpu-dry-") if a.dry_run
+                 else os.environ.get("OUT") or str(HERE / "results"))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     m = meta(torch, a.commit, a.dry_run)
