@@ -246,13 +246,21 @@ def test_markdown_table_from_synthetic_rows(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_steps_and_table(tmp_path):
-    """The dry run of two steps writes their files; table.py reads them (about 20 s)."""
+    """The dry run of three steps, the correctness tasks in two worker processes as on the
+    GPU, writes their files; table.py reads them (about 30 s)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     r = subprocess.run([sys.executable, str(GPU / "run_gpu.py"), "--dry-run", "--steps",
-                        "bench,compile", "--out", str(tmp_path)], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                        "bench,compile,correctness", "--workers", "2", "--out", str(tmp_path)],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "compile.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "compile.json",
+                                                           "correctness.json"]
+    checks = json.loads((tmp_path / "correctness.json").read_text())
+    oracle = [r for r in checks if r.get("check") == "oracle"]
+    assert {(r["backend"], r["dtype"], r["tf32"]) for r in oracle} == {
+        (b, d, t) for b in ("triton", "torch") for d, t in (
+            ("float32", "off"), ("float32", "on"), ("float16", "off"), ("bfloat16", "off"))}
+    assert all(r["passed"] for r in oracle) and any(r["hostile"] for r in oracle)
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench[-1]["status"] == "done" and all(r["dry_run"] for r in bench)
     ours = [r for r in bench if r.get("contender") == "deformconv"]

@@ -332,26 +332,87 @@ def check_autocast(torch, dev, low) -> dict:
             "passed": not problems and worst <= tol}
 
 
-def step_correctness(rec, ctx):
-    torch, dev = ctx.torch, ctx.dev
+class ListRecorder:
+    """The rows of a worker process, sent back to the step's recorder."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, **fields) -> dict:
+        self.rows.append(fields)
+        return fields
+
+
+def _worker_setup(dry: bool):
+    import torch
+    if dry:  # CPU tensors through the Triton launchers, as in the parent
+        from deformconv.ops import dispatch
+        dispatch.set_backend("triton")
+    return torch, "cpu" if dry else "cuda"
+
+
+def oracle_task(backend: str, dname: str, on: bool, dry: bool) -> list:
+    """One backend and dtype variant over every case (a worker process's share)."""
+    torch, dev = _worker_setup(dry)
     from deformconv.testing import TOLERANCE
 
-    cases = oracle_cases(ctx.dry)
-    for backend in ("triton", "torch"):
-        for dname, on in VARIANTS:
-            dtype = getattr(torch, dname)
-            tol = TF32_TOLERANCE if on else TOLERANCE[dtype]
-            for name, (p, hostile) in cases.items():
-                with tf32(torch, on):
-                    guard(rec, functools.partial(compare_oracle, torch, p, dtype, dev, backend,
-                                                 hostile, tol),
-                          check="oracle", backend=backend, dtype=dname,
-                          tf32="on" if on else "off", case=name, problem=p.name,
-                          hostile=hostile)
-    for low in (torch.bfloat16,) if ctx.dry else (torch.bfloat16, torch.float16):
-        with tf32(torch, False):
-            guard(rec, functools.partial(check_autocast, torch, dev, low), check="autocast",
-                  dtype=str(low).replace("torch.", ""))
+    rec = ListRecorder()
+    dtype = getattr(torch, dname)
+    tol = TF32_TOLERANCE if on else TOLERANCE[dtype]
+    for name, (p, hostile) in oracle_cases(dry).items():
+        with tf32(torch, on):
+            guard(rec, functools.partial(compare_oracle, torch, p, dtype, dev, backend,
+                                         hostile, tol),
+                  check="oracle", backend=backend, dtype=dname, tf32="on" if on else "off",
+                  case=name, problem=p.name, hostile=hostile)
+    return rec.rows
+
+
+def autocast_task(dname: str, dry: bool) -> list:
+    torch, dev = _worker_setup(dry)
+    rec = ListRecorder()
+    with tf32(torch, False):
+        guard(rec, functools.partial(check_autocast, torch, dev, getattr(torch, dname)),
+              check="autocast", dtype=dname)
+    return rec.rows
+
+
+def step_correctness(rec, ctx):
+    """The oracle matrix and the autocast checks, spread over worker processes (spawned, one
+    task per backend and dtype variant) so that their Triton compiles run in parallel; rows
+    are recorded as each task ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    tasks = [(oracle_task, (backend, dname, on, ctx.dry)) for backend in ("triton", "torch")
+             for dname, on in VARIANTS]
+    tasks += [(autocast_task, (d, ctx.dry)) for d in
+              (("bfloat16",) if ctx.dry else ("bfloat16", "float16"))]
+    workers = max(1, min(ctx.args.workers, len(tasks)))
+    chunks = [[(fn.__name__, args) for fn, args in tasks[i::workers]] for i in range(workers)]
+    if workers == 1:  # in this process (the dry run's default: spawning costs seconds)
+        for r in run_tasks(chunks[0]):
+            rec.add(**r)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = {ex.submit(run_tasks, chunk): chunk for chunk in chunks}
+        for f in as_completed(futures):
+            try:
+                rows = f.result()
+            except Exception as e:  # noqa: BLE001 - a crashed worker: its tasks are failed rows
+                rows = [{"check": name.replace("_task", ""), "task": list(args[:-1]),
+                         "passed": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+                        for name, args in futures[f]]
+            for r in rows:
+                rec.add(**r)
+
+
+def run_tasks(chunk) -> list:
+    """A worker's tasks, by function name, one after the other."""
+    rows = []
+    for name, args in chunk:
+        rows += globals()[name](*args)
+    return rows
 
 
 # --- step compile ------------------------------------------------------------------------------

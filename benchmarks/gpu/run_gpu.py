@@ -79,6 +79,9 @@ def _args(argv=None):
     p.add_argument("--pytest-timeout", type=int, default=330,
                    help="seconds before the pytest step is interrupted (its counts so far kept)")
     p.add_argument("--pytest-workers", default="12", help="pytest-xdist workers (-n)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the correctness step's tasks (default 10; dry run 1: "
+                        "in this process)")
     p.add_argument("--sanitizer-timeout", type=int, default=240,
                    help="seconds per compute-sanitizer run")
     p.add_argument("--ncu-set", default="full",
@@ -230,6 +233,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     m = meta(torch, a.commit, a.dry_run)
     print(json.dumps(m), flush=True)
+    if a.workers is None:
+        a.workers = 1 if a.dry_run else 10
     ctx = Context(torch, a, steps)
     fns = step_functions()
     failed = []
