@@ -95,6 +95,71 @@ def test_sanitizer_error_counts():
     assert gpu_tools.sanitizer_errors("Segmentation fault") is None
 
 
+FAKE_SANITIZER = """import subprocess, sys
+args = sys.argv[1:]
+tool = args[args.index("--tool") + 1]
+r = subprocess.run(args[args.index("--print-limit") + 2:])
+print("========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+      if tool == "racecheck" else "========= ERROR SUMMARY: 0 errors")
+sys.exit(r.returncode)
+"""
+
+
+@pytest.mark.slow
+def test_sanitizer_step_plumbing_with_a_stand_in_tool(tmp_path, monkeypatch):
+    """The GPU path of the sanitizer step (plain run, then memcheck and racecheck side by
+    side, logs parsed) with a stand-in for compute-sanitizer and the child on CPU."""
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_SANITIZER)
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu_tools, "find_tool", lambda name: str(fake))
+    monkeypatch.setattr(gpu_tools, "CHILD_DEVICE", "cpu")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    args = run_gpu._args(["--out", str(tmp_path), "--sanitizer-timeout", "120"])
+    ctx = run_gpu.Context(None, args, ["sanitizer"])
+    ctx.dry = False
+    rec = run_gpu.run_step("sanitizer", gpu_tools.step_sanitizer, tmp_path, META, ctx)
+    rows = {r.get("tool"): r for r in rec.rows}
+    assert rows["none (plain run)"]["passed"] is True
+    for tool in ("memcheck", "racecheck"):
+        r = rows[tool]
+        assert (r["exit_code"], r["errors"], r["child_ok"], r["passed"]) == (0, 0, True, True)
+    assert not rec.failed()
+
+
+FAKE_NCU = """import subprocess, sys
+args = sys.argv[1:]
+if "--import" in args:
+    print('"ID","Kernel Name","Grid Size","Block Size","Section Name","Metric Name",'
+          '"Metric Unit","Metric Value"')
+    print('"0","_deform_conv2d_fwd_kernel","(1, 1, 1)","(128, 1, 1)","SOL","Duration",'
+          '"us","3.5"')
+    sys.exit(0)
+report = args[args.index("--export") + 1] + ".ncu-rep"
+r = subprocess.run(args[args.index("--export") + 2:])
+open(report, "w").write("stand-in report")
+sys.exit(r.returncode)
+"""
+
+
+@pytest.mark.slow
+def test_ncu_step_plumbing_with_a_stand_in_tool(tmp_path, monkeypatch):
+    fake = tmp_path / "ncu"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_NCU)
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu_tools, "find_tool", lambda name: str(fake))
+    monkeypatch.setattr(gpu_tools, "CHILD_DEVICE", "cpu")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    ctx = run_gpu.Context(None, run_gpu._args(["--out", str(tmp_path)]), ["ncu"])
+    ctx.dry = False
+    rec = run_gpu.run_step("ncu", gpu_tools.step_ncu, tmp_path, META, ctx)
+    kernel = next(r for r in rec.rows if r.get("check") == "ncu_kernel")
+    assert kernel["Duration [us]"] == "3.5"
+    summary = next(r for r in rec.rows if r.get("check") == "ncu")
+    assert summary["passed"] and summary["report"] == "ncu_bf16.ncu-rep"
+    assert (tmp_path / "ncu_details.csv").read_text().startswith('"ID"')
+
+
 def test_ncu_details_metrics():
     csv = ('"ID","Kernel Name","Grid Size","Block Size","Section Name","Metric Name",'
            '"Metric Unit","Metric Value"\n'
