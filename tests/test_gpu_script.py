@@ -87,6 +87,21 @@ def test_junit_summary_groups_and_failures(tmp_path):
     assert s["skip_reasons"] == [("no reason", 1)]
 
 
+@pytest.mark.slow
+def test_pytest_step_is_interrupted_at_its_timeout_and_keeps_its_counts(tmp_path):
+    """The GPU path of the pytest step stopped by SIGINT after 12 s (the three files take a
+    minute): the step ends, says it was interrupted, keeps the counts so far, and fails."""
+    args = run_gpu._args(["--out", str(tmp_path), "--pytest-timeout", "12",
+                          "--pytest-workers", "0", "--pytest-args",
+                          "tests/test_ops.py tests/test_nn.py tests/test_deform_conv_nd.py"])
+    ctx = run_gpu.Context(None, args, ["pytest"])
+    ctx.dry = False
+    rec = run_gpu.run_step("pytest", gpu_checks.step_pytest, tmp_path, META, ctx)
+    row = next(r for r in rec.rows if r.get("check") == "pytest")
+    assert row["interrupted"] is True and row["passed"] is False and row["timeout_s"] == 12
+    assert row["seconds"] < 90 and row.get("n_passed", 0) > 0
+
+
 def test_sanitizer_error_counts():
     assert gpu_tools.sanitizer_errors("========= ERROR SUMMARY: 0 errors") == 0
     assert gpu_tools.sanitizer_errors("========= ERROR SUMMARY: 12 errors") == 12

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -50,11 +51,11 @@ def guard(rec, fn, **fields):
 
 # --- step pytest -------------------------------------------------------------------------------
 
-def pytest_command(dry: bool, junit: str, workers: str) -> list:
+def pytest_command(dry: bool, junit: str, workers: str, targets: str = "tests") -> list:
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     if dry:  # the step's code path only: the interpreter suite would take minutes
         return base + ["tests/triton/test_dispatch.py::test_setting_precedence"]
-    return base + ["-n", str(workers), "tests"]
+    return base + ["-n", str(workers)] + shlex.split(targets)
 
 
 def junit_summary(path) -> dict:
@@ -94,7 +95,7 @@ def step_pytest(rec, ctx):
         env.pop("TRITON_INTERPRET", None)  # compiled kernels on the GPU
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "junit.xml")
-        cmd = pytest_command(ctx.dry, junit, ctx.args.pytest_workers)
+        cmd = pytest_command(ctx.dry, junit, ctx.args.pytest_workers, ctx.args.pytest_args)
         print("+", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -79,6 +79,9 @@ def _args(argv=None):
     p.add_argument("--pytest-timeout", type=int, default=330,
                    help="seconds before the pytest step is interrupted (its counts so far kept)")
     p.add_argument("--pytest-workers", default="12", help="pytest-xdist workers (-n)")
+    p.add_argument("--pytest-args", default="tests",
+                   help="what the pytest step runs (default: the whole suite, 'tests'); e.g. "
+                        "'tests/triton tests -k cuda' when time is short")
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the correctness step's tasks (default 10; dry run 1: "
                         "in this process)")
