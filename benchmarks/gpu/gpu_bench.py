@@ -136,7 +136,8 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3):
     kw = p.kwargs()
     sname = shape_name(shape, O)
     common = dict(shape=sname, main=main, dtype=dname, tf32="off", reps=reps,
-                  kernel=f"{k}x{k}", padding=k // 2)
+                  kernel=f"{k}x{k}", padding=k // 2,
+                  cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
     cons, reasons = {}, {}
     for name in CONTENDERS:
         if name == "torchvision" and dname == "bfloat16":
@@ -203,8 +204,9 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3):
 
 def step_bench(rec, ctx):
     torch, dev = ctx.torch, ctx.dev
-    old = torch.backends.cudnn.allow_tf32
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cudnn.allow_tf32 = False  # float32 rows: TF32 off (stated in every row)
+    torch.backends.cudnn.benchmark = True    # the floor: cuDNN's fastest algorithm per shape
     try:
         shapes = ([(s, True) for s in DRY_MAIN] if ctx.dry else
                   [(s, True) for s in MAIN_SHAPES] + [(s, False) for s in SMALL_SHAPES])
@@ -219,7 +221,7 @@ def step_bench(rec, ctx):
                 bench_one(rec, torch, dev, shape, O, dname, ctx.reps, main,
                           warmup=None if ctx.dry else 2, k=1 if ctx.dry else 3)
     finally:
-        torch.backends.cudnn.allow_tf32 = old
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = old
 
 
 # --- 1-D/3-D and RoI pooling -------------------------------------------------------------------
