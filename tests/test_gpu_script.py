@@ -245,6 +245,8 @@ def test_bench_rows_carry_the_issue_fields(tmp_path, monkeypatch):
     assert len(miss) == 1 and miss[0]["median_ms"] is None and "failed" in miss[0]["skipped"]
     goals = table.goals(rows)
     assert next(g for g in goals if g["goal"].startswith("deformops forward"))["shapes"] == 1
+    choices = gpu_bench.autotune_choices()  # nothing autotunes on CPU; no error either
+    assert isinstance(choices, list) and not any("error" in c for c in choices)
 
 
 # --- table.py ----------------------------------------------------------------------------------

@@ -222,6 +222,26 @@ def step_bench(rec, ctx):
                           warmup=None if ctx.dry else 2, k=1 if ctx.dry else 3)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = old
+    if not ctx.dry:
+        for row in autotune_choices():
+            rec.add(**row)
+
+
+def autotune_choices() -> list:
+    """The configuration Triton's autotuner chose for each 2-D kernel and autotune key seen
+    in this process (for the tuning of issue 10): ``launch._tuned``'s autotuners' caches."""
+    try:
+        from deformconv.ops.triton import launch
+        rows = []
+        for name in ("fwd", "bwd_data", "bwd_weight"):
+            for fam in ("float32", "half", "float32_i64", "half_i64"):
+                tuner = launch._tuned(name, fam)
+                for key, cfg in getattr(tuner, "cache", {}).items():
+                    rows.append({"check": "autotune_choice", "kernel": name, "family": fam,
+                                 "key": [str(k) for k in key], "config": str(cfg)})
+        return rows
+    except Exception as e:  # noqa: BLE001 - private API: a row saying why, never a crash
+        return [{"check": "autotune_choice", "error": f"{type(e).__name__}: {e}"}]
 
 
 # --- 1-D/3-D and RoI pooling -------------------------------------------------------------------
