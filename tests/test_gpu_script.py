@@ -4,6 +4,7 @@ Compute's output, and ``table.py``'s tables and goals on synthetic rows and on a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,13 +17,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "benchmarks" / "gpu"
-sys.path.insert(0, str(GPU))
+sys.path.append(str(GPU))  # after everything else: these modules shadow nothing
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 import gpu_bench  # noqa: E402
 import gpu_checks  # noqa: E402
 import gpu_tools  # noqa: E402
 import run_gpu  # noqa: E402
-import table  # noqa: E402
+
+table = _load("deformconv_gpu_table", GPU / "table.py")  # "table" is too common a name
 
 META = {"gpu": "test", "driver": "0", "torch": "0", "triton": "0", "commit": "c0ffee",
         "dry_run": False}
