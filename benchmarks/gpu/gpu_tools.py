@@ -1,0 +1,203 @@
+"""Steps of ``run_gpu.py`` that wrap CUDA tools around ``gpu_child.py``: ``sanitizer``
+(compute-sanitizer memcheck and racecheck) and ``ncu`` (Nsight Compute)."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CHILD = HERE / "gpu_child.py"
+CHILD_DEVICE = "cuda"  # the tests point it at "cpu" to run the plumbing without a GPU
+SANITIZER_TOOLS = ("memcheck", "racecheck")
+# Nsight Compute metrics copied from the report's details page into ncu.json.
+NCU_METRICS = ("Duration", "Compute (SM) Throughput", "Memory Throughput", "DRAM Throughput",
+               "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy",
+               "Block Limit Registers", "Dynamic Shared Memory Per Block",
+               "L1/TEX Hit Rate", "L2 Hit Rate", "Executed Ipc Active", "Grid Size",
+               "Block Size", "Waves Per SM")
+
+
+def find_tool(name: str):
+    """``name`` on PATH, else in CUDA's and Nsight Compute's usual folders, else None."""
+    hit = shutil.which(name)
+    if hit:
+        return hit
+    for pattern in (f"/usr/local/cuda/bin/{name}", f"/usr/local/cuda-*/bin/{name}",
+                    f"/opt/nvidia/nsight-compute/*/{name}"):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[-1]
+    return None
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH"))
+                                        if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def sanitizer_command(tool_path: str, tool: str) -> list:
+    return [tool_path, "--tool", tool, "--error-exitcode", "2", "--print-limit", "30",
+            sys.executable, str(CHILD), "hostile", "--device", CHILD_DEVICE]
+
+
+def sanitizer_errors(text: str):
+    """The error count compute-sanitizer printed (memcheck: 'ERROR SUMMARY: N errors';
+    racecheck: 'RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)'), else None."""
+    m = re.search(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?", text)
+    if m:
+        return int(m.group(1))
+    m = re.search(r"ERROR SUMMARY: (\d+) errors?", text)
+    return int(m.group(1)) if m else None
+
+
+def step_sanitizer(rec, ctx):
+    """memcheck and racecheck on ``gpu_child.py hostile``: exit code, error count, the
+    child's verdict. PYTORCH_NO_CUDA_MEMORY_CACHING=1 so stray accesses are not hidden inside the
+    caching allocator's blocks. Zero errors and a passing child required."""
+    torch = ctx.torch
+    if ctx.dry:
+        import gpu_child as child
+        verdict = "ok"
+        try:
+            child.run_hostile(torch, "cpu")
+        except AssertionError as e:
+            verdict = f"FAILED: {e}"
+        for tool in SANITIZER_TOOLS:
+            rec.add(check="sanitizer", tool=tool, passed=None if verdict == "ok" else False,
+                    skipped="skipped: dry run (the hostile checks ran in-process on CPU "
+                            f"without compute-sanitizer: {verdict})",
+                    command=" ".join(sanitizer_command("compute-sanitizer", tool)))
+        print(f"sanitizer: skipped: dry run; hostile checks in-process: {verdict}")
+        return
+    path = find_tool("compute-sanitizer")
+    env = _child_env()
+    env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
+    if path is None:
+        r = subprocess.run([sys.executable, str(CHILD), "hostile"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=ctx.args.sanitizer_timeout)
+        rec.add(check="sanitizer", tool="none", passed=None, exit_code=r.returncode,
+                skipped="compute-sanitizer not found: hostile checks ran plainly",
+                child_ok="hostile: ok" in r.stdout, tail=(r.stdout + r.stderr)[-1500:])
+        return
+    # A plain run first: the child's verdict without a tool, and the Triton compiles and
+    # autotuning done (disk cache) before the tools slow every kernel down.
+    plain = [sys.executable, str(CHILD), "hostile", "--device", CHILD_DEVICE]
+    r = subprocess.run(plain, env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=max(60, min(ctx.args.sanitizer_timeout, ctx.remaining() - 60)))
+    rec.add(check="sanitizer", tool="none (plain run)", exit_code=r.returncode,
+            child_ok="hostile: ok" in r.stdout, passed=r.returncode == 0,
+            tail=(r.stdout + r.stderr)[-1500:])
+    print(f"hostile checks without a tool: exit {r.returncode}", flush=True)
+    # memcheck and racecheck side by side (two processes on the one GPU): half the time.
+    limit = max(60, min(ctx.args.sanitizer_timeout,
+                        ctx.remaining() - ctx.reserve_after("sanitizer") - 15))
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tool in SANITIZER_TOOLS:
+            cmd = sanitizer_command(path, tool)
+            print("+", " ".join(cmd), flush=True)
+            log = open(os.path.join(tmp, f"{tool}.log"), "w+")
+            runs[tool] = (cmd, log, subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log,
+                                                     stderr=subprocess.STDOUT,
+                                                     start_new_session=True))
+        t0 = time.perf_counter()
+        for tool, (cmd, log, proc) in runs.items():
+            try:
+                code, timed_out = proc.wait(max(1, limit - (time.perf_counter() - t0))), False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                code, timed_out = None, True
+            log.seek(0)
+            text = log.read()
+            log.close()
+            errors = sanitizer_errors(text)
+            child_ok = "hostile: ok" in text
+            rec.add(check="sanitizer", tool=tool, exit_code=code, errors=errors,
+                    child_ok=child_ok, timed_out=timed_out, timeout_s=round(limit),
+                    command=" ".join(cmd), passed=(code == 0 and errors == 0 and child_ok),
+                    tail=text[-3000:])
+            print(f"sanitizer {tool}: exit {code}, errors {errors}, child ok {child_ok}"
+                  + (" (timed out)" if timed_out else ""), flush=True)
+
+
+def ncu_command(ncu: str, report: str, section_set: str) -> list:
+    from gpu_child import NVTX_RANGE
+    return [ncu, "--set", section_set, "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
+            "--kernel-name", "regex:deform_conv2d", "--clock-control", "none",
+            "--target-processes", "all", "--force-overwrite", "--export", report,
+            sys.executable, str(CHILD), "profile", "--device", CHILD_DEVICE]
+
+
+def ncu_metrics(details_csv: str) -> list:
+    """One dict per profiled kernel with the :data:`NCU_METRICS` of ``ncu --page details
+    --csv``."""
+    kernels = {}
+    for row in csv.DictReader(io.StringIO(details_csv)):
+        key = (row.get("ID"), row.get("Kernel Name"))
+        k = kernels.setdefault(key, {"id": row.get("ID"), "kernel": row.get("Kernel Name"),
+                                     "grid": row.get("Grid Size"),
+                                     "block": row.get("Block Size")})
+        name = row.get("Metric Name")
+        if name in NCU_METRICS:
+            k[f"{name} [{row.get('Metric Unit', '')}]"] = row.get("Metric Value")
+    return list(kernels.values())
+
+
+def step_ncu(rec, ctx):
+    """Nsight Compute (``--set`` from ``--ncu-set``, clocks left as found) on one forward and
+    one backward of ours at ``gpu_child.PROFILE_SHAPE``, bfloat16: the report
+    ``ncu_bf16.ncu-rep`` and its details page ``ncu_details.csv`` under --out; key metrics
+    per kernel as rows."""
+    import gpu_child as child
+    out = Path(ctx.args.out)
+    report = str(out / "ncu_bf16")
+    if ctx.dry:
+        info = child.run_profile(ctx.torch, "cpu")
+        rec.add(check="ncu", passed=None, skipped="skipped: dry run (the profiled calls ran "
+                "in-process on CPU)", command=" ".join(ncu_command("ncu", report,
+                                                                   ctx.args.ncu_set)), **info)
+        return
+    ncu = find_tool("ncu")
+    if ncu is None:
+        rec.add(check="ncu", passed=None, skipped="ncu not found")
+        return
+    cmd = ncu_command(ncu, report, ctx.args.ncu_set)
+    print("+", " ".join(cmd), flush=True)
+    limit = max(60, min(540, ctx.remaining() - 20))
+    try:
+        r = subprocess.run(cmd, env=_child_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=limit)
+        code, text = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as e:
+        code, text = None, f"timed out after {limit:.0f} s: {str(e.stdout)[-1500:]}"
+    rep = report + ".ncu-rep"
+    kernels = []
+    if os.path.exists(rep):
+        d = subprocess.run([ncu, "--import", rep, "--page", "details", "--csv"],
+                           capture_output=True, text=True, timeout=120)
+        (out / "ncu_details.csv").write_text(d.stdout)
+        kernels = ncu_metrics(d.stdout)
+    for k in kernels:
+        rec.add(check="ncu_kernel", **k)
+    rec.add(check="ncu", exit_code=code, report=os.path.basename(rep)
+            if os.path.exists(rep) else None,
+            report_bytes=os.path.getsize(rep) if os.path.exists(rep) else None,
+            kernels=len(kernels), command=" ".join(cmd), tail=text[-2000:],
+            passed=code == 0 and bool(kernels))
+    print(f"ncu: exit {code}, {len(kernels)} kernels profiled", flush=True)
