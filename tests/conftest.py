@@ -21,3 +21,14 @@ def device(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 on CUDA means float32: the kernels follow ``cudnn.allow_tf32`` (on by default),
+    and TF32's 10-bit mantissa would miss the float32 tolerances. Tests of TF32 turn it on
+    themselves. (A computed attribute that monkeypatch cannot undo: restored by hand.)"""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = tf32

@@ -73,12 +73,9 @@ def blocks(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def exact_float32_and_clean_dispatch():
-    # cudnn.allow_tf32 is a computed attribute that monkeypatch cannot undo: restore by hand.
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+def clean_dispatch():
+    # (float32 without TF32 comes from tests/conftest.py's _no_tf32)
     yield
-    torch.backends.cudnn.allow_tf32 = tf32
     from deformconv.ops import dispatch
 
     dispatch.set_backend(None)
