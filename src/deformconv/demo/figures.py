@@ -235,14 +235,13 @@ def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
     seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
     t = torch.tensor(per_seed, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    labels = []  # (y at the line's right end, x there, seed)
     for s, ys in enumerate(t):
         ax.plot(sizes, ys.tolist(), color="#ff7f0e", alpha=0.35, linewidth=1,
                 label="deformable, each seed (labelled at its right end)" if s == 0 else None)
         ends = [i for i in range(len(sizes)) if ys[i] == ys[i]]  # bins that are not NaN
         if ends:
-            ax.annotate(f"seed {seeds[s]}", (sizes[ends[-1]], ys[ends[-1]].item()),
-                        xytext=(3, 0), textcoords="offset points", fontsize=6.5,
-                        color="#b35900", va="center")
+            labels.append((ys[ends[-1]].item(), sizes[ends[-1]], seeds[s]))
     mean = t.nanmean(0)
     sd = (t - mean).square().nansum(0).div(max(len(t) - 1, 1)).sqrt()
     ax.errorbar(sizes, mean.tolist(), yerr=sd.tolist(), color="#d95f02", linewidth=2,
@@ -254,6 +253,12 @@ def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
         ax.axhline(bg, color="#7570b3", linestyle=":",
                    label=f"deformable, at background locations: {bg:.1f} px (mean)")
     ax.set_xlim(right=sizes[-1] + 0.12 * (sizes[-1] - sizes[0]))  # room for the seed labels
+    lo, hi = ax.get_ylim()
+    gap, last = 0.045 * (hi - lo), -float("inf")
+    for y, x, seed in sorted(labels):  # bottom to top, each label at least `gap` above the last
+        last = max(y, last + gap)
+        ax.annotate(f"seed {seed}", (x, y), xytext=(x + 0.015 * (sizes[-1] - sizes[0]), last),
+                    fontsize=6.5, color="#b35900", va="center")
     ax.set_xlabel("digit size on the canvas (px)")
     ax.set_ylabel("receptive field size (weighted spread, px)")
     ax.set_title("Does the receptive field grow with the digit?", fontsize=10)
