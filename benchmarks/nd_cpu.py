@@ -98,6 +98,8 @@ def peak_extra_bytes(p: Problem, which: str) -> int:
 
 
 def run(shapes, repeats: int, warmup: int, memory: bool, log=print) -> dict:
+    # the machine's load over the minute before the run (the run's own threads would count)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     rows = []
     for p in shapes:
         for mode in ("forward", "train"):
@@ -115,7 +117,8 @@ def run(shapes, repeats: int, warmup: int, memory: bool, log=print) -> dict:
             rows.append(dict(shape=p.name, mode="forward-peak-extra-bytes", **extra))
             log(f"{p.name:40s} peak extra memory of a forward: deform "
                 f"{extra['deform'] / 2**20:.1f} MiB, conv {extra['conv'] / 2**20:.1f} MiB")
-    return {"machine": machine_info(), "provisional": True, "rows": rows}
+    return {"machine": machine_info(), "load_average_before": load,
+            "provisional": load > 0.5 * (os.cpu_count() or 1), "rows": rows}
 
 
 def main(argv=None) -> None:

@@ -15,7 +15,8 @@ processes on the machine hit all of them alike), medians reported:
   ``sampling_ratio``, when torchvision imports: the cost floor of plain RoIAlign.
 
 Each row of the JSON output carries the machine, versions and commit. Numbers taken on a busy
-machine are provisional (``"provisional": true`` when the load average exceeds half the cores).
+machine are provisional (``"provisional": true`` when the load average of the minute before
+the run exceeds half the cores).
 """
 
 from __future__ import annotations
