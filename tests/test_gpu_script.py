@@ -364,3 +364,21 @@ def test_dry_run_steps_and_table(tmp_path):
     t = subprocess.run([sys.executable, str(GPU / "table.py"), str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert t.returncode == 0 and "DRY RUN" in t.stdout and "| goal" in t.stdout
+
+
+def test_find_tool_looks_on_path_then_in_the_named_folders(tmp_path, monkeypatch):
+    tool = tmp_path / "cuda" / "bin" / "fake-sanitizer"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("DEFORMCONV_TOOL_DIRS", raising=False)
+    assert gpu_tools.find_tool("fake-sanitizer") is None
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
+    assert gpu_tools.find_tool("fake-sanitizer") == str(tool)
+    monkeypatch.delenv("CUDA_HOME")
+    monkeypatch.setenv("DEFORMCONV_TOOL_DIRS", os.pathsep.join(["", str(tool.parent)]))
+    assert gpu_tools.find_tool("fake-sanitizer") == str(tool)
+    monkeypatch.setenv("PATH", str(tool.parent) + os.pathsep + os.environ["PATH"])
+    monkeypatch.delenv("DEFORMCONV_TOOL_DIRS")
+    assert gpu_tools.find_tool("fake-sanitizer") == str(tool)

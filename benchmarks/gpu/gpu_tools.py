@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import os
 import re
@@ -30,16 +29,14 @@ NCU_METRICS = ("Duration", "Compute (SM) Throughput", "Memory Throughput", "DRAM
 
 
 def find_tool(name: str):
-    """``name`` on PATH, else in CUDA's and Nsight Compute's usual folders, else None."""
+    """``name`` on PATH, else in ``$CUDA_HOME/bin`` or a folder of ``$DEFORMCONV_TOOL_DIRS``
+    (``os.pathsep``-separated), else None."""
+    dirs = [os.path.join(os.environ["CUDA_HOME"], "bin")] if os.environ.get("CUDA_HOME") else []
+    dirs += [d for d in os.environ.get("DEFORMCONV_TOOL_DIRS", "").split(os.pathsep) if d]
     hit = shutil.which(name)
-    if hit:
+    if hit or not dirs:
         return hit
-    for pattern in (f"/usr/local/cuda/bin/{name}", f"/usr/local/cuda-*/bin/{name}",
-                    f"/opt/nvidia/nsight-compute/*/{name}"):
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[-1]
-    return None
+    return shutil.which(name, path=os.pathsep.join(dirs))
 
 
 def _child_env() -> dict:
