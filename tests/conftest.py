@@ -32,3 +32,22 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.fixture
+def broken_triton(monkeypatch):
+    """``broken_triton(launcher, message)``: force the Triton backend on any tensors and make
+    its launcher ``launcher`` raise ``RuntimeError(message)``, with no failure recorded yet,
+    so the next call shows the dispatch's fallback."""
+    from deformconv.ops import dispatch
+
+    def install(launcher: str, message: str):
+        def fail(*args):
+            raise RuntimeError(message)
+
+        broken = type("Broken", (), {launcher: staticmethod(fail)})
+        monkeypatch.setattr(dispatch, "use_triton", lambda *a: True)
+        monkeypatch.setattr(dispatch, "_triton_module", lambda name: broken)
+        monkeypatch.setattr(dispatch, "_failed", {})
+        return dispatch
+    return install

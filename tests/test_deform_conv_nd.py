@@ -430,19 +430,10 @@ def test_docstring_examples():
     assert doctest.testmod(deformconv.ops.deform_conv_nd).failed == 0
 
 
-def test_triton_failure_falls_back_with_a_warning(monkeypatch):
+def test_triton_failure_falls_back_with_a_warning(broken_triton):
     # The central dispatch, on CPU tensors with the Triton backend forced: a failing launcher
     # warns once and hands the call (and later ones) to the pure-PyTorch kernel.
-    from deformconv.ops import dispatch
-
-    class Broken:
-        @staticmethod
-        def deform_conv_nd_fwd(*args):
-            raise RuntimeError("ptxas died")
-
-    monkeypatch.setattr(dispatch, "use_triton", lambda *a: True)
-    monkeypatch.setattr(dispatch, "_triton_module", lambda name: Broken)
-    monkeypatch.setattr(dispatch, "_failed", {})
+    dispatch = broken_triton("deform_conv_nd_fwd", "ptxas died")
     t = P1.tensors()
     with pytest.warns(RuntimeWarning, match="Triton deform_conv1d forward kernel failed .*ptxas"):
         y = deform_conv1d(**t, **P1.kwargs())

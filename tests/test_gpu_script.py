@@ -130,16 +130,22 @@ sys.exit(r.returncode)
 """
 
 
+def _stand_in(tmp_path, monkeypatch, name: str, script: str) -> None:
+    """A Python stand-in for the GPU tool ``name``, found by the script, whose child runs on
+    the CPU."""
+    fake = tmp_path / name
+    fake.write_text(f"#!{sys.executable}\n" + script)
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu_tools, "find_tool", lambda tool: str(fake))
+    monkeypatch.setattr(gpu_tools, "CHILD_DEVICE", "cpu")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+
+
 @pytest.mark.slow
 def test_sanitizer_step_plumbing_with_a_stand_in_tool(tmp_path, monkeypatch):
     """The GPU path of the sanitizer step (plain run, then memcheck and racecheck side by
     side, logs parsed) with a stand-in for compute-sanitizer and the child on CPU."""
-    fake = tmp_path / "compute-sanitizer"
-    fake.write_text(f"#!{sys.executable}\n" + FAKE_SANITIZER)
-    fake.chmod(0o755)
-    monkeypatch.setattr(gpu_tools, "find_tool", lambda name: str(fake))
-    monkeypatch.setattr(gpu_tools, "CHILD_DEVICE", "cpu")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    _stand_in(tmp_path, monkeypatch, "compute-sanitizer", FAKE_SANITIZER)
     args = run_gpu._args(["--out", str(tmp_path), "--sanitizer-timeout", "120"])
     ctx = run_gpu.Context(None, args, ["sanitizer"])
     ctx.dry = False
@@ -169,12 +175,7 @@ sys.exit(r.returncode)
 
 @pytest.mark.slow
 def test_ncu_step_plumbing_with_a_stand_in_tool(tmp_path, monkeypatch):
-    fake = tmp_path / "ncu"
-    fake.write_text(f"#!{sys.executable}\n" + FAKE_NCU)
-    fake.chmod(0o755)
-    monkeypatch.setattr(gpu_tools, "find_tool", lambda name: str(fake))
-    monkeypatch.setattr(gpu_tools, "CHILD_DEVICE", "cpu")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    _stand_in(tmp_path, monkeypatch, "ncu", FAKE_NCU)
     ctx = run_gpu.Context(None, run_gpu._args(["--out", str(tmp_path)]), ["ncu"])
     ctx.dry = False
     rec = run_gpu.run_step("ncu", gpu_tools.step_ncu, tmp_path, META, ctx)

@@ -473,19 +473,10 @@ def test_chunks_bound_the_tiles_at_detector_sizes():
         assert e - a == 1 or (e - a) * ty * tx * 49 * 256 <= roi_pool_torch.CHUNK_ELEMENTS
 
 
-def test_triton_failure_falls_back_once_with_a_warning(monkeypatch):
+def test_triton_failure_falls_back_once_with_a_warning(broken_triton):
     # The central dispatch, on CPU tensors with the Triton backend forced: a failing launcher
     # warns once and hands this call and later ones to the pure-PyTorch kernels.
-    from deformconv.ops import dispatch
-
-    class Broken:
-        @staticmethod
-        def deform_roi_pool_fwd(*args):
-            raise RuntimeError("no compiler")
-
-    monkeypatch.setattr(dispatch, "use_triton", lambda *a: True)
-    monkeypatch.setattr(dispatch, "_triton_module", lambda name: Broken)
-    monkeypatch.setattr(dispatch, "_failed", {})
+    broken_triton("deform_roi_pool_fwd", "no compiler")
     x, rois, off = _interior_problem()
     args = (x, rois, off, 2, 3, 1.0, 0, 0.1)
     with pytest.warns(RuntimeWarning, match="Triton deform_roi_pool forward kernel failed.*no "
