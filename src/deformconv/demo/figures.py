@@ -57,6 +57,12 @@ def feature_pixel(centre: Point, size: int) -> Tuple[int, int]:
                  for c in centre)
 
 
+def traced_location(centre: Point, canvas: int) -> Point:
+    """The canvas position (y, x) of the feature pixel nearest to ``centre``: where the
+    layers' output for ``centre`` really sits."""
+    return tuple(p * STRIDE + OFFSET for p in feature_pixel(centre, canvas // STRIDE))
+
+
 def centre_of_mass(image: Tensor) -> Point:
     """Intensity-weighted centre (y, x) of a grey image Tensor[H, W]."""
     y, x = _centres_of_mass(image[None])[0].tolist()
@@ -175,8 +181,7 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
         learned = composed(model, images, locs)
         fixed = composed(model, images, locs, plain=True)
         for c, (image, loc, caption) in enumerate(row):
-            size = image.shape[-1] // STRIDE
-            mark = tuple(p * STRIDE + OFFSET for p in feature_pixel(loc, size))
+            mark = traced_location(loc, image.shape[-1])
             top, bottom = axes[2 * r][c], axes[2 * r + 1][c]
             d = draw_sampling(top, image, learned[0][c], learned[1][c], mark=mark, margin=8)
             f = draw_sampling(bottom, image, fixed[0][c], fixed[1][c], mark=mark, margin=8)

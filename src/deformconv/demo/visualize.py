@@ -110,13 +110,12 @@ def visualize(model, image: Tensor, path: str, title: str,
     (Tensor[1, 1, S, S]), beside the plain grid, and at a background location when the image
     has one; write the PNG ``path``. ``pixel``: the canvas location (y, x) traced (default:
     the ink's centre of mass). Returns the figure's per-cell numbers."""
-    from .figures import attention_figure, background_location, centre_of_mass, feature_pixel
-    from .model import OFFSET, STRIDE
+    from .figures import attention_figure, background_location, centre_of_mass, traced_location
 
     img = image[0, 0]
     asked = tuple(pixel) if pixel is not None else centre_of_mass(img)
     # the layers' output lives on the feature grid: the location traced is its nearest pixel
-    traced = tuple(p * STRIDE + OFFSET for p in feature_pixel(asked, img.shape[-1] // STRIDE))
+    traced = traced_location(asked, img.shape[-1])
     with torch.no_grad():
         pred = model(image).argmax(1).item()
     where = ("the ink's centre of mass" if pixel is None else

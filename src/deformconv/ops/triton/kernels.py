@@ -319,28 +319,13 @@ BWD_DATA_CONFIGS = config_table(("BLOCK_M", "BLOCK_O", "BLOCK_C"), {
 WEIGHT_BLOCK_C = 32
 
 
-def _weight_config(block_m, block_n, warps):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_C": WEIGHT_BLOCK_C},
-                         num_warps=warps, num_stages=2)
-
-
-BWD_WEIGHT_CONFIGS = {
-    "half": [
-        _weight_config(32, 128, 4),
-        _weight_config(64, 128, 8),
-    ],
-    "float32": [
-        _weight_config(32, 64, 4),
-    ],
-    "half_i64": [
-        _weight_config(32, 128, 4),
-        _weight_config(64, 128, 8),
-    ],
-    "float32_i64": [
-        _weight_config(32, 32, 4),
-        _weight_config(32, 64, 8),
-    ],
-}
+_W = WEIGHT_BLOCK_C
+BWD_WEIGHT_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_C"), {
+    "half": [(32, 128, _W, 4), (64, 128, _W, 8)],
+    "float32": [(32, 64, _W, 4)],
+    "half_i64": [(32, 128, _W, 4), (64, 128, _W, 8)],
+    "float32_i64": [(32, 32, _W, 4), (32, 64, _W, 8)],
+})
 
 
 @triton.jit(do_not_specialize=_DYNAMIC)
