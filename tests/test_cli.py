@@ -355,3 +355,20 @@ def test_demo_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "report.md").write_text("")
     _usage_error(["demo", "--quick", "--out", str(tmp_path / "report.md")], capsys, "--out",
                  "report.md", "File exists")
+
+
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_bad_backend_setting_is_reported_without_traceback(command):
+    """A bad DEFORMCONV_BACKEND: `info` (where a user diagnoses it) and `check` name the
+    variable, the value and the allowed ones, and exit non-zero without a traceback."""
+    env = dict(os.environ, DEFORMCONV_BACKEND="bogus",
+               PYTHONPATH=os.path.dirname(os.path.dirname(deformconv.__file__)))
+    out = subprocess.run([sys.executable, "-m", "deformconv", command], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    assert "DEFORMCONV_BACKEND" in out.stderr and "'bogus'" in out.stderr
+    assert all(b in out.stderr for b in ("auto", "triton", "torch")), out.stderr
+    if command == "info":  # the rest of the diagnosis is still printed
+        assert f"deformconv {deformconv.__version__}" in out.stdout
+

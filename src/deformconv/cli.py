@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from .commands import bench, check, demo, info, kernels, visualize
+from .commands._backend import backend_setting_error
 
 COMMANDS = [check, info, kernels, bench, demo, visualize]
 
@@ -27,12 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(module.NAME, help=module.HELP,
                            description=getattr(module, "DESCRIPTION", module.HELP))
         module.add_arguments(s)
-        s.set_defaults(run=module.run, parser=s)
+        s.set_defaults(run=module.run, parser=s,
+                       uses_backend=getattr(module, "USES_BACKEND", False))
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "uses_backend", False):
+        # A bad setting would surface as a traceback from deep inside the first op call.
+        error = backend_setting_error()
+        if error is not None:
+            print(f"deformconv {args.command}: error: {error}", file=sys.stderr)
+            return 2
     try:
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

@@ -9,6 +9,7 @@ from typing import Optional
 
 from ._args import make_folder, non_negative_int, positive_int
 
+USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "bench"
 HELP = ("CPU benchmark: deformconv against nn.Conv2d (the floor), onnxruntime, torchvision "
         "and a grid_sample baseline, alternating in one process; medians and ratios, "

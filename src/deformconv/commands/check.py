@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "check"
 HELP = ("run a deformable layer forward and backward on random data and compare it with the "
         "float64 reference")

@@ -7,6 +7,7 @@ import os
 
 from ._args import check_device, make_folder, positive_float, positive_int
 
+USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "demo"
 HELP = ("train a plain and a deformable CNN on digits under random scale, rotation and shear; "
         "write pictures of where the deformable layers look, accuracies and a report")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "info"
 HELP = "versions and available kernels"
@@ -32,7 +33,10 @@ def _kernels(triton: str) -> str:
         dispatch = None
     describe = getattr(dispatch, "describe", None)
     if describe is not None:
-        return str(describe()).rstrip()
+        try:
+            return str(describe()).rstrip()
+        except ValueError as e:  # a bad DEFORMCONV_BACKEND: run() reports it
+            return f"  unknown: {e}"
     lines = ["  cpu:  pure PyTorch (embedding_bag sampling + oneDNN/BLAS convolution)"]
     if torch.cuda.is_available():
         kind = ("Triton fused kernels" if not triton.startswith("not")
@@ -58,4 +62,9 @@ def run(args: argparse.Namespace) -> int:
     print(_kernels(triton))
     print(f"optional packages: triton {triton}, onnxruntime {_version('onnxruntime')}, "
           f"onnx {_version('onnx')}, matplotlib {_version('matplotlib')}")
+    from ._backend import backend_setting_error
+    error = backend_setting_error()
+    if error is not None:  # the rest is printed: it helps diagnose the setting
+        print(f"deformconv info: error: {error}", file=sys.stderr)
+        return 2
     return 0

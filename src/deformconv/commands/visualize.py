@@ -7,6 +7,7 @@ import os
 
 from ._args import make_folder, non_negative_int, positive_int
 
+USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "visualize"
 HELP = ("draw where a demo model's deformable layers read on an image (a PNG in the output "
         "folder)")
