@@ -73,3 +73,54 @@ def test_bench_rejects_bad_counts(argv, words, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert all(w in err for w in words), err
+
+
+def _no_run(monkeypatch, path=None):
+    """cpu.run replaced: records the call, checks ``path`` does not exist yet."""
+    ran = []
+
+    def run(*a, **k):
+        ran.append(path is None or not path.exists())
+        return {"rows": []}
+    monkeypatch.setattr(cpu, "run", run)
+    return ran
+
+
+def test_bench_out_is_a_file_checked_before_the_run(tmp_path, monkeypatch, capsys):
+    """--out names the JSON file; a folder, a path ending in a separator or an unwritable
+    place is a usage error before anything is timed, and creates nothing."""
+    good = tmp_path / "a" / "r.json"
+    ran = _no_run(monkeypatch, good)
+    for bad, words in [(str(tmp_path), ["--out", "folder"]),
+                       (str(tmp_path / "newdir") + "/", ["--out", "folder"]),
+                       ("/proc/x.json", ["--out", "/proc/x.json"])]:
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "--quick", "--out", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert all(w in err for w in words) and "Traceback" not in err, err
+    assert ran == [] and list(tmp_path.iterdir()) == []
+    # A good path: its folder is made, the file written after the run only.
+    assert main(["bench", "--quick", "--contenders", "deformconv", "--out", str(good)]) == 0
+    assert ran == [True] and json.loads(good.read_text()) == {"rows": []}
+
+
+def test_bench_never_loses_a_finished_run(tmp_path, monkeypatch, capsys):
+    """When the results cannot be written after the run (the place went away), they go to a
+    file that can be written, and the message says where."""
+    out = tmp_path / "gone" / "r.json"
+    monkeypatch.setattr(cpu, "run_problem", lambda p, names, repeats, warmup: [])
+
+    def vanish(*a, **k):
+        import shutil
+        shutil.rmtree(tmp_path / "gone")
+        (tmp_path / "gone").write_text("now a file")
+        return []
+    monkeypatch.setattr(cpu, "summarize", vanish)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick", "--no-memory", "--contenders", "deformconv", "--out",
+                 str(out)]) == 1
+    err = capsys.readouterr().err
+    saved = [p for p in tmp_path.iterdir() if p.name.startswith("deformconv-bench")]
+    assert len(saved) == 1 and str(saved[0].name) in err and str(out) in err, err
+    assert json.loads(saved[0].read_text())["rows"] == []

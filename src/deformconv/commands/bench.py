@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch (and onnxruntime) threads (default: torch's default)")
     parser.add_argument("--out", default=None, help="write the results as JSON to this file "
-                        "(its folder is created)")
+                        "(its folder is created; checked before the run)")
 
 
 def unavailable(name: str) -> Optional[str]:
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
                          f"install it or leave it out")
         print(f"note: skipping {name}, not available here ({why})", file=sys.stderr)
         names.remove(name)
-    if args.out:  # create the folder now, not after minutes of timing
-        make_folder(parser, "--out", os.path.dirname(args.out))
+    if args.out is not None:  # now, not after minutes of timing
+        check_out_file(parser, args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     if "conv2d" not in names:
@@ -93,6 +93,52 @@ def run(args: argparse.Namespace) -> int:
     else:
         shapes, variants = cpu.SHAPES, ([] if args.no_variants else cpu.VARIANTS)
         repeats, warmup = args.repeats, args.warmup
-    cpu.run(shapes, variants, names, repeats, warmup, memory=not args.no_memory,
-            out_path=args.out)
-    return 0
+    result = cpu.run(shapes, variants, names, repeats, warmup, memory=not args.no_memory,
+                     out_path=None)
+    return 0 if args.out is None else save_results(result, args.out)
+
+
+def check_out_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """``--out`` names the JSON file: a usage error now when it is a folder or cannot be
+    written. Its folder is created; the file itself is not (a failed run leaves none)."""
+    if not path or path.endswith(("/", os.sep)) or os.path.isdir(path):
+        parser.error(f"--out: expected the path of the JSON file to write, got the folder "
+                     f"{path!r} (give e.g. {os.path.join(path or '.', 'bench.json')!r})")
+    make_folder(parser, "--out", os.path.dirname(path))
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        parser.error(f"--out: cannot write {path!r} ({e.strerror})")
+    if not existed:
+        os.remove(path)
+
+
+def save_results(result: dict, path: str) -> int:
+    """Write ``result`` to ``path``; if that fails after all (the place changed during the
+    run), to a new file in the current or the temporary folder, saying where. 0 when ``path``
+    was written, else 1."""
+    import json
+    import tempfile
+
+    text = json.dumps(result, indent=1)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
+        return 0
+    except OSError as e:
+        why = f"could not write {path!r} ({e.strerror})"
+    for folder in (os.getcwd(), tempfile.gettempdir()):
+        try:
+            fd, kept = tempfile.mkstemp(prefix="deformconv-bench-", suffix=".json", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError:
+            continue
+        print(f"deformconv bench: {why}; the results are in {kept}", file=sys.stderr)
+        return 1
+    print(f"deformconv bench: {why}; the results follow", file=sys.stderr)
+    print(text)
+    return 1
