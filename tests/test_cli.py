@@ -372,3 +372,15 @@ def test_bad_backend_setting_is_reported_without_traceback(command):
     if command == "info":  # the rest of the diagnosis is still printed
         assert f"deformconv {deformconv.__version__}" in out.stdout
 
+
+def test_kernels_unknown_name_is_an_error(capsys):
+    pytest.importorskip("triton")
+    from deformconv.ops.triton import report
+    err = _usage_error(["kernels", "--kernel", "nothing"], capsys, "--kernel", "'nothing'")
+    for spec in report.kernel_specs():  # the choices are named
+        assert spec.name in err
+
+
+def test_bench_empty_contenders_is_an_error(capsys):
+    _usage_error(["bench", "--quick", "--contenders", ""], capsys, "--contenders", "empty")
+    _usage_error(["bench", "--quick", "--contenders", " , "], capsys, "--contenders", "empty")

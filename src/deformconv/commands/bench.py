@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     explicit = args.contenders is not None
     names = ([n.strip() for n in args.contenders.split(",") if n.strip()] if explicit
              else list(CONTENDERS))
+    if not names:
+        parser.error(f"--contenders: empty; expected comma-separated names from "
+                     f"{list(CONTENDERS)}")
     unknown = sorted(set(names) - set(CONTENDERS))
     if unknown:
         parser.error(f"--contenders: expected names from {list(CONTENDERS)}, got unknown "

@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from deformconv.ops.triton import report  # noqa: PLC0415 (imports triton)
 
+    names = [spec.name for spec in report.kernel_specs()]
+    if not any(args.kernel in n for n in names):
+        args.parser.error(f"--kernel: no kernel name contains {args.kernel!r}; the kernels "
+                          f"are: {', '.join(names)}")
     rows = report.resource_rows(args.arch, args.kernel)
     print(json.dumps(rows, indent=1) if args.json else report.markdown(rows))
     spilling = [r for r in rows if r["spill_bytes"]]
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"deformconv {NAME}", description=HELP)
     add_arguments(parser)
+    parser.set_defaults(parser=parser)
     return run(parser.parse_args(argv))
 
 
