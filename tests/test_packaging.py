@@ -49,10 +49,34 @@ def test_no_upper_bound_on_torch():
     assert torch_req and "<" not in torch_req[0] and ">=" in torch_req[0]
 
 
+def _site_dirs():
+    """The folders the running interpreter imports installed packages from: its site-packages
+    (a venv's, plus the base's when the venv includes them) and the user site."""
+    import site
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _fresh_env(env_dir):
+    """A venv that sees the packages of the interpreter running the tests (torch), whether
+    that is the system Python or a venv: ``--system-site-packages`` would give the *base*
+    interpreter's, which in a venv lacks torch. The folders are added as plain path entries
+    (their .pth files are not run), so an editable deformconv there stays invisible."""
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
+    py = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "_outer_site.pth").write_text("".join(d + "\n" for d in _site_dirs()))
+    return py
+
+
 @pytest.mark.slow
 def test_wheel_and_sdist_build_install_and_import(tmp_path):
     """PEP 517 hooks of setuptools (no network), then pip into a fresh venv that sees the
-    system's torch only (--system-site-packages); the import must come from the venv."""
+    test interpreter's packages (torch, the same one); the import must come from the venv."""
     pytest.importorskip("setuptools", minversion="70.1",
                         reason="the build needs setuptools>=70.1 (in the test extras)")
     src = tmp_path / "src"
@@ -69,8 +93,10 @@ def test_wheel_and_sdist_build_install_and_import(tmp_path):
     v = deformconv.__version__
     assert wheels[0].name.startswith(f"deformconv-{v}-") and sdists[0].name == \
         f"deformconv-{v}.tar.gz"
+    import torch
     check = ("import deformconv, importlib.metadata as m, torch; "
              "assert deformconv.__file__.startswith(sys.prefix), deformconv.__file__; "
+             f"assert torch.__file__ == {torch.__file__!r}, torch.__file__; "
              "assert m.version('deformconv') == deformconv.__version__; "
              "x = torch.zeros(1, 2, 4, 4); l = deformconv.DeformConv2dPack(2, 2, 3, padding=1); "
              "assert l(x).shape == (1, 2, 4, 4); print(deformconv.__version__)")
@@ -79,9 +105,7 @@ def test_wheel_and_sdist_build_install_and_import(tmp_path):
              "spec = u.find_spec('deformconv'); assert spec.origin.startswith(sys.prefix); "
              "assert m.version('deformconv') == %r; print(%r)" % (v, v))
     for i, (artifact, code) in enumerate(((wheels[0], check), (sdists[0], light))):
-        env_dir = tmp_path / f"venv{i}"
-        venv.create(env_dir, system_site_packages=True, with_pip=False)
-        py = env_dir / "bin" / "python"
+        py = _fresh_env(tmp_path / f"venv{i}")
         _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
               "--no-index", "--no-build-isolation", str(artifact)], env=env, cwd=tmp_path)
         out = _run([str(py), "-c", "import sys; " + code], env=env, cwd=tmp_path)
