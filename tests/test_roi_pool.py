@@ -487,3 +487,36 @@ def test_triton_failure_falls_back_once_with_a_warning(broken_triton):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         deform_roi_pool(x, rois, off, (2, 3), 1.0, 0, 0.1)   # no second warning
+
+
+def test_meta_tensors_give_the_shape():
+    """Shapes only: the value checks (batch index) need real tensors and are skipped."""
+    y = deform_roi_pool(torch.empty(2, 4, 10, 12, device="meta"),
+                        torch.empty(3, 5, device="meta"), None, 7)
+    assert y.device.type == "meta" and y.shape == (3, 4, 7, 7) and y.dtype == torch.float32
+    y = deform_roi_pool(torch.empty(2, 4, 10, 12, device="meta"),
+                        torch.empty(3, 5, device="meta"),
+                        torch.empty(3, 2, 2, 3, device="meta"), (2, 3))
+    assert y.shape == (3, 4, 2, 3)
+    with pytest.raises(ValueError, match="offset must have shape"):  # shape checks still run
+        deform_roi_pool(torch.empty(2, 4, 10, 12, device="meta"),
+                        torch.empty(3, 5, device="meta"), torch.empty(3, 2, 7, 6,
+                                                                      device="meta"), 7)
+
+
+def test_fake_tensors_and_make_fx_trace():
+    """Under FakeTensorMode (shape propagation) and a fake-mode make_fx trace, the value
+    checks do not read values, so tracing goes through; eager still checks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    with FakeTensorMode():
+        y = deform_roi_pool(torch.empty(2, 4, 10, 12), torch.zeros(3, 5), None, 7)
+    assert y.shape == (3, 4, 7, 7)
+
+    def f(x, rois):
+        return deform_roi_pool(x, rois, None, 2, sampling_ratio=2)
+    a = _args()
+    g = make_fx(f, tracing_mode="fake")(a["input"], a["rois"])
+    assert any("deform_roi_pool" in str(n.target) for n in g.graph.nodes)
+    torch.testing.assert_close(g(a["input"], a["rois"]), f(a["input"], a["rois"]))
+

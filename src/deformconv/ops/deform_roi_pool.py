@@ -84,7 +84,8 @@ def _real(name: str, v) -> float:
 
 def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
     """Validate one call; ``ph``/``pw`` already parsed. The batch-index check reads the rois
-    (a device sync), so it runs in eager mode only, never inside a compiled graph."""
+    (a device sync), so it runs on real tensors in eager mode only: not inside a compiled or
+    traced graph, not on meta or fake tensors (which have shapes, no values)."""
     _check_tensor("input", input, 4, None)
     _check_tensor("rois", rois, 2, input)
     if offset is not None:
@@ -99,13 +100,21 @@ def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
     if offset is not None and tuple(offset.shape) != (R, 2, ph, pw):
         raise ValueError(f"offset must have shape (R, 2, ph, pw) = {(R, 2, ph, pw)}, got "
                          f"{tuple(offset.shape)}")
-    if R and not _tracing():
+    if R and not _tracing() and _has_values(rois):
         b = torch.trunc(rois[:, 0].detach())
         bad = ~((b >= 0) & (b < N))               # NaN is bad too
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0])
             raise ValueError(f"rois[:, 0] (batch index) must lie in [0, N) = [0, {N}) after "
                              f"truncation, got {rois[k, 0].item()!r} in row {k}")
+
+
+def _has_values(t: Tensor) -> bool:
+    """False for meta tensors and under fake tensors (FakeTensorMode, fake-mode tracing)."""
+    if t.is_meta:
+        return False
+    from torch._guards import detect_fake_mode  # noqa: PLC0415 (private; used here only)
+    return detect_fake_mode([t]) is None
 
 
 def _tracing() -> bool:
