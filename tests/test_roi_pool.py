@@ -291,7 +291,8 @@ def _args(**kw):
     (dict(rois=torch.zeros(1, 4)), ValueError, r"rois must have shape \(R, 5\).*got \(1, 4\)"),
     (dict(rois=torch.zeros(5)), ValueError, "rois must be 2-D"),
     (dict(rois=torch.zeros(1, 5, dtype=torch.float64)), TypeError,
-     "rois must have the input's dtype torch.float32, got torch.float64"),
+     r"rois must have the input's dtype torch.float32 \(or float32 with float16/bfloat16 "
+     r"input\), got torch.float64"),
     (dict(offset=torch.zeros(1, 2, 3, 2)), ValueError,
      r"offset must have shape \(R, 2, ph, pw\) = \(1, 2, 2, 2\), got \(1, 2, 3, 2\)"),
     (dict(offset=torch.zeros(2, 2, 2, 2)), ValueError, "offset must have shape"),
@@ -520,3 +521,22 @@ def test_fake_tensors_and_make_fx_trace():
     assert any("deform_roi_pool" in str(n.target) for n in g.graph.nodes)
     torch.testing.assert_close(g(a["input"], a["rois"]), f(a["input"], a["rois"]))
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float32_rois_with_low_precision_features(dtype):
+    """float32 rois are accepted with float16/bfloat16 features, and the positions come from
+    the float32 coordinates: the result equals pooling the same (rounded) features in float32,
+    while rounding the coordinates to the low dtype moves the samples."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 40, 40, generator=g).to(dtype)
+    rois = torch.tensor([[0., 1.3, 2.7, 33.1, 30.9], [1., 5.05, 3.3, 37.7, 21.6]])
+    off = (0.1 * torch.randn(2, 2, 3, 3, generator=g)).to(dtype)
+    got = deform_roi_pool(x, rois, off, 3, sampling_ratio=2)
+    assert got.dtype == dtype
+    want = deform_roi_pool(x.float(), rois, off.float(), 3, sampling_ratio=2)
+    torch.testing.assert_close(got.float(), want.to(dtype).float(), rtol=0, atol=0)
+    rounded = deform_roi_pool(x, rois.to(dtype), off, 3, sampling_ratio=2)
+    assert (rounded.float() - want).abs().max() > (got.float() - want).abs().max()
+    with pytest.raises(TypeError, match="rois must have the input's dtype torch.float32 "
+                                        r"\(or float32 with float16/bfloat16 input\)"):
+        deform_roi_pool(x.float(), rois.double(), None, 3)

@@ -171,3 +171,20 @@ def test_report_kernels_describe_the_launched_kernels():
         constexprs = {p.name for p in params if "constexpr" in str(p.annotation)}
         assert set(consts) | {"BLOCK_C"} == constexprs, s.name
         assert [c.kwargs["BLOCK_C"] for c in s.configs["half"]] == list(launch.GPU_BLOCKS_C)
+
+
+def test_float32_rois_with_bfloat16_features():
+    """float32 boxes with bfloat16 features: the kernels read the boxes in float32, as the
+    pure-PyTorch path does (forward and both gradients)."""
+    p = RoIProblem(C=6, sampling_ratio=0, **SMALL)
+    t = p.tensors(torch.bfloat16, DEV, 0)
+    rois = p.tensors(torch.float32, DEV, 0)["rois"]
+    args = (t["input"], rois, t["offset"], *p.output_size, p.spatial_scale,
+            p.sampling_ratio, p.gamma)
+    go = p.grad_out(torch.bfloat16, DEV)
+    got = (launch.deform_roi_pool_fwd(*args), *launch.deform_roi_pool_bwd(go, *args, True, True))
+    want = (roi_pool_torch.deform_roi_pool_fwd(*args),
+            *roi_pool_torch.deform_roi_pool_bwd(go, *args, True, True))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.bfloat16
+        assert_close(g, w, name="triton vs torch, float32 rois")

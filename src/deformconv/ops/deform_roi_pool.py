@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import _check_tensor, int_tuple
+from .checks import FLOATS, _autocast_mix, _check_tensor, int_tuple
 from .roi_pool_registry import deform_roi_pool_op
 
 _IntPair = Union[int, Tuple[int, int]]
@@ -29,8 +29,10 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
     Args:
         input (Tensor[N, C, H, W]): feature map.
         rois (Tensor[R, 5]): regions ``(batch_index, x1, y1, x2, y2)`` in image coordinates
-            (multiplied by ``spatial_scale``), of the input's dtype and device. The batch index
-            is truncated to an int and must lie in ``[0, N)``.
+            (multiplied by ``spatial_scale``), on the input's device, of the input's dtype or,
+            with float16/bfloat16 input, float32 (the positions are computed in float32; boxes
+            rounded to bfloat16 move by up to 1/256 of their coordinate). The batch index is
+            truncated to an int and must lie in ``[0, N)``.
         offset (Tensor[R, 2, ph, pw], optional): normalised bin shifts, channel 0 is x (width),
             channel 1 is y. ``None`` pools without shift.
         output_size (int or (int, int)): ``(ph, pw)``.
@@ -87,7 +89,18 @@ def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
     (a device sync), so it runs on real tensors in eager mode only: not inside a compiled or
     traced graph, not on meta or fake tensors (which have shapes, no values)."""
     _check_tensor("input", input, 4, None)
-    _check_tensor("rois", rois, 2, input)
+    # float32 boxes with float16/bfloat16 features keep their precision: the positions are
+    # computed in float32 either way, and rounding coordinates to the low dtype moves them.
+    wide_rois = (isinstance(rois, Tensor) and rois.dtype == torch.float32
+                 and input.dtype in (torch.float16, torch.bfloat16))
+    if (isinstance(rois, Tensor) and rois.dtype in FLOATS and rois.dtype != input.dtype
+            and not wide_rois and not _autocast_mix(rois, input)):
+        raise TypeError(f"rois must have the input's dtype {input.dtype} (or float32 with "
+                        f"float16/bfloat16 input), got {rois.dtype}")
+    _check_tensor("rois", rois, 2, None)
+    if rois.device != input.device:
+        raise ValueError(f"rois must be on the input's device {input.device}, got "
+                         f"{rois.device}")
     if offset is not None:
         _check_tensor("offset", offset, 4, input)
     N, C, H, W = input.shape
