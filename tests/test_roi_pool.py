@@ -540,3 +540,10 @@ def test_float32_rois_with_low_precision_features(dtype):
     with pytest.raises(TypeError, match="rois must have the input's dtype torch.float32 "
                                         r"\(or float32 with float16/bfloat16 input\)"):
         deform_roi_pool(x.float(), rois.double(), None, 3)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.25])
+def test_spatial_scale_must_be_positive(bad):
+    with pytest.raises(ValueError, match=f"spatial_scale must be > 0, got {bad}"):
+        deform_roi_pool(**_args(spatial_scale=bad))
+

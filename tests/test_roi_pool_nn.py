@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from deformconv import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
+from deformconv import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool
 from deformconv.reference_roi_pool import deform_roi_pool_ref
 from deformconv.testing import RoIProblem, assert_close
 
@@ -139,3 +139,55 @@ def test_zero_regions_through_the_packs():
     assert y.shape == (0, 3, 2, 2)
     y.sum().backward()
     assert x.grad.shape == x.shape and not x.grad.any()
+
+
+_POOL_ARGS = [
+    (dict(spatial_scale="0.25"), TypeError, "spatial_scale must be a real number, got '0.25'"),
+    (dict(spatial_scale=0), ValueError, "spatial_scale must be > 0, got 0"),
+    (dict(spatial_scale=-1.0), ValueError, "spatial_scale must be > 0, got -1.0"),
+    (dict(spatial_scale=float("inf")), ValueError, "spatial_scale must be finite"),
+    (dict(sampling_ratio=1.5), TypeError, "sampling_ratio must be an int, got 1.5"),
+    (dict(sampling_ratio=True), TypeError, "sampling_ratio must be an int, got True"),
+    (dict(gamma=None), TypeError, "gamma must be a real number, got None"),
+    (dict(gamma=float("nan")), ValueError, "gamma must be finite"),
+    (dict(output_size=(2, 0)), ValueError, "output_size must be >= 1"),
+]
+_PACK_ARGS = [
+    (dict(output_channels=0), ValueError, "output_channels must be >= 1, got 0"),
+    (dict(output_channels=2.0), TypeError, "output_channels must be an int, got 2.0"),
+    (dict(output_channels=None), TypeError, "output_channels must be an int, got None"),
+    (dict(deform_fc_channels=-5), ValueError, "deform_fc_channels must be >= 1, got -5"),
+    (dict(deform_fc_channels="8"), TypeError, "deform_fc_channels must be an int, got '8'"),
+]
+
+
+@pytest.mark.parametrize("cls", [DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack])
+@pytest.mark.parametrize("kw, err, msg", _POOL_ARGS + _PACK_ARGS)
+def test_every_constructor_argument_is_validated_by_name(cls, kw, err, msg):
+    """The layers check each argument as the function does (the same messages), at
+    construction, not at the first forward."""
+    if cls is DeformRoIPool and set(kw) <= {"output_channels", "deform_fc_channels"}:
+        pytest.skip("DeformRoIPool has no such argument")
+    args = dict(output_size=2) if cls is DeformRoIPool else dict(
+        output_size=2, output_channels=3, deform_fc_channels=8)
+    args.update(kw)
+    with pytest.raises(err, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        cls(**args)
+    if set(kw) <= {"output_channels", "deform_fc_channels", "output_size"}:
+        return
+    # The function says the same about the same value.
+    x, rois = torch.randn(1, 3, 5, 5), torch.tensor([[0., 0, 0, 3, 3]])
+    fkw = {k: v for k, v in args.items() if k not in ("output_channels",
+                                                        "deform_fc_channels")}
+    with pytest.raises(err, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        deform_roi_pool(x, rois, None, **fkw)
+
+
+def test_layer_stores_checked_python_values():
+    np = pytest.importorskip("numpy")
+    layer = DeformRoIPoolPack(np.int64(2), np.int32(3), np.int64(8), spatial_scale=np.float32(
+        0.25), sampling_ratio=np.int64(2), gamma=1)
+    assert (layer.output_size, layer.output_channels, layer.deform_fc_channels) == ((2, 2), 3, 8)
+    assert type(layer.output_channels) is int and type(layer.sampling_ratio) is int
+    assert type(layer.spatial_scale) is float and layer.spatial_scale == 0.25
+    assert type(layer.gamma) is float and layer.gamma == 1.0

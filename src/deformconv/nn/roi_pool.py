@@ -8,8 +8,8 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor, nn
 
-from ..ops.checks import int_tuple
-from ..ops.deform_roi_pool import deform_roi_pool
+from ..ops.checks import _is_int
+from ..ops.deform_roi_pool import deform_roi_pool, pool_args
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -28,10 +28,9 @@ class DeformRoIPool(nn.Module):
     def __init__(self, output_size: _IntPair, spatial_scale: float = 1.0,
                  sampling_ratio: int = 0, gamma: float = 0.1):
         super().__init__()
-        self.output_size = int_tuple("output_size", output_size, 2, 1)
-        self.spatial_scale = float(spatial_scale)
-        self.sampling_ratio = int(sampling_ratio)
-        self.gamma = float(gamma)
+        # Checked as the function checks them (same messages), stored as Python values.
+        (self.output_size, self.spatial_scale, self.sampling_ratio,
+         self.gamma) = pool_args(output_size, spatial_scale, sampling_ratio, gamma)
 
     def forward(self, input: Tensor, rois: Tensor, offset: Optional[Tensor] = None) -> Tensor:
         return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
@@ -40,6 +39,14 @@ class DeformRoIPool(nn.Module):
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}")
+
+
+def _positive_int(name: str, value) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
 
 
 def _mlp(sizes, last_act: Optional[nn.Module]) -> nn.Sequential:
@@ -69,10 +76,10 @@ class DeformRoIPoolPack(DeformRoIPool):
                  deform_fc_channels: int = 1024, spatial_scale: float = 1.0,
                  sampling_ratio: int = 0, gamma: float = 0.1):
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
-        self.output_channels = output_channels
-        self.deform_fc_channels = deform_fc_channels
+        self.output_channels = output_channels = _positive_int("output_channels",
+                                                               output_channels)
+        self.deform_fc_channels = D = _positive_int("deform_fc_channels", deform_fc_channels)
         K = self.output_size[0] * self.output_size[1]
-        D = deform_fc_channels
         self.offset_fc = _mlp([K * output_channels, D, D, 2 * K], None)
 
     def _check_channels(self, input: Tensor) -> None:
@@ -110,7 +117,8 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         super().__init__(output_size, output_channels, deform_fc_channels, spatial_scale,
                          sampling_ratio, gamma)
         K = self.output_size[0] * self.output_size[1]
-        self.mask_fc = _mlp([K * output_channels, deform_fc_channels, K], nn.Sigmoid())
+        self.mask_fc = _mlp([K * self.output_channels, self.deform_fc_channels, K],
+                            nn.Sigmoid())
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         flat, offset = self._offset(input, rois)

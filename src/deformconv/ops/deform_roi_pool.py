@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import FLOATS, _autocast_mix, _check_tensor, int_tuple
+from .checks import FLOATS, _autocast_mix, _check_tensor, _is_int, int_tuple
 from .roi_pool_registry import deform_roi_pool_op
 
 _IntPair = Union[int, Tuple[int, int]]
@@ -36,7 +36,7 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
         offset (Tensor[R, 2, ph, pw], optional): normalised bin shifts, channel 0 is x (width),
             channel 1 is y. ``None`` pools without shift.
         output_size (int or (int, int)): ``(ph, pw)``.
-        spatial_scale (float): input-image to feature-map scale, e.g. ``1/16``.
+        spatial_scale (float): input-image to feature-map scale (> 0), e.g. ``1/16``.
         sampling_ratio (int): samples per bin and axis; ``<= 0`` picks ``ceil(size / bins)``.
         gamma (float): offset scale.
 
@@ -59,13 +59,8 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
         tensor([[[[1.5625, 3.0000],
                   [7.3125, 8.7500]]]])
     """
-    ph, pw = int_tuple("output_size", output_size, 2, 1)
-    spatial_scale = _real("spatial_scale", spatial_scale)
-    gamma = _real("gamma", gamma)
-    if not (isinstance(sampling_ratio, numbers.Integral) and not isinstance(sampling_ratio, bool)
-            and type(sampling_ratio).__name__ != "bool_"):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    sampling_ratio = int(sampling_ratio)
+    (ph, pw), spatial_scale, sampling_ratio, gamma = pool_args(output_size, spatial_scale,
+                                                               sampling_ratio, gamma)
     if torch.onnx.is_in_onnx_export():
         raise RuntimeError(
             "deform_roi_pool cannot be exported to ONNX: ONNX has no deformable RoI pooling "
@@ -73,6 +68,20 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
             "node. Export the model up to the pooling, or run it with torch.export/TorchScript")
     check_deform_roi_pool(input, rois, offset, ph, pw)
     return deform_roi_pool_op(input, rois, offset, ph, pw, spatial_scale, sampling_ratio, gamma)
+
+
+def pool_args(output_size, spatial_scale, sampling_ratio, gamma
+              ) -> Tuple[Tuple[int, int], float, int, float]:
+    """The checked scalar arguments as Python values: ``((ph, pw), spatial_scale,
+    sampling_ratio, gamma)``; the layers check their constructor with it too."""
+    ph, pw = int_tuple("output_size", output_size, 2, 1)
+    spatial_scale = _real("spatial_scale", spatial_scale)
+    if spatial_scale <= 0:
+        raise ValueError(f"spatial_scale must be > 0, got {spatial_scale!r}")
+    gamma = _real("gamma", gamma)
+    if not _is_int(sampling_ratio):
+        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    return (ph, pw), spatial_scale, int(sampling_ratio), gamma
 
 
 def _real(name: str, v) -> float:
