@@ -130,3 +130,42 @@ def test_bad_arguments():
     # Every call above failed before changing anything: the modules are those of a fresh net.
     assert [(n, type(m)) for n, m in net.named_modules()] == [
         (n, type(m)) for n, m in _net().named_modules()]
+
+
+def _shared_net():
+    torch.manual_seed(0)
+    c = nn.Conv2d(8, 8, 3, padding=1)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), c, nn.ReLU(), c), c
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_shared_convolution_stays_one_module(version):
+    """A convolution used twice becomes one converted module at both places, counted once;
+    one training step keeps the uses tied (same parameters, the same update)."""
+    net, c = _shared_net()
+    x = torch.randn(2, 3, 9, 7)
+    before = net(x).detach()
+    net, done = convert_to_deformable(net, version=version)
+    assert done == ["0", "1"]
+    assert net[1] is net[3] and type(net[1]) is not nn.Conv2d
+    torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
+    params = list(net.parameters())
+    assert len(params) == len({id(p) for p in params})  # no parameter twice
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    net.train()
+    net(x).square().mean().backward()
+    opt.step()
+    assert net[1] is net[3] and net[1].conv_offset.weight.abs().sum() > 0  # it deforms now
+    assert torch.equal(net.state_dict()["1.weight"], net.state_dict()["3.weight"])
+    assert torch.equal(net.state_dict()["1.conv_offset.weight"],
+                       net.state_dict()["3.conv_offset.weight"])
+    # Named by either of its names, it is converted once, everywhere.
+    for name in ("1", "3"):
+        net, c = _shared_net()
+        net, done = convert_to_deformable(net, names=[name, "1", "3"])
+        assert done == [name] and net[1] is net[3] and type(net[3]) is ModulatedDeformConv2dPack
+    # A copy keeps the sharing too.
+    net, _ = _shared_net()
+    new, _ = convert_to_deformable(net, inplace=False)
+    assert new[1] is new[3] and type(net[3]) is nn.Conv2d
+

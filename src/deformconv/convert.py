@@ -45,7 +45,8 @@ def _why_not(conv: nn.Module, include_grouped: bool = True) -> Optional[str]:
 
 def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Module]]:
     """Convertible convolutions in module order, skipping those inside deformable layers and
-    logging why each other ``nn.Conv1d/2d/3d`` is skipped."""
+    logging why each other ``nn.Conv1d/2d/3d`` is skipped. A module used at several places
+    appears once, under its first name (``named_modules`` removes duplicates)."""
     out, inside = [], []
     for name, m in model.named_modules():
         if any(name.startswith(p + ".") for p in inside):
@@ -74,6 +75,15 @@ def _deformable_from(conv: nn.Module, version: int, offset_groups: int,
     return _copy_conv(new, conv, preserve_output)
 
 
+def _replace_everywhere(model: nn.Module, new_of: dict) -> None:
+    """Put ``new_of[id(old)]`` at every place ``old`` is a child in ``model``: a module used
+    twice stays one module (its uses keep sharing their weights)."""
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in new_of:
+                setattr(parent, child_name, new_of[id(child)])
+
+
 def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           names: Optional[Sequence[str]] = None,
                           filter: Optional[_Filter] = None, num_last: Optional[int] = 3,
@@ -87,7 +97,10 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     ``ModulatedDeformConv{R}dPack`` (v2), ``R`` its number of spatial dimensions, with the same
     channels, kernel, stride, padding,
     dilation, groups, bias, device, dtype, training mode and ``requires_grad`` flags. Its
-    ``conv_offset`` starts at zero, so it samples the regular grid.
+    ``conv_offset`` starts at zero, so it samples the regular grid. A convolution used at
+    several places (one module object called twice) becomes one converted module at all of
+    them, so its uses keep sharing their weights; it is converted and counted once, under its
+    first name.
 
     Starting as the same function, also after loading plain weights. ``weight`` and ``bias`` are
     copied unchanged, so the converted layer keeps the plain layer's parameter meaning. v1
@@ -162,15 +175,18 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     if names is not None:
         if isinstance(names, str):
             raise TypeError(f"names must be a sequence of str, got the str {names!r}")
-        modules = dict(model.named_modules())
-        chosen = []
+        # every name of a module used at several places (the default keeps the first only)
+        modules = dict(model.named_modules(remove_duplicate=False))
+        chosen, seen = [], set()
         for n in names:
             if n not in modules:
                 raise ValueError(f"names: no module named {n!r} in the model")
             reason = _why_not(modules[n])
             if reason is not None:
                 raise ValueError(f"names: module {n!r} cannot be converted: it {reason}")
-            chosen.append((n, modules[n]))
+            if id(modules[n]) not in seen:  # another name of one already chosen: once
+                seen.add(id(modules[n]))
+                chosen.append((n, modules[n]))
     else:
         chosen = [(n, m) for n, m in _eligible(model, include_grouped)
                   if filter is None or filter(n, m)]
@@ -185,14 +201,14 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
         if conv.in_channels % offset_groups:
             raise ValueError(f"offset_groups ({offset_groups}) must divide the input channels "
                              f"of {n!r} ({conv.in_channels})")
-    converted = []
+    # Every new layer is built before the model changes: a failure leaves it as it was.
+    converted, new_of = [], {}
     for n, conv in chosen:
         new = _deformable_from(conv, v, offset_groups, preserve_output)
-        if n == "":
-            model = new
-        else:
-            parent_name, _, child = n.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, new)
+        new_of[id(conv)] = new
         converted.append(n)
         logger.info("converted %s to %s", n or "<root>", type(new).__name__)
+    if id(model) in new_of:
+        return new_of[id(model)], converted
+    _replace_everywhere(model, new_of)
     return model, converted
