@@ -169,3 +169,18 @@ def test_a_shared_convolution_stays_one_module(version):
     new, _ = convert_to_deformable(net, inplace=False)
     assert new[1] is new[3] and type(net[3]) is nn.Conv2d
 
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (4, 1), (3, 2), ((2, 5), (3, 1))])
+@pytest.mark.parametrize("version", [1, 2])
+def test_padding_same_and_valid_are_converted(kernel, dilation, version):
+    """padding='same' (also asymmetric: even kernels) and 'valid' convert, same output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, kernel, padding="same", dilation=dilation),
+                        nn.Conv2d(4, 5, 3, padding="valid")).double()
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    before = net(x)
+    net, done = convert_to_deformable(net, version=version)
+    assert done == ["0", "1"]
+    torch.testing.assert_close(net(x), before, rtol=1e-12, atol=1e-12)
+    assert "padding='same'" in repr(net[0]) or "padding=(" in repr(net[0])
+

@@ -213,3 +213,17 @@ def test_a_converted_model_trains_one_step(R):
     after = nn.functional.mse_loss(net(x), target)
     assert after.item() < loss.item()
     assert net[2].conv_offset.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("R", [1, 3])
+def test_padding_same_and_valid_convert(R):
+    """1-D/3-D convolutions with padding='same' (odd kernel, dilation 2) and 'valid' convert
+    and keep their function."""
+    torch.manual_seed(0)
+    net = nn.Sequential(CONV[R](3, 4, 3, padding="same", dilation=2),
+                        CONV[R](4, 2, 3, padding="valid")).double()
+    x = torch.randn(2, 3, *(7,) * R, dtype=torch.float64)
+    before = net(x)
+    net, done = convert_to_deformable(net, version=2)
+    assert done == ["0", "1"] and type(net[0]) is V2[R] and net[0].padding == (2,) * R
+    torch.testing.assert_close(net(x), before, rtol=1e-12, atol=1e-12)

@@ -34,8 +34,6 @@ def _why_not(conv: nn.Module, include_grouped: bool = True) -> Optional[str]:
         return f"has a {'x'.join('1' * len(conv.kernel_size))} kernel (nothing to deform)"
     if conv.padding_mode != "zeros":
         return f"has padding_mode={conv.padding_mode!r}; deformable layers pad with zeros"
-    if isinstance(conv.padding, str):
-        return f"has padding={conv.padding!r}; give it explicit integer padding"
     if conv.groups > 1 and not include_grouped:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         return (f"is a {kind} convolution (groups={conv.groups}): its dense offset predictor "
@@ -95,7 +93,7 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
 
     Each chosen convolution becomes a ``DeformConv{R}dPack`` (v1) or a
     ``ModulatedDeformConv{R}dPack`` (v2), ``R`` its number of spatial dimensions, with the same
-    channels, kernel, stride, padding,
+    channels, kernel, stride, padding (``'same'`` and ``'valid'`` included),
     dilation, groups, bias, device, dtype, training mode and ``requires_grad`` flags. Its
     ``conv_offset`` starts at zero, so it samples the regular grid. A convolution used at
     several places (one module object called twice) becomes one converted module at all of
@@ -125,7 +123,7 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
 
     Which convolutions: eligible ones are plain ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``
     (not subclasses) with a kernel of more than one tap (not 1, 1x1, 1x1x1),
-    ``padding_mode='zeros'`` and integer padding, outside existing deformable layers, and,
+    ``padding_mode='zeros'``, outside existing deformable layers, and,
     unless ``include_grouped=True``, with ``groups == 1``: a depthwise or grouped convolution
     is cheap, and the dense offset predictor added to it (``in_channels`` to ``3*kH*kW``
     channels in 2-D) would cost more than the layer itself (on ConvNeXt-T it added 58%
@@ -204,7 +202,13 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     # Every new layer is built before the model changes: a failure leaves it as it was.
     converted, new_of = [], {}
     for n, conv in chosen:
-        new = _deformable_from(conv, v, offset_groups, preserve_output)
+        try:
+            new = _deformable_from(conv, v, offset_groups, preserve_output)
+        except ValueError as e:  # e.g. a padding the layer of that dimensionality lacks
+            if names is not None:
+                raise ValueError(f"names: module {n!r} cannot be converted: {e}") from None
+            logger.info("skipped %s: %s", n or "<root>", e)
+            continue
         new_of[id(conv)] = new
         converted.append(n)
         logger.info("converted %s to %s", n or "<root>", type(new).__name__)

@@ -216,7 +216,7 @@ class _PackNd(_Convertible):
     def from_conv(cls, conv: nn.Module, offset_groups: int = 1,
                   preserve_output: bool = True) -> "_PackNd":
         """A layer of this class that starts as the same function as ``conv``
-        (an ``nn.Conv{R}d`` with zero padding and integer padding).
+        (an ``nn.Conv{R}d`` with ``padding_mode='zeros'``).
 
         Copies channels, kernel, stride, padding, dilation, groups, bias (unchanged), device,
         dtype, training mode and ``requires_grad``. v2 with ``preserve_output`` gets the
@@ -227,9 +227,9 @@ class _PackNd(_Convertible):
         want = {1: nn.Conv1d, 3: nn.Conv3d}[cls._ndim]
         if not isinstance(conv, want):
             raise TypeError(f"conv must be an {want.__name__}, got {type(conv).__name__}")
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"conv must have integer zero padding, got padding={conv.padding!r}"
-                             f", padding_mode={conv.padding_mode!r}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"conv must have zero padding, got padding_mode="
+                             f"{conv.padding_mode!r}")
         w = conv.weight
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   conv.padding, conv.dilation, conv.groups, conv.bias is not None,
