@@ -184,3 +184,15 @@ def test_padding_same_and_valid_are_converted(kernel, dilation, version):
     torch.testing.assert_close(net(x), before, rtol=1e-12, atol=1e-12)
     assert "padding='same'" in repr(net[0]) or "padding=(" in repr(net[0])
 
+
+def test_a_frozen_convolution_gets_a_frozen_offset_predictor():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.Conv2d(4, 4, 3, padding=1, bias=False))
+    net[0].requires_grad_(False)
+    net[1].weight.requires_grad_(False)      # partly frozen: the bias still trains
+    net[2].requires_grad_(False)
+    net, done = convert_to_deformable(net, version=2)
+    assert done == ["0", "1", "2"]
+    for i, frozen in ((0, True), (1, False), (2, True)):
+        assert all(p.requires_grad is not frozen for p in net[i].conv_offset.parameters()), i
+    assert not net[0].weight.requires_grad and net[1].bias.requires_grad

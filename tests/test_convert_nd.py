@@ -218,12 +218,15 @@ def test_a_converted_model_trains_one_step(R):
 @pytest.mark.parametrize("R", [1, 3])
 def test_padding_same_and_valid_convert(R):
     """1-D/3-D convolutions with padding='same' (odd kernel, dilation 2) and 'valid' convert
-    and keep their function."""
+    and keep their function; a frozen one gets a frozen offset predictor."""
     torch.manual_seed(0)
     net = nn.Sequential(CONV[R](3, 4, 3, padding="same", dilation=2),
                         CONV[R](4, 2, 3, padding="valid")).double()
+    net[1].requires_grad_(False)
     x = torch.randn(2, 3, *(7,) * R, dtype=torch.float64)
     before = net(x)
     net, done = convert_to_deformable(net, version=2)
     assert done == ["0", "1"] and type(net[0]) is V2[R] and net[0].padding == (2,) * R
     torch.testing.assert_close(net(x), before, rtol=1e-12, atol=1e-12)
+    assert net[0].conv_offset.weight.requires_grad
+    assert not any(p.requires_grad for p in net[1].parameters())

@@ -95,10 +95,11 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     ``ModulatedDeformConv{R}dPack`` (v2), ``R`` its number of spatial dimensions, with the same
     channels, kernel, stride, padding (``'same'`` and ``'valid'`` included),
     dilation, groups, bias, device, dtype, training mode and ``requires_grad`` flags. Its
-    ``conv_offset`` starts at zero, so it samples the regular grid. A convolution used at
-    several places (one module object called twice) becomes one converted module at all of
-    them, so its uses keep sharing their weights; it is converted and counted once, under its
-    first name.
+    ``conv_offset`` starts at zero, so it samples the regular grid; it is frozen
+    (``requires_grad=False``) when all of the convolution's parameters were, so a frozen
+    backbone stage stays frozen. A convolution used at several places (one module object
+    called twice) becomes one converted module at all of them, so its uses keep sharing
+    their weights; it is converted and counted once, under its first name.
 
     Starting as the same function, also after loading plain weights. ``weight`` and ``bias`` are
     copied unchanged, so the converted layer keeps the plain layer's parameter meaning. v1

@@ -208,7 +208,8 @@ class _Convertible:
 
 def _copy_conv(new: _Convertible, conv: nn.Module, preserve_output: bool) -> _Convertible:
     """Make ``new`` (a freshly built Pack layer of ``conv``'s shape) the converted ``conv``:
-    weight and bias copied unchanged, ``requires_grad`` and training mode as ``conv``'s; v2 with
+    weight and bias copied unchanged, ``requires_grad`` and training mode as ``conv``'s (a
+    fully frozen ``conv`` gets a frozen ``conv_offset``); v2 with
     ``preserve_output`` gets ``mask_gain = 2`` (mask ``2 * sigmoid(0) = 1`` exactly)."""
     new._converted = True
     if new._mask and preserve_output:
@@ -220,6 +221,8 @@ def _copy_conv(new: _Convertible, conv: nn.Module, preserve_output: bool) -> _Co
     new.weight.requires_grad_(conv.weight.requires_grad)
     if conv.bias is not None:
         new.bias.requires_grad_(conv.bias.requires_grad)
+    if not any(p.requires_grad for p in conv.parameters()):  # frozen: the predictor too
+        new.conv_offset.requires_grad_(False)
     return new.train(conv.training)
 
 
