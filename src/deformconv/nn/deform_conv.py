@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..ops import deform_conv2d
 from ..ops.checks import _is_int
 from ..ops.deform_conv import _pair
+from ._scripting import NotScriptable
 
 _Size = Union[int, Tuple[int, int]]
 
@@ -76,7 +77,7 @@ def _batched(input: Tensor, *others: Optional[Tensor]):
     return False, input, list(others)
 
 
-class DeformConv2d(nn.Module):
+class DeformConv2d(NotScriptable, nn.Module):
     """Deformable convolution with externally given offsets; parameters as ``nn.Conv2d``'s.
 
     Args:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..ops.checks import int_tuple
 from ..ops.deform_conv_nd import deform_conv1d, deform_conv3d
+from ._scripting import NotScriptable
 from .deform_conv import _Convertible, _copy_conv, _positive_int
 
 _Size = Union[int, Tuple[int, ...]]
@@ -83,7 +84,7 @@ class _ZeroInitConv3d(_ZeroInit, nn.Conv3d):
 _OFFSET_CONVS = {1: _ZeroInitConv1d, 3: _ZeroInitConv3d}
 
 
-class _DeformConvNd(nn.Module):
+class _DeformConvNd(NotScriptable, nn.Module):
     """Deformable convolution of ``_ndim`` spatial dimensions with external offsets;
     parameters, initialisation and constructor as ``nn.Conv{_ndim}d`` (zero padding only)."""
 

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 
 from ..ops.checks import _is_int
 from ..ops.deform_roi_pool import deform_roi_pool, pool_args
+from ._scripting import NotScriptable
 
 _IntPair = Union[int, Tuple[int, int]]
 
 
-class DeformRoIPool(nn.Module):
+class DeformRoIPool(NotScriptable, nn.Module):
     """:func:`~deformconv.deform_roi_pool` as a layer, offsets given to ``forward``.
 
     Args:

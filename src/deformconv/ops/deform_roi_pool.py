@@ -65,7 +65,8 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
         raise RuntimeError(
             "deform_roi_pool cannot be exported to ONNX: ONNX has no deformable RoI pooling "
             "operator (RoiAlign cannot shift bins), and this library emits no custom-domain "
-            "node. Export the model up to the pooling, or run it with torch.export/TorchScript")
+            "node. Export the model up to the pooling, or run it with torch.export or "
+            "torch.jit.trace")
     check_deform_roi_pool(input, rois, offset, ph, pw)
     return deform_roi_pool_op(input, rois, offset, ph, pw, spatial_scale, sampling_ratio, gamma)
 
