@@ -196,3 +196,39 @@ def test_a_frozen_convolution_gets_a_frozen_offset_predictor():
     for i, frozen in ((0, True), (1, False), (2, True)):
         assert all(p.requires_grad is not frozen for p in net[i].conv_offset.parameters()), i
     assert not net[0].weight.requires_grad and net[1].bias.requires_grad
+
+
+def _detector():
+    """The module tree of torchvision's fasterrcnn_resnet50_fpn where the converter looks
+    (names as there, channels tiny): ResNet stages with 1x1-3x3-1x1 bottlenecks, the FPN's
+    3x3 output blocks and the RPN head's 3x3 convolution, in that module order."""
+    def bottleneck(c):
+        return nn.ModuleDict(dict(conv1=nn.Conv2d(c, c, 1), conv2=nn.Conv2d(c, c, 3, padding=1),
+                                  conv3=nn.Conv2d(c, c, 1)))
+    body = nn.ModuleDict({f"layer{k}": nn.Sequential(*[bottleneck(4) for _ in range(n)])
+                          for k, n in ((1, 3), (2, 4), (3, 6), (4, 3))})
+    fpn = nn.ModuleDict(dict(
+        inner_blocks=nn.ModuleList([nn.Sequential(nn.Conv2d(4, 4, 1)) for _ in range(4)]),
+        layer_blocks=nn.ModuleList([nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))
+                                    for _ in range(4)])))
+    rpn = nn.ModuleDict(dict(head=nn.ModuleDict(dict(
+        conv=nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())),
+        cls_logits=nn.Conv2d(4, 3, 1), bbox_pred=nn.Conv2d(4, 12, 1)))))
+    return nn.ModuleDict(dict(backbone=nn.ModuleDict(dict(body=body, fpn=fpn)), rpn=rpn))
+
+
+def test_choosing_the_backbone_stage_of_a_detector():
+    """The README's Faster R-CNN example: the default takes the FPN's last blocks and the RPN
+    head; filter= or names= take layer4's 3x3 convolutions, as DCN detectors do."""
+    _, done = convert_to_deformable(_detector())
+    assert done == ["backbone.fpn.layer_blocks.2.0", "backbone.fpn.layer_blocks.3.0",
+                    "rpn.head.conv.0.0"]
+    layer4 = ["backbone.body.layer4.0.conv2", "backbone.body.layer4.1.conv2",
+              "backbone.body.layer4.2.conv2"]
+    model, done = convert_to_deformable(
+        _detector(), filter=lambda name, conv: name.startswith("backbone.body.layer4."),
+        num_last=None)
+    assert done == layer4
+    assert type(model.get_submodule(layer4[0])) is ModulatedDeformConv2dPack
+    _, done = convert_to_deformable(_detector(), names=layer4)
+    assert done == layer4
