@@ -8,9 +8,9 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor, nn
 
-from ..ops.checks import _is_int
 from ..ops.deform_roi_pool import deform_roi_pool, pool_args
 from ._scripting import NotScriptable
+from .deform_conv import _positive_int
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -40,14 +40,6 @@ class DeformRoIPool(NotScriptable, nn.Module):
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}")
-
-
-def _positive_int(name: str, value) -> int:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return int(value)
 
 
 def _mlp(sizes, last_act: Optional[nn.Module]) -> nn.Sequential:
