@@ -17,7 +17,7 @@ from deformconv import (
     deform_conv1d,
     deform_conv3d,
 )
-from deformconv.nn.deform_conv_nd import deformable_from_conv
+from deformconv.nn.deform_conv import deformable_from_conv
 from deformconv.reference_nd import deform_conv_nd_ref
 from deformconv.testing import assert_close
 
@@ -95,5 +95,5 @@ def test_constructor_checks():
     assert DeformConv3dPack(2, 4, 3, padding="same").padding == (1, 1, 1)
     with pytest.raises(ValueError, match="offset_groups must be >= 1 and divide in_channels"):
         ModulatedDeformConv1dPack(4, 4, 3, offset_groups=3)
-    with pytest.raises(TypeError, match="conv must be an nn.Conv1d or nn.Conv3d"):
-        deformable_from_conv(nn.Conv2d(2, 2, 3))
+    with pytest.raises(TypeError, match="conv must be an nn.Conv1d, nn.Conv2d or nn.Conv3d"):
+        deformable_from_conv(nn.Linear(2, 2))
