@@ -18,7 +18,7 @@ from deformconv import (
     deform_conv3d,
 )
 from deformconv.nn.deform_conv import deformable_from_conv
-from deformconv.reference_nd import deform_conv_nd_ref
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 from deformconv.testing import assert_close
 
 LAYERS = {1: (nn.Conv1d, DeformConv1d, DeformConv1dPack, ModulatedDeformConv1dPack),
@@ -43,7 +43,7 @@ def test_external_offset_layer_matches_function_and_conv_init(R):
     y = layer(x, off, m)
     fn = deform_conv1d if R == 1 else deform_conv3d
     assert torch.equal(y, fn(x, off, layer.weight, layer.bias, 2, 1, 1, m))
-    assert_close(y, deform_conv_nd_ref(x, off, layer.weight, layer.bias, 2, 1, 1, m))
+    assert_close(y, deform_conv_ref(x, off, layer.weight, layer.bias, 2, 1, 1, m))
     assert "groups=2" in repr(layer)
 
 

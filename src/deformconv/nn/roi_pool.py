@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 from torch import Tensor, nn
 
 from ..ops.checks import int_tuple
-from ..ops.deform_roi_pool import deform_roi_pool
+from ..ops.roi_pool.functional import deform_roi_pool
 
 _IntPair = Union[int, Tuple[int, int]]
 

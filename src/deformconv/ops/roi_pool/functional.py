@@ -8,8 +8,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import _check_tensor, int_tuple
-from .roi_pool_registry import deform_roi_pool_op
+from ..checks import _check_tensor, int_tuple
+from .library import deform_roi_pool_op
 
 _IntPair = Union[int, Tuple[int, int]]
 
