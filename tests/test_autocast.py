@@ -6,7 +6,7 @@ import torch
 
 import deformconv
 from deformconv import ModulatedDeformConv2dPack, deform_conv2d
-from deformconv.reference import deform_conv2d_ref
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 
 BF16 = torch.bfloat16
 
@@ -30,7 +30,7 @@ def test_op_runs_in_float32_under_cpu_autocast():
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, deform_conv2d(x, off16.float(), w, b, mask=mask16.float()),
                                rtol=0, atol=0)
-    ref = deform_conv2d_ref(x.double(), off16.double(), w.double(), b.double(),
+    ref = deform_conv_ref(x.double(), off16.double(), w.double(), b.double(),
                             mask=mask16.double())
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -101,7 +101,7 @@ def test_mixed_dtypes_on_the_pure_pytorch_path():
     xb, wb, bb = x.to(BF16), w.to(BF16), b.to(BF16)
     y = dispatch.deform_conv2d_fwd(xb, wb, off, mask, bb, 1, 1, 0, 0, 1, 1)
     assert y.dtype == BF16
-    ref = deform_conv2d_ref(xb.double(), off.double(), wb.double(), bb.double(), mask=mask.double())
+    ref = deform_conv_ref(xb.double(), off.double(), wb.double(), bb.double(), mask=mask.double())
     assert (y.double() - ref).abs().max() <= 2e-2 * max(1.0, ref.abs().max())
     go = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(BF16)
     grads = dispatch.deform_conv2d_bwd(go, xb, wb, off, mask, bb, 1, 1, 0, 0, 1, 1,

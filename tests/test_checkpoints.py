@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from deformconv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
-from deformconv.reference import deform_conv2d_ref
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 
 D = torch.float64
 CASES = [  # C, O, k, stride, padding, dilation, groups, offset groups
@@ -43,7 +43,7 @@ def test_mmcv_deform_conv2d_pack_v1(case):
     x = torch.randn(2, C, 7, 8, dtype=D, generator=gen)
     offset = F.conv2d(x, sd["conv_offset.weight"], sd["conv_offset.bias"], s, p, d)
     assert offset.abs().max() > 1  # the samples really move
-    expected = deform_conv2d_ref(x, offset, sd["weight"], None, s, p, d)
+    expected = deform_conv_ref(x, offset, sd["weight"], None, s, p, d)
     torch.testing.assert_close(layer(x), expected, rtol=1e-7, atol=1e-9)
 
 
@@ -60,7 +60,7 @@ def test_mmcv_modulated_deform_conv2d_pack_v2(case, bias):
     out = F.conv2d(x, sd["conv_offset.weight"], sd["conv_offset.bias"], s, p, d)
     o1, o2, mask = torch.chunk(out, 3, dim=1)  # mmcv's forward
     offset, mask = torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
-    expected = deform_conv2d_ref(x, offset, sd["weight"], sd.get("bias"), s, p, d, mask)
+    expected = deform_conv_ref(x, offset, sd["weight"], sd.get("bias"), s, p, d, mask)
     torch.testing.assert_close(layer(x), expected, rtol=1e-7, atol=1e-9)
 
 
@@ -82,7 +82,7 @@ def test_torchvision_deform_conv2d_state_dict():
     x = torch.randn(2, C, 7, 6, dtype=D, generator=gen)
     offset = 2 * torch.randn(2, 2 * G * 9, 4, 3, dtype=D, generator=gen)
     mask = torch.rand(2, G * 9, 4, 3, dtype=D, generator=gen)
-    expected = deform_conv2d_ref(x, offset, sd["weight"], sd["bias"], 2, 1, 1, mask)
+    expected = deform_conv_ref(x, offset, sd["weight"], sd["bias"], 2, 1, 1, mask)
     torch.testing.assert_close(layer(x, offset, mask), expected, rtol=1e-7, atol=1e-9)
     no_bias = DeformConv2d(C, O, 3, groups=groups, bias=False)  # torchvision: bias=None
     no_bias.load_state_dict({"weight": sd["weight"].float()}, strict=True)

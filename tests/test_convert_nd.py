@@ -18,7 +18,7 @@ from deformconv import (
     ModulatedDeformConv3dPack,
     convert_to_deformable,
 )
-from deformconv.nn.deform_conv_nd import deformable_from_conv
+from deformconv.nn.deform_conv import deformable_from_conv
 
 CONV = {1: nn.Conv1d, 3: nn.Conv3d}
 V2 = {1: ModulatedDeformConv1dPack, 3: ModulatedDeformConv3dPack}

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import deformconv.ops.deform_conv_nd
+import deformconv.ops.deform_conv.functional_nd
 from deformconv import deform_conv1d, deform_conv3d
-from deformconv.ops import registry_nd, torch_impl, torch_impl_nd
-from deformconv.reference import bilinear
-from deformconv.reference_nd import deform_conv_nd_ref
+from deformconv.ops.deform_conv import library_nd as registry_nd
+from deformconv.ops.deform_conv import torch_kernels as torch_impl
+from deformconv.ops.deform_conv import torch_kernels_nd as torch_impl_nd
+from deformconv.ops.deform_conv.reference import deform_conv_ref, sample
 from deformconv.testing import Problem, assert_close
 
 FUNCS = {1: deform_conv1d, 3: deform_conv3d}
@@ -67,7 +68,7 @@ def _compare(prob: Problem, dtype=torch.float64, seed=0, tol=None, may_vanish=Fa
              for k, v in t.items()}
     go = prob.grad_out(dtype)
     y, names, got = _run(FUNCS[R], prob, t, go)
-    ry, _, want = _run(deform_conv_nd_ref, prob, ref_t, go.double())
+    ry, _, want = _run(deform_conv_ref, prob, ref_t, go.double())
     assert y.dtype == dtype
     _close(y, ry, dtype, "output", tol, may_vanish)
     for n, a, b in zip(names, got, want):
@@ -199,8 +200,8 @@ def test_pinned_depth_derivative_at_minus_one_3d():
     go[0, 0, 0, 0, 0] = 1
     (goff,) = torch.autograd.grad(y, off, go)
     assert y[0, 0, 0, 0, 0].item() == 0.0
-    want = bilinear(x[:, :, 0], torch.full((1, 1, 1), p[1], dtype=torch.float64),
-                    torch.full((1, 1, 1), p[2], dtype=torch.float64)).item()
+    want = sample(x[:, :, 0], [torch.full((1, 1, 1), p[1], dtype=torch.float64),
+                               torch.full((1, 1, 1), p[2], dtype=torch.float64)]).item()
     assert want != 0
     assert goff[0, 0, 0, 0, 0].item() == pytest.approx(want, rel=1e-15)
     assert goff[0, 1, 0, 0, 0].item() == 0.0 and goff[0, 2, 0, 0, 0].item() == 0.0
@@ -403,7 +404,7 @@ def test_compile_fullgraph_forward_backward():
                                                                     deform_conv3d, *ins)
     grads = torch.autograd.grad(loss, ins)
     rins = [v.detach().double().requires_grad_() for v in ins]
-    rloss = step(deform_conv_nd_ref, deform_conv_nd_ref, *rins)
+    rloss = step(deform_conv_ref, deform_conv_ref, *rins)
     assert_close(loss.detach(), rloss.detach(), torch.float32, "loss")
     for n, a, e in zip(keys * 2, grads, torch.autograd.grad(rloss, rins)):
         assert_close(a, e, torch.float32, n, tol=1e-4)
@@ -427,7 +428,7 @@ def test_export_captures_one_node(R):
 
 
 def test_docstring_examples():
-    assert doctest.testmod(deformconv.ops.deform_conv_nd).failed == 0
+    assert doctest.testmod(deformconv.ops.deform_conv.functional_nd).failed == 0
 
 
 def test_triton_failure_falls_back_with_a_warning(broken_triton):

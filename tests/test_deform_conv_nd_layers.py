@@ -17,8 +17,8 @@ from deformconv import (
     deform_conv1d,
     deform_conv3d,
 )
-from deformconv.nn.deform_conv_nd import deformable_from_conv
-from deformconv.reference_nd import deform_conv_nd_ref
+from deformconv.nn.deform_conv import deformable_from_conv
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 from deformconv.testing import assert_close
 
 LAYERS = {1: (nn.Conv1d, DeformConv1d, DeformConv1dPack, ModulatedDeformConv1dPack),
@@ -43,7 +43,7 @@ def test_external_offset_layer_matches_function_and_conv_init(R):
     y = layer(x, off, m)
     fn = deform_conv1d if R == 1 else deform_conv3d
     assert torch.equal(y, fn(x, off, layer.weight, layer.bias, 2, 1, 1, m))
-    assert_close(y, deform_conv_nd_ref(x, off, layer.weight, layer.bias, 2, 1, 1, m))
+    assert_close(y, deform_conv_ref(x, off, layer.weight, layer.bias, 2, 1, 1, m))
     assert "groups=2" in repr(layer)
 
 
@@ -95,5 +95,5 @@ def test_constructor_checks():
     assert DeformConv3dPack(2, 4, 3, padding="same").padding == (1, 1, 1)
     with pytest.raises(ValueError, match="offset_groups must be >= 1 and divide in_channels"):
         ModulatedDeformConv1dPack(4, 4, 3, offset_groups=3)
-    with pytest.raises(TypeError, match="conv must be an nn.Conv1d or nn.Conv3d"):
-        deformable_from_conv(nn.Conv2d(2, 2, 3))
+    with pytest.raises(TypeError, match="conv must be an nn.Conv1d, nn.Conv2d or nn.Conv3d"):
+        deformable_from_conv(nn.Linear(2, 2))

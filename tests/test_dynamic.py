@@ -5,8 +5,8 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from deformconv import DeformConv2d, ModulatedDeformConv2dPack
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 from deformconv.ops.geometry import out_size
-from deformconv.reference import deform_conv2d_ref
 from deformconv.testing import assert_close
 
 # Batch and image sizes change on every call. Sizes start at 2: dynamo specialises 0 and 1.
@@ -93,6 +93,6 @@ def test_export_explicit_offsets_dynamic_batch_matches_oracle():
     ops = [n.target for n in ep.graph.nodes if n.op == "call_function"]
     assert ops == [torch.ops.deformconv.deform_conv2d.default]  # one node, nothing around it
     x3, off3 = torch.randn(3, 4, 5, 6, generator=gen), torch.randn(3, 18, 5, 6, generator=gen)
-    want = deform_conv2d_ref(x3.double(), off3.double(), layer.weight.double(),
+    want = deform_conv_ref(x3.double(), off3.double(), layer.weight.double(),
                              layer.bias.double(), 1, 1, 1)
     assert_close(ep.module()(x3, off3), want, dtype=torch.float32, name="output")

@@ -82,7 +82,8 @@ def test_report_rejects_unknown_arch_and_interpreter(monkeypatch):
 
 
 def test_registration_hook_finds_every_kernel_module():
-    from deformconv.ops.triton import kernels, report
+    from deformconv.ops.deform_conv.triton import kernels
+    from deformconv.ops.triton import report
 
     specs = report.kernel_specs()
     assert [s.name for s in specs if s.fn in {k.fn for k in kernels.KERNEL_SPECS}] == \
@@ -98,7 +99,9 @@ def _constexprs(fn):
 def test_every_kernel_module_declares_its_shipped_configurations():
     """The 1-D/3-D and RoI-pooling kernels are in the report with what their launchers ship
     on a GPU, and every spec fixes each constexpr of its kernel."""
-    from deformconv.ops.triton import nd_kernels, report, roi_pool_kernels
+    from deformconv.ops.deform_conv.triton import kernels_nd as nd_kernels
+    from deformconv.ops.roi_pool.triton import kernels as roi_pool_kernels
+    from deformconv.ops.triton import report
     from deformconv.ops.triton.spec import family
 
     specs = report.kernel_specs()
@@ -145,7 +148,8 @@ def test_nd_launcher_runs_the_reported_blocks_on_a_gpu():
 
     import torch
 
-    from deformconv.ops.triton import nd_kernels, nd_launch
+    from deformconv.ops.deform_conv.triton import kernels_nd as nd_kernels
+    from deformconv.ops.deform_conv.triton import launch_nd as nd_launch
 
     half = SimpleNamespace(is_cuda=True, dtype=torch.float16)
     got = nd_launch._blocks("fwd", half, dict(R=1, IDX64=True, INPUT_PRECISION="ieee"))

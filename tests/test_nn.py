@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from deformconv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack, deform_conv2d
-from deformconv.reference import deform_conv2d_ref
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 from deformconv.testing import Problem, assert_close
 
 
@@ -21,7 +21,7 @@ def test_deform_conv2d_layer_matches_function():
     y = layer(x, off, m)
     assert torch.equal(y, deform_conv2d(x, off, layer.weight, layer.bias, (2, 1), (1, 0),
                                         (1, 2), m))
-    assert_close(y, deform_conv2d_ref(x.double(), off.double(), layer.weight.double(),
+    assert_close(y, deform_conv_ref(x.double(), off.double(), layer.weight.double(),
                                       layer.bias.double(), (2, 1), (1, 0), (1, 2), m.double()),
                  name="output")
 
@@ -70,7 +70,7 @@ def test_v2_channel_routing_follows_mmcv():
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     # mmcv: o1, o2, mask = chunk(conv_offset(x), 3); offset = cat(o1, o2); mask = sigmoid(mask)
     o1, o2, logits = torch.chunk(layer.conv_offset(x), 3, dim=1)
-    want = deform_conv2d_ref(x, torch.cat([o1, o2], 1), layer.weight, layer.bias, 1, 1, 1,
+    want = deform_conv_ref(x, torch.cat([o1, o2], 1), layer.weight, layer.bias, 1, 1, 1,
                              torch.sigmoid(logits))
     assert_close(layer(x), want, name="output")
 

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import deformconv.ops.deform_conv
+import deformconv.ops.deform_conv.functional
 from deformconv import deform_conv2d
-from deformconv.ops import torch_impl
-from deformconv.reference import deform_conv2d_ref
+from deformconv.ops.deform_conv import torch_kernels as torch_impl
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 from deformconv.testing import CASES, Problem, assert_close, compare_with_oracle
 
 
@@ -212,7 +212,7 @@ def test_non_contiguous_inputs(device):
     bs = torch.stack([b, b], 1)[:, 0]
     assert not (xt.is_contiguous() or offs.is_contiguous() or wt.is_contiguous()
                 or mt.is_contiguous() or bs.is_contiguous())
-    want = deform_conv2d_ref(x, off, w, b, padding=1, mask=m)
+    want = deform_conv_ref(x, off, w, b, padding=1, mask=m)
     for xi in (xt, xcl):
         got = deform_conv2d(xi, offs, wt, bs, padding=1, mask=mt)
         assert_close(got, want, name="output")
@@ -236,12 +236,12 @@ def test_only_some_inputs_require_grad():
     y = deform_conv2d(x, off, w, b, padding=1, mask=m)
     gw, goff = torch.autograd.grad(y.sum(), (w, off))
     rw, roff = w.detach().requires_grad_(), off.detach().requires_grad_()
-    ry = deform_conv2d_ref(x, roff, rw, b, padding=1, mask=m)
+    ry = deform_conv_ref(x, roff, rw, b, padding=1, mask=m)
     ew, eoff = torch.autograd.grad(ry.sum(), (rw, roff))
     assert_close(gw, ew, name="weight")
     assert_close(goff, eoff, name="offset")
 
 
 def test_docstring_example_runs():
-    result = doctest.testmod(deformconv.ops.deform_conv, verbose=False)
+    result = doctest.testmod(deformconv.ops.deform_conv.functional, verbose=False)
     assert result.attempted > 0 and result.failed == 0

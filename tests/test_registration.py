@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deformconv.ops.registry import deform_conv2d_backward_op, deform_conv2d_op
+from deformconv.ops.deform_conv.library import deform_conv2d_backward_op, deform_conv2d_op
 from deformconv.testing import Problem
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from deformconv import deform_roi_pool
-from deformconv.ops import roi_pool_torch
-from deformconv.ops.roi_pool_registry import deform_roi_pool_op
-from deformconv.reference_roi_pool import deform_roi_pool_ref
+from deformconv.ops.roi_pool import torch_kernels as roi_pool_torch
+from deformconv.ops.roi_pool.library import deform_roi_pool_op
+from deformconv.ops.roi_pool.reference import deform_roi_pool_ref
 from deformconv.testing import RoIProblem, assert_close
 
 # mmcv's tests/test_ops/test_deform_roi_pool.py: (input, rois) -> (output, input gradient of a

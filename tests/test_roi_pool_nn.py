@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from deformconv import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool
-from deformconv.reference_roi_pool import deform_roi_pool_ref
+from deformconv.ops.roi_pool.reference import deform_roi_pool_ref
 from deformconv.testing import RoIProblem, assert_close
 
 F64 = torch.float64

@@ -234,7 +234,7 @@ def autotune_choices() -> list:
     """The configuration Triton's autotuner chose for each 2-D kernel and autotune key seen
     in this process (for the tuning of issue 10): ``launch._tuned``'s autotuners' caches."""
     try:
-        from deformconv.ops.triton import launch
+        from deformconv.ops.deform_conv.triton import launch
         rows = []
         for name in ("fwd", "bwd_data", "bwd_weight"):
             for fam in ("float32", "half", "float32_i64", "half_i64"):

@@ -206,7 +206,7 @@ def compare_oracle(torch, p, dtype, dev, backend, hostile, tol, seed=0) -> dict:
     offsets and the poisoned taps masked out (the convention: they contribute 0), and the
     mask gradient of a poisoned tap is 0."""
     from deformconv import deform_conv2d, use_backend
-    from deformconv.reference import deform_conv2d_ref
+    from deformconv.ops.deform_conv.reference import deform_conv_ref
     from deformconv.testing import outputs_and_grads, relative_error
 
     t = p.tensors(dtype, dev, seed)
@@ -224,7 +224,7 @@ def compare_oracle(torch, p, dtype, dev, backend, hostile, tol, seed=0) -> dict:
     t64 = {k: (v.requires_grad_() if v is not None else None) for k, v in t64.items()}
     with use_backend(backend):
         got = outputs_and_grads(deform_conv2d, p, t, go)
-    want = outputs_and_grads(deform_conv2d_ref, p, t64, go.cpu().double())
+    want = outputs_and_grads(deform_conv_ref, p, t64, go.cpu().double())
     if bad is not None:
         want["mask"] = want["mask"].masked_fill(bad, 0.0)
     errors, problems = {}, []
@@ -281,7 +281,7 @@ def check_autocast(torch, dev, low) -> dict:
     oracle on the cast arguments within TOLERANCE of the autocast dtype."""
     from deformconv import deform_conv2d
     from deformconv.ops.autocast import cuda_cast
-    from deformconv.reference import deform_conv2d_ref
+    from deformconv.ops.deform_conv.reference import deform_conv_ref
     from deformconv.testing import TOLERANCE, outputs_and_grads, relative_error
 
     p = oracle_cases(dev == "cpu")["groups2-og3"][0]
@@ -303,7 +303,7 @@ def check_autocast(torch, dev, low) -> dict:
         grads = torch.autograd.grad(out, [t[k] for k in names], go.to(out.dtype))
     c64 = dict(zip(("input", "weight", "offset", "mask", "bias"),
                    (c.double().cpu().requires_grad_() for c in cast)))
-    want = outputs_and_grads(deform_conv2d_ref, p, c64, go.cpu().double())
+    want = outputs_and_grads(deform_conv_ref, p, c64, go.cpu().double())
     got = {"output": out, **dict(zip(names, grads))}
     tol = TOLERANCE[data]
     errors = {k: relative_error(got[k], want[k]) for k in want}

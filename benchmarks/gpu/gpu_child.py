@@ -53,7 +53,7 @@ def hostile_conv(torch, dev, dtype, shape=(2, 16, 9, 11), O=24):
 
 
 def hostile_roi(torch, dev, dtype, small=False):
-    from deformconv.ops.roi_pool_registry import deform_roi_pool_op
+    from deformconv.ops.roi_pool.library import deform_roi_pool_op
     from deformconv.testing import RoIProblem
     p = (RoIProblem(N=2, C=2, H=4, W=5, R=0, output_size=(1, 1), spatial_scale=0.5) if small
          else RoIProblem(N=2, C=8, H=9, W=11, R=14, output_size=(3, 3), spatial_scale=0.5))

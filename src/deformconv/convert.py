@@ -8,9 +8,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from .nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
-from .nn.deform_conv import _copy_conv
-from .nn.deform_conv_nd import _DeformConvNd, deformable_from_conv
+from .nn.deform_conv import _DeformConvNd, deformable_from_conv
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Mod
     for name, m in model.named_modules():
         if any(name.startswith(p + ".") for p in inside):
             continue
-        if isinstance(m, (DeformConv2d, _DeformConvNd)):
+        if isinstance(m, _DeformConvNd):
             inside.append(name)
             continue
         reason = _why_not(m, include_grouped)
@@ -63,14 +61,7 @@ def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Mod
 def _deformable_from(conv: nn.Module, version: int, offset_groups: int,
                      preserve_output: bool) -> nn.Module:
     """The Pack layer of ``conv``'s dimensionality that starts as ``conv``."""
-    if type(conv) is not nn.Conv2d:
-        return deformable_from_conv(conv, version, offset_groups, preserve_output)
-    cls = ModulatedDeformConv2dPack if version == 2 else DeformConv2dPack
-    w = conv.weight
-    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-              conv.dilation, conv.groups, offset_groups, conv.bias is not None,
-              device=w.device, dtype=w.dtype)
-    return _copy_conv(new, conv, preserve_output)
+    return deformable_from_conv(conv, version, offset_groups, preserve_output)
 
 
 def _replace_everywhere(model: nn.Module, new_of: dict) -> None:

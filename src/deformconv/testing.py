@@ -212,7 +212,7 @@ def compare_with_oracle(fn: Callable[..., Tensor], p: Problem,
     (``deformconv.reference``) on the same rounded values; :func:`assert_close` the output and
     every gradient. Returns the relative error of each."""
     if oracle is None:
-        from .reference import deform_conv2d_ref as oracle
+        from .ops.deform_conv.reference import deform_conv_ref as oracle
     t = p.tensors(dtype, device, seed, requires_grad=True)
     go = p.grad_out(dtype, device, seed + 1)
     got = outputs_and_grads(fn, p, t, go)

@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .nn.deform_conv_nd import _PackNd
+from .nn.deform_conv import _PackNd
 from .ops import geometry
 from .ops.checks import int_tuple
 

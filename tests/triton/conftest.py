@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 def nan_fill(monkeypatch):
     if _SKIP is not None:
         return
-    from deformconv.ops.triton import launch
+    from deformconv.ops.deform_conv.triton import launch
 
     def empty(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
@@ -59,7 +59,7 @@ def blocks(monkeypatch):
     if _SKIP is not None:
         yield None
         return
-    from deformconv.ops.triton import launch
+    from deformconv.ops.deform_conv.triton import launch
 
     small = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_O=16, BLOCK_C=16)
     names = {k: set(launch.interpreter_config(k)) for k in ("fwd", "bwd_data", "bwd_weight")}

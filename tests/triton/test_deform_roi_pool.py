@@ -22,9 +22,9 @@ if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
                 allow_module_level=True)
 pytest.importorskip("triton")
 
-from deformconv.ops import roi_pool_torch  # noqa: E402
-from deformconv.ops.triton import roi_pool_launch as launch  # noqa: E402
-from deformconv.reference_roi_pool import deform_roi_pool_ref  # noqa: E402
+from deformconv.ops.roi_pool import torch_kernels as roi_pool_torch  # noqa: E402
+from deformconv.ops.roi_pool.reference import deform_roi_pool_ref  # noqa: E402
+from deformconv.ops.roi_pool.triton import launch  # noqa: E402
 from deformconv.testing import RoIProblem, assert_close  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -159,7 +159,7 @@ def test_deterministic_mode_takes_the_torch_input_gradient():
 def test_report_kernels_describe_the_launched_kernels():
     import inspect
 
-    from deformconv.ops.triton import roi_pool_kernels
+    from deformconv.ops.roi_pool.triton import kernels as roi_pool_kernels
 
     specs = {s.name: s for s in roi_pool_kernels.KERNEL_SPECS}
     assert {"deform_roi_pool_fwd", "deform_roi_pool_bwd"} <= set(specs)

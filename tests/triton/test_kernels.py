@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deformconv.reference import deform_conv2d_ref
+from deformconv.ops.deform_conv.reference import deform_conv_ref
 from deformconv.testing import Problem, assert_close
 
 pytest.importorskip("triton")
-from deformconv.ops.triton import launch  # noqa: E402
+from deformconv.ops.deform_conv.triton import launch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRADS = ("input", "weight", "offset", "mask", "bias")
@@ -25,7 +25,7 @@ def _params(p: Problem):
 def _oracle(p: Problem, t, grad_out):
     d = {n: (v.detach().cpu().double().requires_grad_() if v is not None else None)
          for n, v in t.items()}
-    out = deform_conv2d_ref(d["input"], d["offset"], d["weight"], d["bias"], p.strides,
+    out = deform_conv_ref(d["input"], d["offset"], d["weight"], d["bias"], p.strides,
                             p.paddings, p.dilations, d["mask"])
     names = [n for n in GRADS if d[n] is not None]
     grads = torch.autograd.grad(out, [d[n] for n in names], grad_out.cpu().double())

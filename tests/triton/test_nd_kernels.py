@@ -18,8 +18,8 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not HAS_CUDA:
     pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 pytest.importorskip("triton")
 
-from deformconv.ops.triton import nd_launch  # noqa: E402 (after the skip)
-from deformconv.reference_nd import deform_conv_nd_ref  # noqa: E402 (after the skip)
+from deformconv.ops.deform_conv.reference import deform_conv_ref  # noqa: E402 (after the skip)
+from deformconv.ops.deform_conv.triton import launch_nd as nd_launch  # noqa: E402 (after the skip)
 from deformconv.testing import Problem, assert_close  # noqa: E402 (after the skip)
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -63,7 +63,7 @@ def _check(prob: Problem, dtype=torch.float32, tensors=None):
     grads = nd_launch.deform_conv_nd_bwd(go, *args, [True, True, True, True])
     ref = {k: (v.detach().cpu().double().requires_grad_() if v is not None else None)
            for k, v in t.items()}
-    want = deform_conv_nd_ref(ref["input"], ref["offset"], ref["weight"], ref["bias"],
+    want = deform_conv_ref(ref["input"], ref["offset"], ref["weight"], ref["bias"],
                               *params, ref["mask"])
     assert out.dtype == dtype
     assert_close(out, want, dtype, "output", TOL[dtype])
@@ -103,7 +103,7 @@ def test_hostile_offsets():
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], off, t["mask"], t["bias"], *params)
     out = nd_launch.deform_conv_nd_fwd(*args)
-    want = deform_conv_nd_ref(t["input"].double(), off.double(), t["weight"].double(),
+    want = deform_conv_ref(t["input"].double(), off.double(), t["weight"].double(),
                               t["bias"].double(), *params, t["mask"].double())
     assert_close(out, want, torch.float32, "output", TOL[torch.float32])
     grads = nd_launch.deform_conv_nd_bwd(prob.grad_out(device=DEV), *args, [True] * 4)

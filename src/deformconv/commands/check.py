@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import ModulatedDeformConv2dPack
     from ..ops import deform_conv2d
-    from ..reference import deform_conv2d_ref
+    from ..ops.deform_conv.reference import deform_conv_ref
 
     torch.manual_seed(args.seed)
     layer = ModulatedDeformConv2dPack(8, 16, 3, padding=1, offset_groups=2).double()
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     offset, mask = (t.detach().requires_grad_() for t in layer.offset_and_mask(x))
     ins = [x.detach().requires_grad_(), offset, layer.weight, layer.bias, mask]
     ours = deform_conv2d(*ins[:4], 1, 1, 1, ins[4])
-    ref = deform_conv2d_ref(*ins[:4], 1, 1, 1, ins[4])
+    ref = deform_conv_ref(*ins[:4], 1, 1, 1, ins[4])
     grad = torch.randn_like(ours)
     g_ours = torch.autograd.grad(ours, ins, grad)
     g_ref = torch.autograd.grad(ref, ins, grad)

@@ -1,13 +1,15 @@
 """Deformable convolution layers (1-D, 2-D, 3-D) and deformable RoI pooling modules."""
 
-from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
-from .deform_conv_nd import (
-                             DeformConv1d,
-                             DeformConv1dPack,
-                             DeformConv3d,
-                             DeformConv3dPack,
-                             ModulatedDeformConv1dPack,
-                             ModulatedDeformConv3dPack,
+from .deform_conv import (
+                          DeformConv1d,
+                          DeformConv1dPack,
+                          DeformConv2d,
+                          DeformConv2dPack,
+                          DeformConv3d,
+                          DeformConv3dPack,
+                          ModulatedDeformConv1dPack,
+                          ModulatedDeformConv2dPack,
+                          ModulatedDeformConv3dPack,
 )
 from .roi_pool import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
 

@@ -1,10 +1,16 @@
-"""Deformable convolution layers.
+"""Deformable convolution layers of 1, 2 and 3 spatial dimensions, on one base.
 
-- ``DeformConv2d``: offsets (and mask) are given to ``forward``, as in torchvision.
-- ``DeformConv2dPack`` (v1) and ``ModulatedDeformConv2dPack`` (v2): the layer predicts its own
-  offsets (and mask) from its input with ``conv_offset``, an ordinary convolution of the same
-  kernel size, stride, padding and dilation, initialised to zero. Parameter names and channel
-  routing are those of mmcv/mmdetection, so their DCN checkpoints load unchanged.
+- ``DeformConv{R}d``: offsets (and mask) are given to ``forward``, as in torchvision.
+- ``DeformConv{R}dPack`` (v1) and ``ModulatedDeformConv{R}dPack`` (v2): the layer predicts its
+  own offsets (and mask) from its input with ``conv_offset``, an ordinary convolution of the
+  same kernel size, stride, padding and dilation, initialised to zero. Parameter names, channel
+  routing and the positional order are mmcv/mmdetection's, so their DCN checkpoints and calls
+  carry over.
+
+Every layer accepts what ``nn.Conv{R}d`` accepts: unbatched input, ``padding='valid'`` and
+``'same'`` (with stride 1; an odd total padding is split as ``nn.Conv{R}d`` splits it, the
+extra sample at the end), Python or NumPy integers. :class:`_DeformConvNd` and
+:class:`_PackNd` hold everything; a concrete class only names its dimensionality ``_ndim``.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import deform_conv2d
-from ..ops.checks import _is_int
-from ..ops.deform_conv import _pair
+from ..ops import deform_conv1d, deform_conv2d, deform_conv3d
+from ..ops.checks import _is_int, int_tuple
 from ._scripting import NotScriptable
 
-_Size = Union[int, Tuple[int, int]]
+_Size = Union[int, Tuple[int, ...]]
+_FUNCTIONS = {1: deform_conv1d, 2: deform_conv2d, 3: deform_conv3d}
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_COUNT_WORDS = {1: "a tuple of 1 int", 2: "a pair of ints", 3: "a tuple of 3 ints"}
 
 
 def _positive_int(name: str, value) -> int:
@@ -34,32 +42,33 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
-def _padding(padding, kernel_size, stride, dilation):
-    """``(symmetric padding, extra input padding or None)`` for an int or pair, or 'valid' /
-    'same' as in nn.Conv2d. 'same' needs stride 1; when ``dilation*(kernel_size-1)`` is odd the
-    padding is asymmetric as in nn.Conv2d (the extra row/column at the bottom/right): the input
-    is then padded once with ``F.pad`` (left, right, top, bottom) and convolved with padding 0."""
+def _padding(padding, kernel_size, stride, dilation, R: int):
+    """``(symmetric padding, extra input padding or None)`` for an int or R-tuple, or 'valid' /
+    'same' as in nn.Conv{R}d. 'same' needs stride 1; when some ``dilation*(kernel_size-1)`` is
+    odd the padding is asymmetric as in nn.Conv{R}d (the extra sample at the end): the input is
+    then padded once with ``F.pad`` and convolved with padding 0."""
     if isinstance(padding, str) and padding == "valid":
-        return (0, 0), None
+        return (0,) * R, None
     if isinstance(padding, str) and padding == "same":
-        if stride != (1, 1):
+        if set(stride) != {1}:
             raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
         total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
         if not any(t % 2 for t in total):
-            return (total[0] // 2, total[1] // 2), None
-        (th, tw) = total
-        return (0, 0), (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+            return tuple(t // 2 for t in total), None
+        pad = []
+        for t in reversed(total):  # F.pad lists the last dimension first
+            pad += [t // 2, t - t // 2]
+        return (0,) * R, tuple(pad)
     if isinstance(padding, str):
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', "
+        raise ValueError(f"padding must be an int, {_COUNT_WORDS[R]}, 'valid' or 'same', "
                          f"got {padding!r}")
-    return _pair("padding", padding, 0), None
+    return int_tuple("padding", padding, R, 0), None
 
 
-class _ZeroInitConv2d(nn.Conv2d):
-    """The offset predictor: an nn.Conv2d whose initialisation is zero, so every way of
-    (re)initialising a layer (``reset_parameters``, meta device then ``to_empty``) starts it on
-    the regular grid. Its parameters are ``weight`` and ``bias`` as in nn.Conv2d; its repr says
-    ``Conv2d``, the public class it is."""
+class _ZeroInit:
+    """Mixin for the offset predictor: zero initialisation in ``reset_parameters``, so every
+    way of (re)initialising a layer (``reset_parameters``, meta device then ``to_empty``) starts
+    it on the regular grid. Its repr says ``Conv{R}d``, the public class it is."""
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
@@ -67,18 +76,116 @@ class _ZeroInitConv2d(nn.Conv2d):
             nn.init.zeros_(self.bias)
 
     def _get_name(self) -> str:
-        return "Conv2d"
+        return type(self).__mro__[2].__name__
 
 
-def _batched(input: Tensor, *others: Optional[Tensor]):
-    """Unbatched ``(C, H, W)`` arguments as a batch of one, as nn.Conv2d accepts them."""
-    if isinstance(input, Tensor) and input.dim() == 3:
-        return True, input[None], [o[None] if isinstance(o, Tensor) else o for o in others]
-    return False, input, list(others)
+class _ZeroInitConv1d(_ZeroInit, nn.Conv1d):
+    pass
 
 
-class DeformConv2d(NotScriptable, nn.Module):
-    """Deformable convolution with externally given offsets; parameters as ``nn.Conv2d``'s.
+class _ZeroInitConv2d(_ZeroInit, nn.Conv2d):
+    pass
+
+
+class _ZeroInitConv3d(_ZeroInit, nn.Conv3d):
+    pass
+
+
+_OFFSET_CONVS = {1: _ZeroInitConv1d, 2: _ZeroInitConv2d, 3: _ZeroInitConv3d}
+
+
+def _batched(R: int, input, others):
+    """Unbatched ``(C, *S)`` arguments as a batch of one, as nn.Conv{R}d accepts them:
+    ``(unbatched, input, others)``. With an unbatched input every other tensor must be
+    unbatched too (the error shows it as given)."""
+    if not (isinstance(input, Tensor) and input.dim() == R + 1):
+        return False, input, others
+    out = []
+    for name, t in others:
+        if isinstance(t, Tensor):
+            if t.dim() != R + 1:
+                raise ValueError(f"{name} must be {R + 1}-D like the unbatched input "
+                                 f"{tuple(input.shape)}, got shape {tuple(t.shape)}")
+            t = t[None]
+        out.append((name, t))
+    return True, input[None], out
+
+
+class _DeformConvNd(NotScriptable, nn.Module):
+    """Deformable convolution of ``_ndim`` spatial dimensions with given offsets; parameters,
+    initialisation and constructor as ``nn.Conv{R}d`` (zero padding only)."""
+
+    _ndim = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
+                 stride: _Size = 1, padding: Union[_Size, str] = 0, dilation: _Size = 1,
+                 groups: int = 1, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        R = self._ndim
+        in_channels = _positive_int("in_channels", in_channels)
+        out_channels = _positive_int("out_channels", out_channels)
+        groups = _positive_int("groups", groups)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value % groups:
+                raise ValueError(f"{name} ({value}) must be divisible by groups ({groups})")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {bias!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = int_tuple("kernel_size", kernel_size, R, 1)
+        self.stride = int_tuple("stride", stride, R, 1)
+        self.dilation = int_tuple("dilation", dilation, R, 1)
+        # _pad_input: F.pad's tuple for padding='same' with an odd total, else None
+        self.padding, self._pad_input = _padding(padding, self.kernel_size, self.stride,
+                                                 self.dilation, R)
+        self._padding_arg = padding if isinstance(padding, str) else None
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
+                                               *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The initialisation of ``nn.Conv{R}d``: its own code, so the same random draws."""
+        nn.modules.conv._ConvNd.reset_parameters(self)
+
+    def _padded(self, input: Tensor) -> Tensor:
+        return input if self._pad_input is None else F.pad(input, self._pad_input)
+
+    def _conv(self, input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """The convolution of a batched ``input`` (padded here for an odd 'same')."""
+        return _FUNCTIONS[self._ndim](self._padded(input), offset, self.weight, self.bias,
+                                      self.stride, self.padding, self.dilation, mask)
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """``input`` (N, C, *S) or unbatched (C, *S), then ``offset`` and ``mask`` too."""
+        unbatched, input, [(_, offset), (_, mask)] = _batched(
+            self._ndim, input, [("offset", offset), ("mask", mask)])
+        out = self._conv(input, offset, mask)
+        return out[0] if unbatched else out
+
+    def extra_repr(self) -> str:
+        padding = repr(self._padding_arg) if self._padding_arg is not None else self.padding
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={padding}, dilation={self.dilation}")
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + (", bias=False" if self.bias is None else "")
+
+
+class DeformConv1d(_DeformConvNd):
+    """1-D deformable convolution with given offsets; arguments as ``nn.Conv1d``.
+
+    Shape:
+        ``forward(input[N, C, W], offset[N, G*kW, oW], mask[N, G*kW, oW] = None)
+        -> [N, out_channels, oW]``; the offset groups ``G`` follow from ``offset``. Unbatched
+        ``(C, W)`` input takes unbatched offsets and mask.
+    """
+
+    _ndim = 1
+
+
+class DeformConv2d(_DeformConvNd):
+    """Deformable convolution with given offsets; arguments as ``nn.Conv2d``.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias:
@@ -88,64 +195,23 @@ class DeformConv2d(NotScriptable, nn.Module):
     Shape:
         ``forward(input[N, C, H, W], offset[N, 2*G*kH*kW, oH, oW], mask[N, G*kH*kW, oH, oW]
         = None) -> [N, out_channels, oH, oW]``; the offset groups ``G`` follow from ``offset``.
+        Unbatched ``(C, H, W)`` input takes unbatched offsets and mask.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
-                 stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
-                 bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = _positive_int("out_channels", out_channels)
-        groups = _positive_int("groups", groups)
-        if in_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) must be divisible by groups "
-                             f"({groups})")
-        if out_channels % groups:
-            raise ValueError(f"out_channels ({out_channels}) must be divisible by groups "
-                             f"({groups})")
-        factory = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair("kernel_size", kernel_size, 1)
-        self.stride = _pair("stride", stride, 1)
-        self.dilation = _pair("dilation", dilation, 1)
-        # _pad_input: (left, right, top, bottom) for padding='same' with an odd total, else None
-        self.padding, self._pad_input = _padding(padding, self.kernel_size, self.stride,
-                                                 self.dilation)
-        self._padding_arg = padding if isinstance(padding, str) else None
-        self.groups = groups
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
-                                               *self.kernel_size, **factory))
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self.reset_parameters()
+    _ndim = 2
 
-    def reset_parameters(self) -> None:
-        """The initialisation of ``nn.Conv2d``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
 
-    def _padded(self, input: Tensor) -> Tensor:
-        return input if self._pad_input is None else F.pad(input, self._pad_input)
+class DeformConv3d(_DeformConvNd):
+    """3-D deformable convolution with given offsets; arguments as ``nn.Conv3d``.
 
-    def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """``input`` (N, C, H, W) or unbatched (C, H, W), then ``offset`` and ``mask`` too."""
-        unbatched, input, (offset, mask) = _batched(input, offset, mask)
-        out = deform_conv2d(self._padded(input), offset, self.weight, self.bias, self.stride,
-                            self.padding, self.dilation, mask)
-        return out[0] if unbatched else out
+    Shape:
+        ``forward(input[N, C, D, H, W], offset[N, 3*G*K, oD, oH, oW],
+        mask[N, G*K, oD, oH, oW] = None) -> [N, out_channels, oD, oH, oW]`` with
+        ``K = kD*kH*kW``; offsets interleaved per tap, depth first. Unbatched input takes
+        unbatched offsets and mask.
+    """
 
-    def extra_repr(self) -> str:
-        padding = repr(self._padding_arg) if self._pad_input is not None else self.padding
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}, padding={padding}, dilation={self.dilation}")
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+    _ndim = 3
 
 
 class _Convertible:
@@ -209,8 +275,7 @@ class _Convertible:
 
 def _copy_conv(new: _Convertible, conv: nn.Module, preserve_output: bool) -> _Convertible:
     """Make ``new`` (a freshly built Pack layer of ``conv``'s shape) the converted ``conv``:
-    weight and bias copied unchanged, ``requires_grad`` and training mode as ``conv``'s (a
-    fully frozen ``conv`` gets a frozen ``conv_offset``); v2 with
+    weight and bias copied unchanged, ``requires_grad`` and training mode as ``conv``'s; v2 with
     ``preserve_output`` gets ``mask_gain = 2`` (mask ``2 * sigmoid(0) = 1`` exactly)."""
     new._converted = True
     if new._mask and preserve_output:
@@ -227,40 +292,39 @@ def _copy_conv(new: _Convertible, conv: nn.Module, preserve_output: bool) -> _Co
     return new.train(conv.training)
 
 
-class DeformConv2dPack(_Convertible, DeformConv2d):
-    """Deformable convolution v1 that predicts its own offsets (Dai et al. 2017).
+class _PackNd(_Convertible):
+    """Mixin (first base) for the layers that predict their own offsets (and mask).
 
-    ``conv_offset`` maps the input to ``2*offset_groups*kH*kW`` offset channels with the same
-    kernel size, stride, padding and dilation. It starts at zero, so a new layer samples the
-    regular grid and equals ``nn.Conv2d`` with the same weight and bias.
+    ``conv_offset`` maps the input to ``R*G*K`` offset channels (v1), or ``(R+1)*G*K`` (v2:
+    offsets, then mask logits through a sigmoid), with the layer's kernel size, stride,
+    padding and dilation; it starts at zero, so a new layer samples the regular grid.
 
-    The positional order is mmcv's: ``(in_channels, out_channels, kernel_size, stride, padding,
-    dilation, groups, deform_groups, bias, im2col_step)``, so mmcv/mmdetection calls carry over.
+    The positional order is mmcv's for every dimensionality: ``(in_channels, out_channels,
+    kernel_size, stride, padding, dilation, groups, offset_groups, bias, im2col_step)``.
 
     Args:
         offset_groups: channel groups that share one set of offsets; must divide
-            ``in_channels``. mmcv calls it ``deform_groups``; both keywords are accepted (give
-            one).
-        im2col_step: mmcv's memory knob (images per column buffer). Accepted for
-            compatibility and ignored: the kernels here bound their memory themselves.
-        The others as ``nn.Conv2d``. Note mmcv's v1 layer defaults to ``bias=False`` and
-        ours, like ``nn.Conv2d``, to ``bias=True``: pass it explicitly when porting.
+            ``in_channels`` (default 1). mmcv calls it ``deform_groups``; both keywords are
+            accepted (give one, or the same value twice).
+        bias: a bool, as in ``nn.Conv{R}d``. Note mmcv's v1 layer defaults to ``bias=False``
+            and ours to ``bias=True``: pass it explicitly when porting.
+        im2col_step: mmcv's memory knob. Accepted for compatibility and ignored: the kernels
+            here bound their memory themselves.
 
-    Loading state dicts (see ``_load_from_state_dict``): an old mmdetection checkpoint that
-    stores the predictor as the sibling ``<name>_offset.weight/bias`` (and carries no version
-    metadata for the layer) is renamed to ``<name>.conv_offset.*`` on load, as mmcv does. A
-    layer made by :func:`~deformconv.convert_to_deformable` also loads the plain convolution's
-    state dict (``weight``, ``bias`` only): its offset predictor is then reset to zero, so it
-    computes that convolution.
+    Loading state dicts: an old mmdetection checkpoint that stores the predictor as the
+    sibling ``<name>_offset.weight/bias`` (and carries no version metadata for the layer) is
+    renamed to ``<name>.conv_offset.*`` on load, as mmcv does. A layer made by
+    :meth:`from_conv` (or :func:`~deformconv.convert_to_deformable`) also loads the plain
+    convolution's state dict (``weight``, ``bias`` only): its offset predictor then restarts
+    at zero, so it computes that convolution (see ``_Convertible``).
     """
 
-    _mask = False
     # 2: conv_offset inside the layer (mmcv's version too). No version: maybe the old layout.
     _version = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
-                 stride: _Size = 1, padding: _Size = 0, dilation: _Size = 1, groups: int = 1,
-                 offset_groups: Optional[int] = None, bias: bool = True,
+                 stride: _Size = 1, padding: Union[_Size, str] = 0, dilation: _Size = 1,
+                 groups: int = 1, offset_groups: Optional[int] = None, bias: bool = True,
                  im2col_step: Optional[int] = None, *, deform_groups: Optional[int] = None,
                  device=None, dtype=None) -> None:
         if deform_groups is not None and offset_groups is not None \
@@ -272,46 +336,53 @@ class DeformConv2dPack(_Convertible, DeformConv2d):
             _positive_int("im2col_step", im2col_step)  # checked, then ignored
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, device=device, dtype=dtype)
-        if not _is_int(offset_groups) or offset_groups < 1 or in_channels % offset_groups:
+        if not _is_int(offset_groups) or offset_groups < 1 or self.in_channels % offset_groups:
             raise ValueError(f"offset_groups must be >= 1 and divide in_channels "
-                             f"({in_channels}), got {offset_groups!r}")
+                             f"({self.in_channels}), got {offset_groups!r}")
         self.offset_groups = int(offset_groups)
-        per_group = (3 if self._mask else 2) * self.kernel_size[0] * self.kernel_size[1]
-        # Zero-initialised (in its own reset_parameters too): a new layer samples the grid.
-        self.conv_offset = _ZeroInitConv2d(in_channels, self.offset_groups * per_group,
-                                           self.kernel_size, self.stride, self.padding,
-                                           self.dilation, bias=True, device=device, dtype=dtype)
+        R = self._ndim
+        per_group = (R + 1 if self._mask else R) * math.prod(self.kernel_size)
+        self.conv_offset = _OFFSET_CONVS[R](self.in_channels, self.offset_groups * per_group,
+                                            self.kernel_size, self.stride, self.padding,
+                                            self.dilation, bias=True, device=device,
+                                            dtype=dtype)
         self._watch_loading()
 
     def reset_parameters(self) -> None:
-        """``nn.Conv2d``'s initialisation for the weight and bias, zero for ``conv_offset``."""
+        """``nn.Conv{R}d``'s initialisation for the weight and bias, zero for
+        ``conv_offset``."""
         super().reset_parameters()
-        if "conv_offset" in self._modules:  # not yet built while the base class initialises
+        if "conv_offset" in self._modules:  # not yet built while the base initialises
             self.init_offset()
 
     def offset_and_mask(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The offsets (and, for v2, the mask after its sigmoid) this layer uses on ``input``
-        (N, C, H, W) or unbatched (C, H, W)."""
+        (N, C, *S) or unbatched (C, *S)."""
+        R = self._ndim
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (3, 4) or input.shape[-3] != self.in_channels:
-            raise ValueError(f"input must have shape (N, {self.in_channels}, H, W) or "
-                             f"({self.in_channels}, H, W), got {tuple(input.shape)}")
-        unbatched, x, _ = _batched(input)
+        if input.dim() not in (R + 1, R + 2) or input.shape[-R - 1] != self.in_channels:
+            dims = ", ".join("DHW"[3 - R:])
+            raise ValueError(f"input must have shape (N, {self.in_channels}, {dims}) or "
+                             f"({self.in_channels}, {dims}), got {tuple(input.shape)}")
+        unbatched, x, _ = _batched(R, input, [])
         offset, mask = self._split(self.conv_offset(self._padded(x)))
         if unbatched:
             return offset[0], (None if mask is None else mask[0])
         return offset, mask
 
     def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        return out, None
+        if not self._mask:
+            return out, None
+        n_off = self._ndim * self.offset_groups * math.prod(self.kernel_size)
+        return out[:, :n_off], self._gained(torch.sigmoid(out[:, n_off:]))
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
-        """``input`` (N, C, H, W) or unbatched (C, H, W)."""
+        """``input`` (N, C, *S) or unbatched (C, *S)."""
         offset, mask = self.offset_and_mask(input)
-        unbatched, input, (offset, mask) = _batched(input, offset, mask)
-        out = deform_conv2d(self._padded(input), offset, self.weight, self.bias, self.stride,
-                            self.padding, self.dilation, mask)
+        unbatched, x, [(_, offset), (_, mask)] = _batched(
+            self._ndim, input, [("offset", offset), ("mask", mask)])
+        out = self._conv(x, offset, mask)
         return out[0] if unbatched else out
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
@@ -321,6 +392,54 @@ class DeformConv2dPack(_Convertible, DeformConv2d):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s + (f", offset_groups={self.offset_groups}" if self.offset_groups != 1 else "")
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, offset_groups: int = 1,
+                  preserve_output: bool = True) -> "_PackNd":
+        """A layer of this class that starts as the same function as ``conv`` (an
+        ``nn.Conv{R}d`` of this dimensionality with zero padding).
+
+        Copies channels, kernel, stride, padding (``'same'``/``'valid'`` included), dilation,
+        groups, bias (unchanged), device, dtype, training mode and ``requires_grad``. v2 with
+        ``preserve_output`` gets the persistent buffer ``mask_gain = 2``: its mask
+        ``2 * sigmoid(0)`` is exactly 1 at the start, and the plain state dict loaded later
+        keeps its meaning (see ``_Convertible``); without it the layer starts at mmcv's mask 0.5.
+        """
+        want = _CONVS[cls._ndim]
+        if not isinstance(conv, want):
+            raise TypeError(f"conv must be an nn.{want.__name__}, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"conv must have zero padding, got padding_mode="
+                             f"{conv.padding_mode!r}")
+        w = conv.weight
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, offset_groups,
+                  conv.bias is not None, device=w.device, dtype=w.dtype)
+        return _copy_conv(new, conv, preserve_output)
+
+
+class DeformConv1dPack(_PackNd, DeformConv1d):
+    """1-D deformable convolution v1 predicting its own offsets; arguments as ``nn.Conv1d``
+    plus ``offset_groups`` (mmcv's order, see ``_PackNd``).
+    ``forward(input[N, C, W]) -> [N, out_channels, oW]``."""
+
+
+class ModulatedDeformConv1dPack(DeformConv1dPack):
+    """1-D deformable convolution v2 predicting its own offsets and mask (``conv_offset``:
+    ``G*kW`` offsets, then ``G*kW`` mask logits). A new layer computes
+    ``0.5 * conv1d(input, weight) + bias``; one made by ``from_conv`` the convolution itself."""
+
+    _mask = True
+
+
+class DeformConv2dPack(_PackNd, DeformConv2d):
+    """Deformable convolution v1 that predicts its own offsets (Dai et al. 2017).
+
+    ``conv_offset`` maps the input to ``2*offset_groups*kH*kW`` offset channels with the same
+    kernel size, stride, padding and dilation. It starts at zero, so a new layer samples the
+    regular grid and equals ``nn.Conv2d`` with the same weight and bias. Arguments, loading
+    and ``from_conv``: see ``_PackNd``.
+    """
 
 
 class ModulatedDeformConv2dPack(DeformConv2dPack):
@@ -333,19 +452,46 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
     everywhere, so a new layer computes ``0.5 * conv2d(input, weight) + bias``: the mmcv
     convention, kept so that mmcv checkpoints and training recipes transfer unchanged.
 
-    A layer made by :func:`~deformconv.convert_to_deformable` (``preserve_output=True``) has
-    one more buffer, ``mask_gain`` = 2: its mask is ``2 * sigmoid(logits)``, which is exactly
-    1 at the start, so it computes the original convolution with the original, unscaled
-    ``weight``; plain pretrained weights loaded into it later keep their meaning. The buffer
-    travels in the state dict; a state dict with ``conv_offset`` but without ``mask_gain`` (an
-    mmcv checkpoint) switches the layer to mmcv's mask, ``sigmoid(logits)``.
+    A layer made by ``from_conv`` or :func:`~deformconv.convert_to_deformable`
+    (``preserve_output=True``) has one more buffer, ``mask_gain`` = 2: its mask is
+    ``2 * sigmoid(logits)``, which is exactly 1 at the start, so it computes the original
+    convolution with the original, unscaled ``weight``; plain pretrained weights loaded into it
+    later keep their meaning. The buffer travels in the state dict; a state dict with
+    ``conv_offset`` but without ``mask_gain`` (an mmcv checkpoint) switches the layer to mmcv's
+    mask, ``sigmoid(logits)``.
     """
 
     _mask = True
 
-    def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        n_off = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        return out[:, :n_off], self._gained(torch.sigmoid(out[:, n_off:]))
+
+class DeformConv3dPack(_PackNd, DeformConv3d):
+    """3-D deformable convolution v1 predicting its own offsets; arguments as ``nn.Conv3d``
+    plus ``offset_groups`` (mmcv's order, see ``_PackNd``).
+    ``forward(input[N, C, D, H, W]) -> [N, out_channels, oD, oH, oW]``."""
+
+
+class ModulatedDeformConv3dPack(DeformConv3dPack):
+    """3-D deformable convolution v2 predicting its own offsets and mask (``conv_offset``:
+    ``3*G*K`` offsets depth first, then ``G*K`` mask logits). A new layer computes
+    ``0.5 * conv3d(input, weight) + bias``; one made by ``from_conv`` the convolution itself."""
+
+    _mask = True
+
+
+_PACKS = {1: (DeformConv1dPack, ModulatedDeformConv1dPack),
+          2: (DeformConv2dPack, ModulatedDeformConv2dPack),
+          3: (DeformConv3dPack, ModulatedDeformConv3dPack)}
+
+
+def deformable_from_conv(conv: nn.Module, version: int = 2, offset_groups: int = 1,
+                         preserve_output: bool = True) -> _PackNd:
+    """The Pack layer (v1 or v2) of ``conv``'s dimensionality that starts as ``conv``: the
+    mapping of ``convert_to_deformable`` for ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d``."""
+    R = next((r for r, c in _CONVS.items() if type(conv) is c), None)
+    if R is None:
+        raise TypeError(f"conv must be an nn.Conv1d, nn.Conv2d or nn.Conv3d, got "
+                        f"{type(conv).__name__}")
+    return _PACKS[R][version == 2].from_conv(conv, offset_groups, preserve_output)
 
 
 def _rename_old_offset_keys(state_dict, prefix: str, version) -> None:
@@ -375,7 +521,7 @@ def _rename_in_parent(child: str, state_dict, prefix, local_metadata, *args) -> 
 def _on_module_registration(module: nn.Module, name: str, submodule):
     """Global hook: when a ``*Pack`` layer becomes a child, its parent learns to rename the old
     checkpoint layout (see ``_rename_in_parent``)."""
-    if isinstance(submodule, DeformConv2dPack):
+    if isinstance(submodule, _PackNd):
         hooks = [getattr(h, "hook", h) for h in module._load_state_dict_pre_hooks.values()]
         if not any(isinstance(h, partial) and h.func is _rename_in_parent and h.args == (name,)
                    for h in hooks):

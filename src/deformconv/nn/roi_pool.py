@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor, nn
 
-from ..ops.deform_roi_pool import deform_roi_pool, pool_args
+from ..ops.roi_pool.functional import deform_roi_pool, pool_args
 from ._scripting import NotScriptable
 from .deform_conv import _positive_int
 

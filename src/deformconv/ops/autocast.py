@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .checks import AUTOCAST_DEVICE_TYPES as DEVICE_TYPES  # noqa: F401 (re-exported)
 from .checks import autocast_enabled  # noqa: F401 (re-exported)
-from .registry import deform_conv2d_op
+from .deform_conv.library import deform_conv2d_op
 
 CPU_DTYPE = torch.float32
 # The float32 rule of the other ops (1-D/3-D, RoI pooling) on every device type.

@@ -42,7 +42,8 @@ from typing import Iterator, List, Optional
 import torch
 from torch import Tensor
 
-from . import registry, torch_impl
+from .deform_conv import library as registry
+from .deform_conv import torch_kernels as torch_impl
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "DEFORMCONV_BACKEND"
@@ -99,9 +100,10 @@ def interpreting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _launch_module():
-    """``deformconv.ops.triton.launch``, or the ImportError when Triton is missing."""
+    """``deformconv.ops.deform_conv.triton.launch``, or the ImportError when Triton is
+    missing."""
     try:
-        from .triton import launch  # noqa: PLC0415 (triton is optional, imported on use)
+        from .deform_conv.triton import launch  # noqa: PLC0415 (triton is optional)
     except ImportError as e:
         return e
     return launch
@@ -204,11 +206,11 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
 
 @functools.lru_cache(maxsize=None)
 def _triton_module(path: str):
-    """``deformconv.ops.<path>`` (e.g. ``"triton.nd_launch"``), or the ImportError when Triton
-    (or the module) is missing."""
+    """``deformconv.ops.<path>`` (e.g. ``"deform_conv.triton.launch_nd"``), or the ImportError
+    when Triton (or the module) is missing."""
     import importlib  # noqa: PLC0415
 
-    if path == "triton.launch":
+    if path == "deform_conv.triton.launch":
         return _launch_module()
     try:
         return importlib.import_module(f"{__package__}.{path}")

@@ -1,4 +1,4 @@
-"""Triton kernels (``kernels``) and their launchers (``launch``).
-
-Importing this package imports nothing from Triton; import ``launch`` where it is needed.
-"""
+"""What every operator's Triton kernels share: ``spec`` (what a kernel module declares, the
+launcher conventions), ``report`` (the offline resource report) and ``bilinear`` (shared
+``@triton.jit`` sampling helpers). Each operator's kernels live in ``ops/<op>/triton/``.
+Importing this package imports nothing from Triton."""

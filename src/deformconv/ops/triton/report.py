@@ -6,7 +6,7 @@ Each kernel is compiled with ``triton.compile`` for a ``GPUTarget`` (the Triton 
 register and spill counts, and the PTX is searched for ``wgmma`` (Hopper) or ``mma``
 (Ampere-style) instructions. Shared memory is Triton's own figure from the kernel metadata.
 
-Registration hook: every module of ``deformconv.ops.triton`` that defines
+Registration hook: every module of an operator's ``deformconv.ops.<op>.triton`` that defines
 ``KERNEL_SPECS: list[spec.KernelSpec]`` is reported, each kernel at each of its configurations
 and dtypes, with 32-bit indices and, when its constants have an index-width switch
 (``spec.INDEX_SWITCHES``), 64-bit ones. A new kernel module needs nothing but that list.
@@ -38,14 +38,20 @@ COLUMNS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "sha
 
 
 def kernel_specs() -> List[KernelSpec]:
-    """``KERNEL_SPECS`` of every module of this package, in module-name order."""
-    pkg = importlib.import_module(__package__)
+    """``KERNEL_SPECS`` of every module of every operator's ``triton`` package
+    (``deformconv.ops.<op>.triton``), in operator then module-name order."""
+    ops = importlib.import_module(__package__.rsplit(".", 1)[0])
     specs: List[KernelSpec] = []
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name == "report":
+    for op in sorted(pkgutil.iter_modules(ops.__path__), key=lambda m: m.name):
+        if not op.ispkg or op.name == "triton":
             continue
-        module = importlib.import_module(f"{__package__}.{info.name}")
-        specs.extend(getattr(module, "KERNEL_SPECS", ()))
+        try:
+            pkg = importlib.import_module(f"{ops.__name__}.{op.name}.triton")
+        except ModuleNotFoundError:
+            continue
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            specs.extend(getattr(module, "KERNEL_SPECS", ()))
     return specs
 
 

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bilinear, geometry
-from .torch_impl import _chunks, _compute_dtype, _index_dtype
+from .. import bilinear, geometry
+from .torch_kernels import _chunks, _compute_dtype, _index_dtype
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 

@@ -1,10 +1,11 @@
-"""The float64 oracle of 1-D and 3-D deformable convolution, written from the conventions.
+"""The float64 oracle of deformable convolution (1-, 2- and 3-D), written from the conventions
+(``docs/conventions.md``).
 
 Slow and obvious on purpose, and independent of the kernels: loops over offset groups, kernel
-taps and the ``2^R`` corners, vectorised over batch and output positions. Its gradients come
-from autograd through the formula: with ``floor`` held constant autograd yields exactly the
-floor-based one-sided derivative the conventions prescribe (``+I[0]`` at exactly ``-1``), and
-masked-out corners give zero gradient.
+taps and the ``2^R`` corners, vectorised over batch and output positions. Every fast path is
+checked against it. Its gradients come from autograd through the formula: with ``floor`` held
+constant autograd yields exactly the floor-based one-sided derivative the conventions
+prescribe (``+I[0]`` at exactly ``-1``), and masked-out corners give zero gradient.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def sample(img: Tensor, pos) -> Tensor:
     return out
 
 
-def deform_conv_nd_ref(input: Tensor, offset: Tensor, weight: Tensor, bias=None, stride=1,
-                       padding=0, dilation=1, mask=None) -> Tensor:
-    """The oracle for any number ``R`` of spatial dimensions (``deform_conv2d``'s signature)."""
+def deform_conv_ref(input: Tensor, offset: Tensor, weight: Tensor, bias=None, stride=1,
+                    padding=0, dilation=1, mask=None) -> Tensor:
+    """The oracle for ``R = input.dim() - 2`` spatial dimensions, with the signature of
+    ``deform_conv{R}d`` (torchvision's in 2-D). Differentiable by autograd."""
     N, C, *S = input.shape
     O, Cg, *k = weight.shape
     R = len(S)
@@ -89,17 +91,3 @@ def deform_conv_nd_ref(input: Tensor, offset: Tensor, weight: Tensor, bias=None,
     if bias is not None:
         out = out + bias.view(1, O, *[1] * R)
     return out
-
-
-def deform_conv1d_ref(input, offset, weight, bias=None, stride=1, padding=0, dilation=1,
-                      mask=None) -> Tensor:
-    """The 1-D oracle: input (N, C, W), offset (N, G*kW, oW)."""
-    assert input.dim() == 3
-    return deform_conv_nd_ref(input, offset, weight, bias, stride, padding, dilation, mask)
-
-
-def deform_conv3d_ref(input, offset, weight, bias=None, stride=1, padding=0, dilation=1,
-                      mask=None) -> Tensor:
-    """The 3-D oracle: input (N, C, D, H, W), offset (N, 3*G*K, oD, oH, oW) depth first."""
-    assert input.dim() == 5
-    return deform_conv_nd_ref(input, offset, weight, bias, stride, padding, dilation, mask)

@@ -29,7 +29,7 @@ import triton.language as tl
 
 import triton
 
-from .spec import ELEMENT, KernelSpec, dot_precision
+from ...triton.spec import ELEMENT, KernelSpec, dot_precision
 
 # The configuration of each kernel on the GPU (no autotuning: the no-spill report compiles
 # exactly these). Small tiles and no software pipelining: with the 8 trilinear corners'

@@ -6,10 +6,10 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor
 
+from ..checks import check_deform_conv, int_tuple
+from ..registration import check_not_functorch_autodiff
 from . import onnx as _onnx
-from .checks import check_deform_conv, int_tuple
-from .registration import check_not_functorch_autodiff
-from .registry import deform_conv2d_op
+from .library import deform_conv2d_op
 
 _IntPair = Union[int, Tuple[int, int]]
 

@@ -23,7 +23,7 @@ import triton.language as tl
 
 import triton
 
-from .spec import ELEMENT, KernelSpec
+from ...triton.spec import ELEMENT, KernelSpec
 
 GRID_LIMIT = tl.constexpr(16777216.0)  # 2**24, roi_pool_torch.GRID_LIMIT
 WINDOW_MARGIN = tl.constexpr(2.0)      # roi_pool_torch.WINDOW_MARGIN

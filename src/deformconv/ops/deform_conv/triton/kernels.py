@@ -19,7 +19,7 @@ launcher chooses when every tensor has fewer than 2**31 elements (registers are 
 resource of these kernels: 64-bit address tiles cost twice as many); ``INDEX_64=True`` casts
 the program ids and pixel indices to int64 first, so all address arithmetic is 64-bit.
 
-Hostile offsets: corners come from ``bilinear.corners_2d`` with the inclusive lower cut-off: a
+Hostile offsets: corners come from ``bilinear.corner_flags_2d`` with the inclusive lower cut-off: a
 position is "inside" only when ``y >= -1``, ``y < H``, ``x >= -1`` and ``x < W`` hold, which is
 False for NaN; outside positions are replaced by 0 before the float -> int conversion, corner
 indices are clamped into the image, and every load and atomic is masked by corner validity.
@@ -38,8 +38,8 @@ import triton.language as tl
 
 import triton
 
-from .bilinear import corner_weights, corners_2d, position_grad_2d
-from .spec import ELEMENT, KernelSpec, dot_precision
+from ...triton.bilinear import corner_flags_2d, position_grad_2d
+from ...triton.spec import ELEMENT, KernelSpec, dot_precision
 
 _DYNAMIC = ["N", "H", "W", "oH", "oW", "SPLIT", "SIZE_BUCKET"]
 
@@ -79,9 +79,11 @@ def _sample_plan(off_ptr,   # offset (N, 2*G*K, oH, oW)
     y = (oy * sh - ph + i * dh).to(tl.float32) + dy
     x = (ox * sw - pw + j * dw).to(tl.float32) + dx
     # The inclusive lower cut-off of deformable convolution (y >= -1).
-    y0c, x0c, dx, dy, ok00, ok01, ok10, ok11, ly, lx, inside = corners_2d(
-        y, x, H, W, pix_ok, C, W * C, False)
+    y0c, x0c, has_dx, has_dy, ok00, ok01, ok10, ok11, ly, lx, inside = corner_flags_2d(
+        y, x, H, W, pix_ok, False)
     a00 = ((n * H + y0c) * W + x0c) * C
+    dx = tl.where(has_dx, C, 0)
+    dy = tl.where(has_dy, W * C, 0)
     mm = inside.to(tl.float32)
     if HAS_MASK:
         mv = tl.load(mask_ptr + n * (G * K) * oHW + ch * oHW + rem, mask=pix_ok, other=0.0)
@@ -164,13 +166,15 @@ def _deform_conv2d_fwd_kernel(
             a00, dx, dy, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
                 off_ptr, mask_ptr, n, rem, oy, ox, pix_ok, g, k, G, H, W, C, oHW,
                 sh, sw, ph, pw, dh, dw, KH, KW, HAS_MASK)
-            w00, w01, w10, w11 = corner_weights(ly, lx, mm)
+            hy = 1.0 - ly
+            hx = 1.0 - lx
             w_row = (grp * K + k) * Cg - c_begin
             for c0 in range(lo, hi, BLOCK_C):
                 cc = c0 + tl.arange(0, BLOCK_C)
                 c_ok = cc < hi
                 cols = _gather_columns(x_ptr, a00, dx, dy, ok00, ok01, ok10, ok11,
-                                       w00, w01, w10, w11, cc, c_ok)
+                                       hy * hx * mm, hy * lx * mm, ly * hx * mm, ly * lx * mm,
+                                       cc, c_ok)
                 wt = tl.load(w_ptr + (w_row + cc)[:, None] * Og + oc[None, :],
                              mask=c_ok[:, None] & oc_ok[None, :], other=0.0)
                 acc = _dot(cols.to(wt.dtype), wt, acc, INPUT_PRECISION, DOT_UPCAST)

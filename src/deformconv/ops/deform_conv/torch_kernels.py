@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bilinear, geometry
+from .. import bilinear, geometry
 
 # Target size of the sampled columns of one chunk: big enough that the GEMMs run at full speed
 # and per-op overheads vanish, small enough to stay in the last-level cache.

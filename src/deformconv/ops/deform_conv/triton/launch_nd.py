@@ -21,9 +21,10 @@ from torch import Tensor
 
 import triton
 
-from .. import geometry, torch_impl_nd
-from . import nd_kernels
-from .nd_kernels import gpu_blocks
+from ... import geometry
+from .. import torch_kernels_nd as torch_impl_nd
+from . import kernels_nd as nd_kernels
+from .kernels_nd import gpu_blocks
 
 # The interpreter (CPU tensors): small blocks, so tiny test shapes span several tiles.
 INTERPRETER_BLOCKS: Dict[str, Dict[str, int]] = {

@@ -38,7 +38,7 @@ import torch
 import torch.onnx
 from torch import Tensor
 
-from . import geometry
+from .. import geometry
 
 OPSET = 19  # DeformConv-19: float16, float32, float64
 OPSET_BFLOAT16 = 22  # DeformConv-22 adds bfloat16

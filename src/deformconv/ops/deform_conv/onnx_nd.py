@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import geometry
+from .. import geometry
 from .onnx import EXTRA_TRANSLATIONS, OPSET, OPSET_BFLOAT16, export_opset
 
 __all__ = ["deform_conv_nd_symbolic", "exporting_with_symbolic",

@@ -8,8 +8,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import FLOATS, _autocast_mix, _check_tensor, _is_int, int_tuple
-from .roi_pool_registry import deform_roi_pool_op
+from ..checks import FLOATS, _autocast_mix, _check_tensor, _is_int, int_tuple
+from .library import deform_roi_pool_op
 
 _IntPair = Union[int, Tuple[int, int]]
 

@@ -16,8 +16,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import checks, geometry, torch_impl
-from .registration import forbid_double_backward
+from .. import checks, geometry
+from ..registration import forbid_double_backward
+from . import torch_kernels as torch_impl
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 

@@ -15,8 +15,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import dispatch, roi_pool_torch
-from .registration import forbid_double_backward
+from .. import dispatch
+from ..registration import forbid_double_backward
+from . import torch_kernels as roi_pool_torch
 
 AUTOCAST_DTYPE = torch.float32
 AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
@@ -84,7 +85,7 @@ def _run(direction: str, fn: str, input: Tensor, *args):
     """``fn`` on the kernels ``dispatch`` chooses (Triton ``roi_pool_launch`` or
     ``roi_pool_torch``)."""
     return dispatch.run("deform_roi_pool", direction, fn, roi_pool_torch,
-                        "triton.roi_pool_launch",
+                        "roi_pool.triton.launch",
                         input.device, input.dtype, *args)
 
 

@@ -23,9 +23,9 @@ from torch import Tensor
 
 import triton
 
-from .. import roi_pool_torch
-from . import roi_pool_kernels as kernels
-from .roi_pool_kernels import GPU_BLOCKS_C, num_warps
+from .. import torch_kernels as roi_pool_torch
+from . import kernels
+from .kernels import GPU_BLOCKS_C, num_warps
 
 # Channel block on CPU tensors (the interpreter): small, so tiny test shapes still run several
 # channel blocks. Tests may change it.

@@ -11,9 +11,9 @@ from typing import Optional, Tuple, Union
 
 from torch import Tensor
 
+from ..checks import check_deform_conv, int_tuple
 from . import onnx_nd
-from .checks import check_deform_conv, int_tuple
-from .registry_nd import OPS
+from .library_nd import OPS
 
 _Int1 = Union[int, Tuple[int]]
 _Int3 = Union[int, Tuple[int, int, int]]

@@ -32,8 +32,9 @@ from torch import Tensor
 
 import triton
 
-from .. import geometry
-from . import kernels, spec
+from ... import geometry
+from ...triton import spec
+from . import kernels
 
 INT32_LIMIT = 2 ** 31
 PARTIAL_BYTES = 16 << 20  # cap of the float32 split-sum buffers (forward and weight gradient)

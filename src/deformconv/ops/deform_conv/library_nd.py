@@ -16,9 +16,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import dispatch, geometry, torch_impl_nd
-from .autocast import AUTOCAST_DTYPE, DEVICE_TYPES
-from .registration import forbid_double_backward
+from .. import dispatch, geometry
+from ..autocast import AUTOCAST_DTYPE, DEVICE_TYPES
+from ..registration import forbid_double_backward
+from . import torch_kernels_nd as torch_impl_nd
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -26,8 +27,8 @@ _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 def _run(direction: str, fn: str, R: int, *args):
     """``fn`` on the kernels ``dispatch`` chooses (Triton ``nd_launch`` or ``torch_impl_nd``)."""
     input = args[1] if direction == "backward" else args[0]
-    return dispatch.run(f"deform_conv{R}d", direction, fn, torch_impl_nd, "triton.nd_launch",
-                        input.device, input.dtype, *args)
+    return dispatch.run(f"deform_conv{R}d", direction, fn, torch_impl_nd,
+                        "deform_conv.triton.launch_nd", input.device, input.dtype, *args)
 
 
 def _define(R: int):

@@ -1,0 +1,1 @@
+"""Deformable RoI pooling: the public function and its registered op."""
