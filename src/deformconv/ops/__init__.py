@@ -8,6 +8,7 @@ from . import registry_nd  # registers deformconv::deform_conv1d/3d
 from .deform_conv import deform_conv2d
 from .deform_conv_nd import deform_conv1d, deform_conv3d
 from .deform_roi_pool import deform_roi_pool  # registers deformconv::deform_roi_pool
+from . import ms_deform_attn  # noqa: F401 (the operator folder; registers its ops)
 
 autocast.register()
 onnx.register_torchscript_symbolic()
