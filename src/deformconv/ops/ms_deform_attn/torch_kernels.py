@@ -15,11 +15,12 @@ Work is cut into chunks of ``(batch, query)`` rows whose sampling plan stays nea
 2. Forward: one ``embedding_bag(mode="sum", per_sample_weights=...)`` whose bags are the
    ``(batch, query, head)`` triples gathers and blends all ``L*P*4`` corners of each; its
    ``(rows * M, D)`` result is the output's head-major channels as they lie in memory.
-3. Backward: the value gradient is a deterministic scatter (the corner rows sorted stably,
-   then one ``embedding_bag`` gather per chunk, no atomics); the location and attention-weight
-   gradients need the four dot products ``<output gradient, corner value>``, which are exactly
-   the gradient of ``embedding_bag`` with respect to its per-sample weights. The location
-   derivative is the floor-based one-sided one (``floor`` held constant).
+3. Backward: the value gradient is a deterministic scatter (per level the samples sorted
+   stably by corner row, then one ``embedding_bag`` gather per corner, no atomics); the
+   location and attention-weight gradients need the four dot products ``<output gradient,
+   corner value>``, which are exactly the gradient of ``embedding_bag`` with respect to its
+   per-sample weights. The location derivative is the floor-based one-sided one (``floor``
+   held constant).
 
 Arguments are assumed valid (``functional.py`` checks them). float16 and bfloat16 are computed
 in float32; results come back in each argument's dtype.
@@ -77,11 +78,11 @@ def _unpad(g_src: Tensor, shapes, pstarts, N: int, M: int, D: int) -> Tensor:
 class _Plan:
     """Sampling plan of rows ``r0:r1`` of (batch, query): ``idx``/``wts`` are (b*M*L*P, 4)."""
 
-    __slots__ = ("idx", "wts", "lh", "lw", "att", "inside")
+    __slots__ = ("idx", "wts", "lh", "lw", "att", "inside", "base")
 
-    def __init__(self, idx, wts, lh, lw, att, inside):
-        self.idx, self.wts, self.lh, self.lw, self.att, self.inside = (idx, wts, lh, lw, att,
-                                                                       inside)
+    def __init__(self, idx, wts, lh, lw, att, inside, base):
+        self.idx, self.wts, self.lh, self.lw, self.att, self.inside, self.base = (
+            idx, wts, lh, lw, att, inside, base)
 
 
 def _plan(loc: Tensor, att: Tensor, r0: int, r1: int, Q: int, M: int, shapes, pstarts,
@@ -119,13 +120,16 @@ def _plan(loc: Tensor, att: Tensor, r0: int, r1: int, Q: int, M: int, shapes, ps
     wts = torch.empty(shape, dtype=dtype, device=dev)
     for c, (u, v) in enumerate(((hy, hx), (hy, vx), (vy, hx), (vy, vx))):
         torch.mul(u, v, out=wts[..., c])
-    return _Plan(idx, wts, lh, lw, a, inside)
+    return _Plan(idx, wts, lh, lw, a, inside, base)
 
 
-def _chunks(rows: int, per_row_bytes: int):
+def _chunks(N: int, Q: int, per_row_bytes: int):
+    """(r0, r1) blocks of (batch, query) rows within one batch element each, so the corner
+    rows a chunk reads in each level stay a narrow band."""
     step = max(1, PLAN_BUDGET_BYTES // max(1, per_row_bytes))
-    for r0 in range(0, rows, step):
-        yield r0, min(rows, r0 + step)
+    for n in range(N):
+        for q0 in range(0, Q, step):
+            yield n * Q + q0, n * Q + min(Q, q0 + step)
 
 
 def _index_dtype(rows: int) -> torch.dtype:
@@ -155,7 +159,7 @@ def ms_deform_attn_fwd(value: Tensor, spatial_shapes: Tensor, level_start_index:
         return out.view(N, Q, M * D).to(value.dtype)
     src = _padded_source(value, shapes, pstarts, ct)
     it = _index_dtype(src.shape[0])
-    for r0, r1 in _chunks(N * Q, per_row):
+    for r0, r1 in _chunks(N, Q, per_row):
         p = _plan(loc, att, r0, r1, Q, M, shapes, pstarts, ct, it)
         bags = (r1 - r0) * M
         out[r0:r1] = F.embedding_bag(p.idx.view(bags, -1), src, mode="sum",
@@ -163,16 +167,27 @@ def ms_deform_attn_fwd(value: Tensor, spatial_shapes: Tensor, level_start_index:
     return out.view(N, Q, M * D).to(value.dtype)
 
 
-def _scatter(g_src: Tensor, gcol: Tensor, p: _Plan, per_bag: int) -> None:
-    """``g_src[idx[e]] += wts[e] * gcol[e // per_bag]`` without atomics: the corner rows are
-    sorted stably (a fixed summation order, bitwise repeatable), then one ``embedding_bag``
-    sums, for every row of ``g_src`` in the chunk's range, the gradient rows that read it."""
-    flat = p.idx.reshape(-1).long()
-    rows, order = torch.sort(flat, stable=True)
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    starts = torch.searchsorted(rows, torch.arange(lo, hi, device=rows.device))
-    g_src[lo:hi] += F.embedding_bag(order // per_bag, gcol, starts, mode="sum",
-                                    per_sample_weights=p.wts.reshape(-1)[order])
+def _scatter(g_src: Tensor, gcol: Tensor, p: _Plan, shapes, M: int) -> None:
+    """``g_src[idx[e, c]] += wts[e, c] * gcol[bag(e)]`` without atomics.
+
+    Per level, the samples are sorted stably by their first corner's row (a fixed summation
+    order: bitwise repeatable); for each of the four corners one ``embedding_bag`` then sums,
+    for every row of the level's band, the gradient rows of the samples whose corner ``c``
+    falls there, and the band is added at that corner's row offset.
+    """
+    b, _, L, P = p.base.shape
+    key_dtype = torch.int32 if g_src.shape[0] < 2 ** 31 - 1 else torch.int64
+    for lvl, (_, W) in enumerate(shapes):
+        keys, order = torch.sort(p.base[:, :, lvl].reshape(-1).to(key_dtype), stable=True)
+        lo, hi = int(keys[0]), int(keys[-1]) + 1
+        bounds = torch.searchsorted(keys, torch.arange(lo, hi + 1, dtype=key_dtype,
+                                                       device=keys.device))
+        owner = order // P
+        wts = p.wts[:, :, lvl].reshape(-1, 4)[order]
+        for c, step in enumerate((0, M, (W + 2) * M, (W + 3) * M)):
+            g_src[lo + step:hi + step] += F.embedding_bag(
+                owner, gcol, bounds, mode="sum", per_sample_weights=wts[:, c],
+                include_last_offset=True)
 
 
 def _corner_dots(gcol: Tensor, src: Tensor, p: _Plan, per_bag: int) -> Tensor:
@@ -206,11 +221,11 @@ def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
     per_bag = L * P * 4
     if N * Q * M * L * P > 0:
         it = _index_dtype(src.shape[0])
-        for r0, r1 in _chunks(N * Q, per_row):
+        for r0, r1 in _chunks(N, Q, per_row):
             p = _plan(loc, att, r0, r1, Q, M, shapes, pstarts, ct, it)
             gcol = g[r0:r1].to(ct).reshape((r1 - r0) * M, D)
             if need_v:
-                _scatter(g_src, gcol, p, per_bag)
+                _scatter(g_src, gcol, p, shapes, M)
             if need_loc or need_att:
                 s00, s01, s10, s11 = _corner_dots(gcol, src, p, per_bag).unbind(-1)
                 lh, lw = p.lh, p.lw
