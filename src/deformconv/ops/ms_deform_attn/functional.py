@@ -75,10 +75,11 @@ def _tensor(name: str, t, ndim: int, dtypes, words: str) -> None:
 
 
 def check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                         attention_weights, im2col_step=None) -> None:
+                         attention_weights, im2col_step=None, mixed: bool = False) -> None:
     """Validate one call: ``TypeError``/``ValueError`` naming the argument, what was expected
     and what was given. The checks that read ``spatial_shapes``' values run in eager mode only
-    (a compiled graph keeps no data-dependent check; the op's kernel runs them then)."""
+    (a compiled graph keeps no data-dependent check; the op's kernel runs them then).
+    ``mixed`` accepts float16/bfloat16/float32 mixes (what the autocast rule passes on)."""
     floats = "float16, bfloat16, float32 or float64"
     _tensor("value", value, 4, FLOATS, floats)
     _tensor("spatial_shapes", spatial_shapes, 2, _INTS, "int64 or int32")
@@ -93,7 +94,7 @@ def check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_loca
                     ("attention_weights", attention_weights)):
         if t.device != value.device:
             raise ValueError(f"{name} must be on value's device {value.device}, got {t.device}")
-    mixed = autocast_enabled(value.device)
+    mixed = mixed or autocast_enabled(value.device)
     for name, t in (("sampling_locations", sampling_locations),
                     ("attention_weights", attention_weights)):
         if t.dtype != value.dtype and not (mixed and t.dtype in _LOW and value.dtype in _LOW):

@@ -103,7 +103,7 @@ def _check(value, spatial_shapes, level_start_index, sampling_locations, attenti
     from .functional import check_ms_deform_attn  # noqa: PLC0415 (functional imports us)
 
     check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                         attention_weights)
+                         attention_weights, mixed=True)
 
 
 @ms_deform_attn_op.register_kernel(("cpu", "cuda"))
