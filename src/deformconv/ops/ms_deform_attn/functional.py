@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOATS, autocast_enabled
+from ..registration import check_not_functorch_autodiff
 from . import library, onnx
 
 _INTS = (torch.int32, torch.int64)
@@ -57,7 +58,7 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
     """
     check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                          attention_weights, im2col_step)
-    library.check_not_functorch_autodiff(value, sampling_locations, attention_weights)
+    check_not_functorch_autodiff("ms_deform_attn", value, sampling_locations, attention_weights)
     if onnx.exporting():
         return onnx.ms_deform_attn_decomposed(value, spatial_shapes, level_start_index,
                                               sampling_locations, attention_weights)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import dispatch
-from ..registry import forbid_double_backward
+from ..registration import forbid_double_backward
 from . import torch_kernels
 
 NAME = "ms_deform_attn"
@@ -78,20 +78,6 @@ def _backward(ctx, grad_out):
 
 ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
 forbid_double_backward(ms_deform_attn_backward_op, NAME)
-
-
-def check_not_functorch_autodiff(*tensors) -> None:
-    """torch.func's grad/vjp/jacrev/jvp cannot differentiate a ``torch.library`` custom op
-    (its autograd formula is not a functorch-compatible autograd.Function): say so instead of
-    PyTorch's internal message. ``torch.func.vmap`` and ``functional_call`` still work."""
-    is_grad = getattr(torch._C._functorch, "is_gradtrackingtensor", None)
-    if is_grad is None or torch.compiler.is_compiling():
-        return
-    if any(isinstance(t, Tensor) and is_grad(t) for t in tensors):
-        raise RuntimeError(
-            f"{NAME}: torch.func autodiff transforms (grad, vjp, jacrev, jacfwd, jvp, hessian) "
-            f"are not supported; use torch.autograd (loss.backward() or torch.autograd.grad). "
-            f"torch.func.vmap and functional_call work.")
 
 
 def _run(direction: str, fn: str, value: Tensor, *args):
