@@ -6,7 +6,8 @@ Each kernel is compiled with ``triton.compile`` for a ``GPUTarget`` (the Triton 
 register and spill counts, and the PTX is searched for ``wgmma`` (Hopper) or ``mma``
 (Ampere-style) instructions. Shared memory is Triton's own figure from the kernel metadata.
 
-Registration hook: every module of ``deformconv.ops.triton`` that defines
+Registration hook: every module of ``deformconv.ops.triton`` and of an operator folder's
+``deformconv.ops.<op>.triton`` package that defines
 ``KERNEL_SPECS: list[spec.KernelSpec]`` is reported, each kernel at each of its configurations
 and dtypes, with 32-bit indices and, when its constants have an index-width switch
 (``spec.INDEX_SWITCHES``), 64-bit ones. A new kernel module needs nothing but that list.
@@ -17,6 +18,7 @@ Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels the compi
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re
@@ -37,15 +39,30 @@ COLUMNS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "sha
            "tensor_cores")
 
 
+def _modules(package: str) -> List[str]:
+    pkg = importlib.import_module(package)
+    return [f"{package}.{m.name}" for m in sorted(pkgutil.iter_modules(pkg.__path__),
+                                                   key=lambda m: m.name)]
+
+
+def kernel_modules() -> List[str]:
+    """Every module of this package, then of each operator folder's ``triton`` package
+    (``deformconv.ops.<op>.triton``), in name order."""
+    names = [n for n in _modules(__package__) if not n.endswith(".report")]
+    ops = __package__.rsplit(".", 1)[0]
+    for info in sorted(pkgutil.iter_modules(importlib.import_module(ops).__path__),
+                       key=lambda m: m.name):
+        sub = f"{ops}.{info.name}.triton"
+        if info.ispkg and info.name != "triton" and importlib.util.find_spec(sub) is not None:
+            names += _modules(sub)
+    return names
+
+
 def kernel_specs() -> List[KernelSpec]:
-    """``KERNEL_SPECS`` of every module of this package, in module-name order."""
-    pkg = importlib.import_module(__package__)
+    """``KERNEL_SPECS`` of every module of ``kernel_modules()``."""
     specs: List[KernelSpec] = []
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name == "report":
-            continue
-        module = importlib.import_module(f"{__package__}.{info.name}")
-        specs.extend(getattr(module, "KERNEL_SPECS", ()))
+    for name in kernel_modules():
+        specs.extend(getattr(importlib.import_module(name), "KERNEL_SPECS", ()))
     return specs
 
 
