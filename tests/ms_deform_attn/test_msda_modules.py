@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-from test_msda_reference import grid_sample_formula
 
 from deformconv import MultiScaleDeformableAttention
 from deformconv.nn import DeformableDetrMultiscaleDeformableAttention, MSDeformAttn
+from deformconv.ops.ms_deform_attn.reference import ms_deform_attn_grid_sample
 
 SHAPES = torch.tensor([[6, 8], [3, 4], [1, 2]])
 STARTS = torch.tensor([0, 48, 60])
@@ -34,7 +34,7 @@ def _upstream_forward(mod, query, value, ref, drop):
         loc = ref[:, :, None, :, None, :] + off / norm[None, None, None, :, None, :]
     else:
         loc = ref[:, :, None, :, None, :2] + off / P * ref[:, :, None, :, None, 2:] * 0.5
-    return mod.output_proj(grid_sample_formula(v, SHAPES, loc, w))
+    return mod.output_proj(ms_deform_attn_grid_sample(v, SHAPES, loc, w))
 
 
 def _randomise(mod, seed=0):

@@ -117,6 +117,28 @@ def ms_deform_attn_grads_ref(grad_out: Tensor, value: Tensor, spatial_shapes: Te
     return gv, gl, ga
 
 
+def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights):
+    """The second oracle and the benchmarks' baseline: one ``grid_sample(align_corners=False,
+    padding_mode="zeros")`` per level on ``2*loc - 1``, weighted and summed, the pure-PyTorch
+    fallback of mmcv, Deformable DETR and transformers (written here from that formula).
+    Differentiable by autograd; its gradient differs from the op's only at pixel coordinate
+    exactly -1 (it keeps the sample)."""
+    N, S, M, D = value.shape
+    _, Q, _, L, P, _ = sampling_locations.shape
+    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    levels = value.split(sizes, dim=1)
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        v = levels[lvl].permute(0, 2, 3, 1).reshape(N * M, D, h, w)
+        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)          # (N*M, Q, P, 2)
+        samples.append(torch.nn.functional.grid_sample(          # (N*M, D, Q, P)
+            v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Q, L * P)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return out.view(N, M * D, Q).transpose(1, 2)
+
+
 # Deformable DETR's four encoder levels at its usual input size (H, W).
 DETR_LEVELS = ((100, 134), (50, 67), (25, 34), (13, 17))
 
