@@ -71,9 +71,13 @@ def _levels(rows: Tensor, shapes, pstarts, N: int, M: int):
 def _padded_source(value: Tensor, shapes, pstarts, dtype: torch.dtype) -> Tensor:
     """(N, S, M, D) -> (N * Sp * M, D): every level with a zero border, in ``dtype``."""
     N, _, M, D = value.shape
-    src = torch.zeros(N * pstarts[-1] * M, D, dtype=dtype, device=value.device)
+    src = torch.empty(N * pstarts[-1] * M, D, dtype=dtype, device=value.device)
     start = 0
     for (H, W), level in zip(shapes, _levels(src, shapes, pstarts, N, M)):
+        # Zero only the border (as bilinear.bordered_source does: a full fill first was
+        # measured 3.5x slower there), then copy the interior.
+        for rows in (level[:, 0], level[:, H + 1], level[:, :, 0], level[:, :, W + 1]):
+            rows.zero_()
         level[:, 1:H + 1, 1:W + 1].copy_(value[:, start:start + H * W].unflatten(1, (H, W)))
         start += H * W
     return src
@@ -209,8 +213,9 @@ def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
     empty = value.new_empty(0)
     src = _padded_source(value, shapes, pstarts, ct)
     g_src = torch.zeros_like(src) if need_v else None
-    g_loc = torch.zeros(sampling_locations.shape, dtype=ct, device=dev) if need_loc else None
-    g_att = torch.zeros(attention_weights.shape, dtype=ct, device=dev) if need_att else None
+    # Every element of these is written below (empty tensors when there are no samples).
+    g_loc = torch.empty(sampling_locations.shape, dtype=ct, device=dev) if need_loc else None
+    g_att = torch.empty(attention_weights.shape, dtype=ct, device=dev) if need_att else None
     if N * Q * M * L * P > 0:
         it = bilinear.index_dtype(src.shape[0])
         for n, q0, q1 in _chunks(N, Q, per_query):
