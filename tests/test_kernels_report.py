@@ -33,6 +33,10 @@ def _rows(arch):
     return json.loads(r.stdout)
 
 
+def _no_dot(kernel: str) -> bool:
+    return "roi_pool" in kernel or "ms_deform_attn" in kernel
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
 def test_no_register_spills(arch):
@@ -40,17 +44,19 @@ def test_no_register_spills(arch):
     kernels = {r["kernel"] for r in rows}
     assert {f"deform_conv{d}d_{role}" for d in (1, 2, 3)
             for role in ("fwd", "bwd_data", "bwd_weight")} | \
-        {"deform_roi_pool_fwd", "deform_roi_pool_bwd"} == kernels
+        {"deform_roi_pool_fwd", "deform_roi_pool_bwd"} | \
+        {"ms_deform_attn_fwd", "ms_deform_attn_bwd"} == kernels
     for name in kernels:
         mine = [r for r in rows if r["kernel"] == name]
-        want = {"fp32", "fp16", "bf16"} | (set() if "roi_pool" in name else {"tf32"})
+        want = {"fp32", "fp16", "bf16"} | (set() if _no_dot(name) else {"tf32"})
         assert {r["dtype"] for r in mine} == want, name
         assert {r["config"].rsplit(",", 1)[1] for r in mine} == {"i32", "i64"}, name
     for r in rows:
         assert set(r) == COLUMNS and r["arch"] == arch
         assert 0 < r["registers"] <= 255 and r["shared_bytes"] >= 0
-        # The convolutions' tl.dot operands go through shared memory; RoI pooling has no dot.
-        assert r["shared_bytes"] > 0 or "roi_pool" in r["kernel"]
+        # The convolutions' tl.dot operands go through shared memory; RoI pooling and
+        # multi-scale deformable attention have no dot.
+        assert r["shared_bytes"] > 0 or _no_dot(r["kernel"])
     spilling = [f"{r['kernel']} {r['config']} {r['dtype']}: {r['spill_bytes']} B"
                 for r in rows if r["spill_bytes"]]
     assert not spilling, "\n".join(spilling)

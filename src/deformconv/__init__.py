@@ -16,13 +16,16 @@ from .nn import (
                  ModulatedDeformConv2dPack,
                  ModulatedDeformConv3dPack,
                  ModulatedDeformRoIPoolPack,
+                 MultiScaleDeformableAttention,
 )
 from .ops import deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
 from .ops.dispatch import set_backend, use_backend
+from .ops.ms_deform_attn import ms_deform_attn
 
-__all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool",
+__all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool", "ms_deform_attn",
            "DeformConv1d", "DeformConv2d", "DeformConv3d",
            "DeformConv1dPack", "DeformConv2dPack", "DeformConv3dPack",
            "ModulatedDeformConv1dPack", "ModulatedDeformConv2dPack", "ModulatedDeformConv3dPack",
            "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
+           "MultiScaleDeformableAttention",
            "convert_to_deformable", "set_backend", "use_backend", "__version__"]

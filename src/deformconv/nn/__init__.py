@@ -11,9 +11,16 @@ from .deform_conv import (
                           ModulatedDeformConv2dPack,
                           ModulatedDeformConv3dPack,
 )
+from .ms_deform_attn import (
+    DeformableDetrMultiscaleDeformableAttention,
+    MSDeformAttn,
+    MultiScaleDeformableAttention,
+)
 from .roi_pool import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
 
 __all__ = ["DeformConv1d", "DeformConv2d", "DeformConv3d",
            "DeformConv1dPack", "DeformConv2dPack", "DeformConv3dPack",
            "ModulatedDeformConv1dPack", "ModulatedDeformConv2dPack", "ModulatedDeformConv3dPack",
-           "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack"]
+           "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
+           "MultiScaleDeformableAttention", "MSDeformAttn",
+           "DeformableDetrMultiscaleDeformableAttention"]

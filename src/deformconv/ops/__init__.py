@@ -9,6 +9,7 @@ from .deform_conv import library_nd  # noqa: F401 (registers deformconv::deform_
 from .deform_conv.functional import deform_conv2d
 from .deform_conv.functional_nd import deform_conv1d, deform_conv3d
 from .roi_pool.functional import deform_roi_pool  # registers deformconv::deform_roi_pool
+from . import ms_deform_attn  # noqa: F401 (the operator folder; registers its ops)
 
 autocast.register()
 onnx.register_torchscript_symbolic()

@@ -1,0 +1,1 @@
+"""Triton kernels and launchers of multi-scale deformable attention."""
