@@ -17,7 +17,7 @@ from .nn import (
                  ModulatedDeformConv3dPack,
                  ModulatedDeformRoIPoolPack,
 )
-from .ops import deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
+from .ops import dcnv3, dcnv4, deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
 from .ops.dispatch import set_backend, use_backend
 
 __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool",
@@ -26,3 +26,4 @@ __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool",
            "ModulatedDeformConv1dPack", "ModulatedDeformConv2dPack", "ModulatedDeformConv3dPack",
            "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
            "convert_to_deformable", "set_backend", "use_backend", "__version__"]
+__all__ += ["dcnv3", "dcnv4"]

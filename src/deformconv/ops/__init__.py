@@ -8,6 +8,8 @@ from . import registry_nd  # registers deformconv::deform_conv1d/3d
 from .deform_conv import deform_conv2d
 from .deform_conv_nd import deform_conv1d, deform_conv3d
 from .deform_roi_pool import deform_roi_pool  # registers deformconv::deform_roi_pool
+from .dcnv3.functional import dcnv3  # registers deformconv::dcnv3
+from .dcnv4.functional import dcnv4  # registers deformconv::dcnv4
 
 autocast.register()
 onnx.register_torchscript_symbolic()
@@ -16,3 +18,4 @@ onnx_nd.register_dynamo_translations()
 
 __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool", "registry",
            "registry_nd"]
+__all__ += ["dcnv3", "dcnv4"]
