@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
 from torch import Tensor
 
 from ..checks import _check_tensor, _is_int
@@ -28,13 +29,17 @@ def geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, d
                   pad_h=pad_h, pad_w=pad_w, dilation_h=dilation_h, dilation_w=dilation_w,
                   group=group, group_channels=group_channels)
     for name, v in values.items():
+        if isinstance(v, torch.SymInt):  # traced with dynamic shapes: checked when concrete
+            continue
         if not _is_int(v):
             raise TypeError(f"{name} must be an int, got {v!r}")
         if v < _MINIMUM[name]:
             raise ValueError(f"{name} must be >= {_MINIMUM[name]}, got {v}")
-    if not isinstance(offset_scale, numbers.Real) or isinstance(offset_scale, bool):
+    symbolic = isinstance(offset_scale, torch.SymFloat)  # a traced float: no value check
+    if not symbolic and (not isinstance(offset_scale, numbers.Real)
+                         or isinstance(offset_scale, bool)):
         raise TypeError(f"offset_scale must be a float, got {offset_scale!r}")
-    if not math.isfinite(float(offset_scale)):
+    if not symbolic and not -math.inf < offset_scale < math.inf:  # False for NaN
         raise ValueError(f"offset_scale must be finite, got {offset_scale!r}")
     if not (isinstance(remove_center, bool) or (_is_int(remove_center)
                                                  and int(remove_center) in (0, 1))):
@@ -47,8 +52,8 @@ def geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, d
                          f"kernel_h={kernel_h}, kernel_w={kernel_w}")
     if remove_center and kernel_h * kernel_w == 1:
         raise ValueError("remove_center with a 1x1 kernel leaves no tap")
-    return Geometry(*(int(v) for v in values.values()), float(offset_scale),
-                    bool(remove_center))
+    return Geometry(*(v if isinstance(v, torch.SymInt) else int(v) for v in values.values()),
+                    offset_scale if symbolic else float(offset_scale), bool(remove_center))
 
 
 def check_input(input, g: Geometry):
