@@ -4,6 +4,8 @@ PyTorch."""
 from ._version import __version__
 from .convert import convert_to_deformable
 from .nn import (
+                 DCNv3,
+                 DCNv4,
                  DeformConv1d,
                  DeformConv1dPack,
                  DeformConv2d,
@@ -26,4 +28,4 @@ __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool",
            "ModulatedDeformConv1dPack", "ModulatedDeformConv2dPack", "ModulatedDeformConv3dPack",
            "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
            "convert_to_deformable", "set_backend", "use_backend", "__version__"]
-__all__ += ["dcnv3", "dcnv4"]
+__all__ += ["dcnv3", "dcnv4", "DCNv3", "DCNv4"]
