@@ -8,7 +8,8 @@ from torch import Tensor
 
 from . import onnx as _onnx
 from .checks import check_deform_conv, int_tuple
-from .registry import check_not_functorch_autodiff, deform_conv2d_op
+from .registration import check_not_functorch_autodiff
+from .registry import deform_conv2d_op
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -55,7 +56,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
     dil_h, dil_w = int_tuple("dilation", dilation, 2, 1)
     check_deform_conv(input, offset, weight, bias, mask, (stride_h, stride_w), (pad_h, pad_w),
                       (dil_h, dil_w), ndim=2)
-    check_not_functorch_autodiff(input, offset, weight, mask, bias)
+    check_not_functorch_autodiff("deform_conv2d", input, offset, weight, mask, bias)
     if _onnx.exporting_with_symbolic():
         # torch.onnx.export(dynamo=True): emit the standard ONNX DeformConv node directly.
         return _onnx.deform_conv2d_symbolic(input, weight, offset, mask, bias, stride_h,

@@ -1,7 +1,13 @@
-"""The one place that decides which kernel runs a deformable convolution.
+"""The one place that decides which kernel runs an operator.
 
-Both registered ops (``registry``) get their CPU and CUDA kernels here, so ``torch.compile``
-and ``torch.export`` see one opaque node whichever kernel runs. For every call:
+The registered ops get their CPU and CUDA kernels through here, so ``torch.compile`` and
+``torch.export`` see one opaque node whichever kernel runs. Every operator calls
+
+    ``run(op, direction, fn, torch_module, triton_module, device, dtype, *args)``
+
+which returns ``fn(*args)`` from the Triton launcher module ``triton_module`` (a dotted module
+path relative to ``deformconv.ops``, e.g. ``"ms_deform_attn.triton.launch"``) or from
+``torch_module`` (a module object holding the pure-PyTorch kernels), by these rules:
 
 1. The backend setting: ``use_backend(...)`` (innermost context) wins over ``set_backend(...)``,
    which wins over the environment variable ``DEFORMCONV_BACKEND``; the default is ``"auto"``.
@@ -10,12 +16,16 @@ and ``torch.export`` see one opaque node whichever kernel runs. For every call:
    tensors, and CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``).
 2. float64 always runs on the pure-PyTorch path (the Triton kernels ship float16, bfloat16
    and float32).
-3. Under ``torch.use_deterministic_algorithms(True)`` the input gradient comes from the
-   pure-PyTorch path (its scatter is a stably sorted gather; Triton's uses atomics); the other
-   gradients stay on Triton, which computes them deterministically.
-4. If a Triton kernel fails to compile or launch (an older GPU, an unsupported Triton), the
+3. If a Triton kernel fails to compile or launch (an older GPU, an unsupported Triton), the
    call runs on the pure-PyTorch path instead and one warning names the cause; Triton stays
-   off for that op direction for the rest of the process.
+   off for that ``"<op> <direction>"`` (the key of the failure record) for the rest of the
+   process.
+
+Determinism: ``deterministic()`` is True under ``torch.use_deterministic_algorithms(True)``.
+A kernel whose gradient scatters with atomics (run order, hence rounding, varies) must then
+take a deterministic path: the pure-PyTorch kernels scatter by a stably sorted gather, so an
+op's Triton launcher may compute that one gradient with ``torch_module`` (see the 2-D
+convolution's backward below) or with a deterministic Triton variant of its own.
 
 Triton is imported on the first call that wants it, never at package import.
 """
@@ -74,6 +84,12 @@ def backend() -> str:
     if env not in BACKENDS:
         raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
     return env
+
+
+def deterministic() -> bool:
+    """Whether ``torch.use_deterministic_algorithms(True)`` is in effect: kernels that scatter
+    with atomics must then take a deterministic path (module docstring)."""
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def interpreting() -> bool:
@@ -175,7 +191,7 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
         return _torch_bwd(*args, output_mask)
     need = list(output_mask)
     gi_det = None
-    if need[0] and torch.are_deterministic_algorithms_enabled():
+    if need[0] and deterministic():
         gi_det = _torch_bwd(*args, [True, False, False, False])[0]
         need[0] = False
     try:
@@ -186,29 +202,28 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     return (gi_det if gi_det is not None else grads[0],) + tuple(grads[1:])
 
 
-def _triton_module(name: str):
-    """``deformconv.ops.triton.<name>``, or the ImportError when Triton is missing."""
-    if name == "launch":
-        return _launch_module()
-    return _other_launch_module(name)
-
-
 @functools.lru_cache(maxsize=None)
-def _other_launch_module(name: str):
+def _triton_module(path: str):
+    """``deformconv.ops.<path>`` (e.g. ``"triton.nd_launch"``), or the ImportError when Triton
+    (or the module) is missing."""
     import importlib  # noqa: PLC0415
 
+    if path == "triton.launch":
+        return _launch_module()
     try:
-        return importlib.import_module(f"{__package__}.triton.{name}")
+        return importlib.import_module(f"{__package__}.{path}")
     except ImportError as e:
         return e
 
 
 def run(op: str, direction: str, fn: str, torch_module, triton_module: str, device: torch.device,
         dtype: torch.dtype, *args):
-    """Run ``fn(*args)`` of the kernels this module chooses for ``op`` (the rules above):
-    ``deformconv.ops.triton.<triton_module>`` or ``torch_module``. A Triton failure warns once,
-    and that op direction stays on PyTorch for the rest of the process. Used by the 1-D/3-D
-    convolutions and deformable RoI pooling; the 2-D op has its own entry points below."""
+    """Run ``fn(*args)`` of the kernels the rules above choose for ``op``: from
+    ``deformconv.ops.<triton_module>`` (a dotted path such as ``"dcnv3.triton.launch"``) or
+    from ``torch_module``. ``direction`` is a free label (``"forward"``, ``"backward"``) that,
+    with ``op``, keys the failure record: a Triton failure warns once, and ``"<op>
+    <direction>"`` stays on PyTorch for the rest of the process. ``device`` and ``dtype`` are
+    those of the data (float64 runs on PyTorch)."""
     key = f"{op} {direction}"
     if key not in _failed and use_triton(device, dtype, direction):
         module = _triton_module(triton_module)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import checks, geometry, torch_impl
+from .registration import forbid_double_backward
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -43,20 +44,6 @@ def check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad
 
 def _static(*tensors) -> bool:
     return all(isinstance(d, int) for t in tensors if t is not None for d in t.shape)
-
-
-def check_not_functorch_autodiff(*tensors) -> None:
-    """torch.func's grad/vjp/jacrev/jvp cannot differentiate this op (a torch.library custom
-    op's autograd formula is not a functorch-compatible autograd.Function): say so instead of
-    PyTorch's internal setup_context message. ``torch.func.vmap`` still runs."""
-    is_grad = getattr(torch._C._functorch, "is_gradtrackingtensor", None)
-    if is_grad is None or torch.compiler.is_compiling():
-        return
-    if any(isinstance(t, Tensor) and is_grad(t) for t in tensors):
-        raise RuntimeError(
-            "deform_conv2d: torch.func autodiff transforms (grad, vjp, jacrev, jacfwd, jvp, "
-            "hessian) are not supported; use torch.autograd (loss.backward() or "
-            "torch.autograd.grad). torch.func.vmap and functional_call work.")
 
 
 @deform_conv2d_op.register_fake
@@ -113,18 +100,6 @@ def _backward(ctx, grad_out):
 
 
 deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def forbid_double_backward(backward_op, name: str) -> None:
-    """Register an autograd formula on ``backward_op`` that raises a clear error: the ops have
-    first-order gradients only."""
-    def no_double_backward(ctx, *grads):
-        raise RuntimeError(
-            f"{name} supports first-order gradients only: double backward (create_graph=True "
-            f"through the backward, e.g. gradient penalties) is not implemented")
-
-    backward_op.register_autograd(no_double_backward,
-                                  setup_context=lambda ctx, inputs, output: None)
 
 
 forbid_double_backward(deform_conv2d_backward_op, "deform_conv2d")

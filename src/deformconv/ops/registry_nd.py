@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import dispatch, geometry, torch_impl_nd
 from .autocast import AUTOCAST_DTYPE, DEVICE_TYPES
-from .registry import forbid_double_backward
+from .registration import forbid_double_backward
 
 _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -26,7 +26,7 @@ _Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 def _run(direction: str, fn: str, R: int, *args):
     """``fn`` on the kernels ``dispatch`` chooses (Triton ``nd_launch`` or ``torch_impl_nd``)."""
     input = args[1] if direction == "backward" else args[0]
-    return dispatch.run(f"deform_conv{R}d", direction, fn, torch_impl_nd, "nd_launch",
+    return dispatch.run(f"deform_conv{R}d", direction, fn, torch_impl_nd, "triton.nd_launch",
                         input.device, input.dtype, *args)
 
 

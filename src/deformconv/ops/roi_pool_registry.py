@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import dispatch, roi_pool_torch
-from .registry import forbid_double_backward
+from .registration import forbid_double_backward
 
 AUTOCAST_DTYPE = torch.float32
 AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
@@ -83,7 +83,8 @@ for _device_type in AUTOCAST_DEVICE_TYPES:
 def _run(direction: str, fn: str, input: Tensor, *args):
     """``fn`` on the kernels ``dispatch`` chooses (Triton ``roi_pool_launch`` or
     ``roi_pool_torch``)."""
-    return dispatch.run("deform_roi_pool", direction, fn, roi_pool_torch, "roi_pool_launch",
+    return dispatch.run("deform_roi_pool", direction, fn, roi_pool_torch,
+                        "triton.roi_pool_launch",
                         input.device, input.dtype, *args)
 
 

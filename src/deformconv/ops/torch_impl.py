@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import geometry
+from . import bilinear, geometry
 
 # Target size of the sampled columns of one chunk: big enough that the GEMMs run at full speed
 # and per-op overheads vanish, small enough to stay in the last-level cache.
@@ -61,30 +61,12 @@ def _chunks(N: int, oH: int, row_bytes: int):
 
 def _padded_channels_last(input: Tensor, G: int, dtype: torch.dtype) -> Tensor:
     """(N, C, H, W) -> (N*(H+2)*(W+2)*G, C/G), zero border, in the compute dtype."""
-    N, C, H, W = input.shape
-    src = torch.empty(N, H + 2, W + 2, C, dtype=dtype, device=input.device)
-    # Zero only the border: filling the whole buffer first was measured 3.5x slower.
-    src[:, 0].zero_()
-    src[:, H + 1].zero_()
-    src[:, :, 0].zero_()
-    src[:, :, W + 1].zero_()
-    src[:, 1:H + 1, 1:W + 1].copy_(input.permute(0, 2, 3, 1))
-    return src.view(-1, C // G)
-
-
-class _Plan:
-    """Sampling plan of one chunk. ``idx``/``wts`` are (M, 4) with M = b*R*oW*K*G."""
-
-    __slots__ = ("idx", "wts", "ly", "lx", "inside", "mask")
-
-    def __init__(self, idx, wts, ly, lx, inside, mask):
-        self.idx, self.wts, self.ly, self.lx, self.inside, self.mask = (idx, wts, ly, lx,
-                                                                        inside, mask)
+    return bilinear.bordered_source(input.movedim(1, -1), dtype).view(-1, input.shape[1] // G)
 
 
 def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int, H: int,
           W: int, kH: int, kW: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int,
-          G: int, dtype: torch.dtype, index_dtype: torch.dtype) -> _Plan:
+          G: int, dtype: torch.dtype, index_dtype: torch.dtype) -> bilinear.Corners:
     """Rows are ordered (b, R, kH, oW, kW, G): the sampled columns are then, in memory, the
     channels-last image ``S`` of shape (b, R*kH, oW*kW, C) whose kH x kW patches are the taps of
     each output pixel, so the convolution is ``conv2d(S, weight, stride=(kH, kW))``."""
@@ -103,43 +85,19 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
     # Logical (row-major) order from here on, whatever the offsets' strides.
     y = (base_y.view(1, R, kH, 1, 1, 1) + dy).contiguous()
     x = (base_x.view(1, 1, 1, oW, kW, 1) + dx).contiguous()
-    # Outside [-1, H) x [-1, W) or not finite (NaN fails every comparison): no contribution.
-    # At exactly -1 the sample is 0 all the same (its only image corner has weight 0), but
-    # the one-sided offset derivative is not: I[0] - 0, as in torchvision. Zero offsets with
-    # padding put the first taps exactly there.
-    inside = (y >= -1) & (y < H) & (x >= -1) & (x < W)
-    y = torch.where(inside, y, 0.0)
-    x = torch.where(inside, x, 0.0)
-    y0, x0 = torch.floor(y), torch.floor(x)
-    ly, lx = y - y0, x - x0
-    # Row of corner (y0, x0) in the padded source; the others are +G, +(W+2)G, +(W+3)G.
-    Wp = W + 2
-    img = (torch.arange(n0, n1, device=dev) * (H + 2)).view(b, 1, 1, 1, 1, 1)
-    g = torch.arange(G, device=dev).view(1, 1, 1, 1, 1, G)
-    base = (((img + y0.long() + 1) * Wp + (x0.long() + 1)) * G + g).view(-1)
-    M = base.shape[0]
-    # (M, 4) tables filled column by column: broadcasting into an inner size of 4 does not
-    # vectorise and was measured 40x slower.
-    idx = torch.empty(M, 4, dtype=index_dtype, device=dev)
-    for c, step in enumerate((0, G, Wp * G, (Wp + 1) * G)):
-        torch.add(base, step, out=idx[:, c])
-    m = inside.to(dtype)
     msk = None
     if mask is not None:
         msk = mask[n0:n1, :, r0:r1].view(b, G, kH, kW, R, oW).permute(*order)
         msk = msk.to(dtype).contiguous()
-        m = m * msk
-    hy, vy = ((1 - ly) * m).view(-1), (ly * m).view(-1)
-    hx, vx = (1 - lx).view(-1), lx.view(-1)
-    wts = torch.empty(M, 4, dtype=dtype, device=dev)
-    for c, (a, b_) in enumerate(((hy, hx), (hy, vx), (vy, hx), (vy, vx))):
-        torch.mul(a, b_, out=wts[:, c])
-    return _Plan(idx, wts, ly, lx, inside, msk)
+    img = (torch.arange(n0, n1, device=dev) * ((H + 2) * (W + 2) * G)).view(b, 1, 1, 1, 1, 1)
+    base = img + torch.arange(G, device=dev)
+    return bilinear.corner_plan((y, x), (H, W), scale=msk, base=base, rows_per_cell=G,
+                                index_dtype=index_dtype)
 
 
-def _sample(src: Tensor, p: _Plan) -> Tensor:
+def _sample(src: Tensor, p: bilinear.Corners) -> Tensor:
     """Columns (M, C/G): the four corners gathered and blended in one pass."""
-    return F.embedding_bag(p.idx, src, per_sample_weights=p.wts, mode="sum")
+    return bilinear.sample(src, p)
 
 
 def _group_cols(cols: Tensor, K: int, groups: int, j: int) -> Tensor:
@@ -152,7 +110,7 @@ def _group_cols(cols: Tensor, K: int, groups: int, j: int) -> Tensor:
 
 
 def _index_dtype(src: Tensor) -> torch.dtype:
-    return torch.int32 if src.shape[0] < 2 ** 31 - 1 else torch.int64
+    return bilinear.index_dtype(src.shape[0])
 
 
 def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
@@ -239,9 +197,10 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                 [0, 0], groups, [True, False, False])
             gcol = gS.permute(0, 2, 3, 1).reshape(-1, C // G)
             if need_in:
-                _scatter_to_input(g_in, gcol, p)
+                bilinear.scatter_rows(g_in, gcol, p)
             if need_om:
-                _offset_mask_grad(_corner_dots(gcol, src, p), p, g_off, g_mask, n0, n1, r0, r1)
+                dots = bilinear.corner_dots(gcol, src, p)
+                _offset_mask_grad(dots, p, g_off, g_mask, n0, n1, r0, r1)
 
     dt = input.dtype
 
@@ -258,55 +217,16 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     return gi, gw, go_, gm, gb
 
 
-def _scatter_to_input(g_in: Tensor, gcol: Tensor, p: _Plan) -> None:
-    """g_in[idx[m, ab]] += wts[m, ab] * gcol[m], as a gather over the transposed plan.
-
-    The corner rows are sorted once (stably, so the sums run in a fixed order and the result is
-    bitwise repeatable); then one ``embedding_bag`` sums, for every input row in the chunk's
-    range, the column-gradient rows that sampled it. Measured 4x faster than four
-    ``index_add_`` calls on 64-channel rows.
-    """
-    flat = p.idx.view(-1).long()
-    rows, order = torch.sort(flat, stable=True)
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    starts = torch.searchsorted(rows, torch.arange(lo, hi, device=rows.device))
-    g_in[lo:hi] += F.embedding_bag(order // 4, gcol, starts, mode="sum",
-                                   per_sample_weights=p.wts.view(-1)[order])
-
-
-def _corner_dots(gcol: Tensor, src: Tensor, p: _Plan) -> Tensor:
-    """(M, 4): <gcol[m], src[idx[m, ab]]>, the gradient of ``_sample`` wrt its weights."""
-    M = p.idx.shape[0]
-    flat = p.idx.reshape(-1)
-    bags = torch.arange(0, 4 * M, 4, dtype=flat.dtype, device=flat.device)
-    owner = torch.arange(4 * M, dtype=flat.dtype, device=flat.device) // 4
-    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        gcol, src, flat, bags, owner, 0, -1).view(M, 4)
-
-
-def _offset_mask_grad(s: Tensor, p: _Plan, g_off: Tensor, g_mask: Optional[Tensor], n0: int,
-                      n1: int, r0: int, r1: int) -> None:
-    """d/d(dy, dx, mask) from s[:, ab] = <column gradient, corner value>.
-
-    ``s`` is the gradient with respect to the corner weights ``m * wy_a * wx_b`` and carries
-    no mask; the floor-based one-sided derivative follows from differentiating ``wy``, ``wx``
-    in ``ly``, ``lx`` with ``floor`` held constant.
-    """
-    b, R, kH, oW, kW, G = p.ly.shape
-    s00, s01, s10, s11 = s.view(b, R, kH, oW, kW, G, 4).unbind(-1)
-    ly, lx = p.ly, p.lx
-    hy, hx = 1 - ly, 1 - lx
-    # d/dy of sum_ab s_ab * m * wy_a * wx_b = m * (hx (s10 - s00) + lx (s11 - s01))
-    m = p.inside.to(ly.dtype)
-    if p.mask is not None:
-        m = m * p.mask
-    gy = m * (hx * (s10 - s00) + lx * (s11 - s01))
-    gx = m * (hy * (s01 - s00) + ly * (s11 - s10))
+def _offset_mask_grad(s: Tensor, p: bilinear.Corners, g_off: Tensor, g_mask: Optional[Tensor],
+                      n0: int, n1: int, r0: int, r1: int) -> None:
+    """d/d(dy, dx, mask) from s[:, ab] = <column gradient, corner value>, in the offsets'
+    layout."""
+    b, R, kH, oW, kW, G = p.shape
+    gy, gx = bilinear.position_grad(s, p)
     back = (0, 5, 2, 4, 1, 3)  # (b, R, kH, oW, kW, G) -> (b, G, kH, kW, R, oW)
     view = g_off[n0:n1, :, r0:r1].view(b, G, kH, kW, 2, R, oW)
     view[:, :, :, :, 0].copy_(gy.permute(*back))
     view[:, :, :, :, 1].copy_(gx.permute(*back))
     if g_mask is not None:
-        gm = p.inside.to(ly.dtype) * (hy * hx * s00 + hy * lx * s01 + ly * hx * s10
-                                      + ly * lx * s11)
-        g_mask[n0:n1, :, r0:r1].view(b, G, kH, kW, R, oW).copy_(gm.permute(*back))
+        g_mask[n0:n1, :, r0:r1].view(b, G, kH, kW, R, oW).copy_(
+            bilinear.scale_grad(s, p).permute(*back))

@@ -32,25 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import geometry
-from .torch_impl import _chunks, _compute_dtype, _index_dtype, _sample
+from . import bilinear, geometry
+from .torch_impl import _chunks, _compute_dtype, _index_dtype
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def _padded_source(input: Tensor, G: int, dtype: torch.dtype) -> Tensor:
     """(N, C, *S) -> (N*prod(S+2)*G, C/G): channels-last, zero border, compute dtype."""
-    N, C, *S = input.shape
-    R = len(S)
-    src = torch.empty(N, *(s + 2 for s in S), C, dtype=dtype, device=input.device)
-    for d, s in enumerate(S):  # zero the border faces only, then copy the interior
-        src.narrow(1 + d, 0, 1).zero_()
-        src.narrow(1 + d, s + 1, 1).zero_()
-    interior = src
-    for d, s in enumerate(S):
-        interior = interior.narrow(1 + d, 1, s)
-    interior.copy_(input.permute(0, *range(2, R + 2), 1))
-    return src.view(-1, C // G)
+    return bilinear.bordered_source(input.movedim(1, -1), dtype).view(-1, input.shape[1] // G)
 
 
 def _row_order(R: int) -> Tuple[int, ...]:
@@ -69,19 +59,13 @@ def _inverse(order: Sequence[int]) -> Tuple[int, ...]:
 
 
 class _PlanND:
-    """Sampling plan of one chunk: ``idx``/``wts`` (M, 2^R); ``frac`` and ``inside`` are in
-    row order; ``mask`` likewise, or None."""
+    """Sampling plan of one chunk: the corner plan ``c`` (its shape is the row order) and
+    the row shape."""
 
-    __slots__ = ("frac", "idx", "inside", "mask", "wts")
+    __slots__ = ("c", "rows")
 
-    def __init__(self, idx, wts, frac, inside, mask):
-        self.idx, self.wts, self.frac, self.inside, self.mask = idx, wts, frac, inside, mask
-
-
-def _corner_bits(R: int) -> List[Tuple[int, ...]]:
-    """Corners in order, first dimension's bit most significant: 1-D (0,), (1,); 3-D (0,0,0),
-    (0,0,1), .. (1,1,1)."""
-    return [tuple((c >> (R - 1 - d)) & 1 for d in range(R)) for c in range(2 ** R)]
+    def __init__(self, c: bilinear.Corners, rows: Tuple[int, ...]):
+        self.c, self.rows = c, rows
 
 
 def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int,
@@ -108,50 +92,16 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
         # Logical (row-major) order from here on, whatever the offsets' strides.
         positions.append((grid.to(dtype).view(view) + off.select(R + 2, d).permute(*order))
                          .contiguous())
-    # Outside [-1, S_d) in some dimension, or not finite (NaN fails every comparison): no
-    # contribution. At exactly -1 the sample is 0 but the one-sided derivative is not.
-    inside = torch.ones(row_shape, dtype=torch.bool, device=dev)
-    for p, s in zip(positions, size):
-        inside &= (p >= -1) & (p < s)
-    lows, frac = [], []
-    for p in positions:
-        p = torch.where(inside, p, 0.0)
-        low = torch.floor(p)
-        lows.append(low.long())
-        frac.append(p - low)
-    # Row of the all-lower corner in the padded source; the others add a step per upper bit.
-    padded = [s + 2 for s in size]
-    base = torch.arange(n0, n1, device=dev).view([b] + [1] * (2 * R + 1))
-    for d in range(R):
-        base = base * padded[d] + (lows[d] + 1)
-    base = (base * G + torch.arange(G, device=dev)).view(-1)
-    M = base.shape[0]
-    pitch = [math.prod(padded[d + 1:]) * G for d in range(R)]
-    bits = _corner_bits(R)
-    idx = torch.empty(M, len(bits), dtype=index_dtype, device=dev)
-    weight_of = []  # per dimension: (lower weight, upper weight), flat
-    for f in frac:
-        weight_of.append(((1 - f).view(-1), f.view(-1)))
-    m = inside.to(dtype)
     msk = None
     if mask is not None:
         msk = mask[n0:n1, :, r0:r1].view(b, G, *kernel, *o).permute(*order).to(dtype)
         msk = msk.contiguous()
-        m = m * msk
-    m = m.view(-1)
-    wts = torch.empty(M, len(bits), dtype=dtype, device=dev)
-    # Filled column by column (broadcasting into a small inner size does not vectorise).
-    for c, corner in enumerate(bits):
-        torch.add(base, sum(p * u for p, u in zip(pitch, corner)), out=idx[:, c])
-    # Products staged one dimension at a time (first dimension's bit most significant, the
-    # corner order): 2 + 4 + 8 products in 3-D instead of 8 * 3; the last stage writes its
-    # column directly.
-    stage = [m]
-    for d in range(R - 1):
-        stage = [s_ * w for s_ in stage for w in weight_of[d]]
-    for c, (s_, w) in enumerate((s_, w) for s_ in stage for w in weight_of[R - 1]):
-        torch.mul(s_, w, out=wts[:, c])
-    return _PlanND(idx, wts, frac, inside, msk)
+    cells = math.prod(s + 2 for s in size)
+    base = (torch.arange(n0, n1, device=dev) * (cells * G)).view([b] + [1] * (2 * R + 1))
+    base = base + torch.arange(G, device=dev)
+    c = bilinear.corner_plan(positions, size, scale=msk, base=base, rows_per_cell=G,
+                             index_dtype=index_dtype)
+    return _PlanND(c, tuple(row_shape))
 
 
 def _tap_volume(cols: Tensor, row_shape: Sequence[int]) -> Tensor:
@@ -163,7 +113,7 @@ def _tap_volume(cols: Tensor, row_shape: Sequence[int]) -> Tensor:
 
 
 def _row_shape(p: _PlanND) -> Tuple[int, ...]:
-    return tuple(p.inside.shape)
+    return p.rows
 
 
 def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
@@ -187,7 +137,7 @@ def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Opti
     for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
         p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
                   groups.offset_groups, ct, it)
-        T = _tap_volume(_sample(src, p), _row_shape(p))
+        T = _tap_volume(bilinear.sample(src, p.c), _row_shape(p))
         out[n0:n1, :, r0:r1] = _CONV[R](T, w, b_, stride=tuple(kernel), groups=groups.groups)
     return out.to(input.dtype)
 
@@ -228,7 +178,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
                       G, ct, it)
             rows = _row_shape(p)
             if need_w:
-                T = _tap_volume(_sample(src, p), rows)
+                T = _tap_volume(bilinear.sample(src, p.c), rows)
             else:
                 vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(R)]
                 T = torch.empty(rows[0], *vol, C, dtype=ct, device=dev).movedim(-1, 1)
@@ -241,9 +191,10 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
                 continue
             gcol = g_T.movedim(1, -1).reshape(-1, C // G)
             if need_om:
-                _offset_mask_grad(_corner_dots(gcol, src, p), p, g_off, g_mask, n0, n1, r0, r1)
+                dots = bilinear.corner_dots(gcol, src, p.c)
+                _offset_mask_grad(dots, p, g_off, g_mask, n0, n1, r0, r1)
             if need_in:
-                _gather_scatter(g_src, gcol, p)
+                bilinear.scatter_rows(g_src, gcol, p.c)
 
     g_in = None
     if need_in:  # the interior of the padded channels-last gradient, back to (N, C, *S)
@@ -257,64 +208,18 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
                  for g in (g_in, g_w, g_off, g_mask, g_b))
 
 
-def _gather_scatter(g_src: Tensor, gcol: Tensor, p: _PlanND) -> None:
-    """``g_src[idx[m, c]] += wts[m, c] * gcol[m]`` without atomics: the corner rows are sorted
-    stably (a fixed summation order, bitwise repeatable), and one ``embedding_bag`` sums for
-    each source row the column-gradient rows that sampled it."""
-    corners = p.idx.shape[1]
-    targets, perm = torch.sort(p.idx.reshape(-1).long(), stable=True)
-    first, last = int(targets[0]), int(targets[-1])
-    bag_starts = torch.searchsorted(
-        targets, torch.arange(first, last + 1, device=targets.device))
-    g_src[first:last + 1] += F.embedding_bag(
-        torch.div(perm, corners, rounding_mode="floor"), gcol, bag_starts, mode="sum",
-        per_sample_weights=p.wts.reshape(-1)[perm])
-
-
-def _corner_dots(gcol: Tensor, src: Tensor, p: _PlanND) -> Tensor:
-    """(M, 2^R): ``<gcol[m], src[idx[m, c]]>``, the gradient of ``_sample`` wrt its weights."""
-    M, corners = p.idx.shape
-    lin = p.idx.reshape(-1)
-    bag_of = torch.div(torch.arange(M * corners, dtype=lin.dtype, device=lin.device), corners,
-                       rounding_mode="floor")
-    starts = torch.arange(0, M * corners, corners, dtype=lin.dtype, device=lin.device)
-    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        gcol, src, lin, starts, bag_of, 0, -1)
-    return dots.view(M, corners)
-
-
 def _offset_mask_grad(s: Tensor, p: _PlanND, g_off: Tensor, g_mask: Optional[Tensor],
                       n0: int, n1: int, r0: int, r1: int) -> None:
-    """d/d(offsets, mask) from ``s[:, c]``, the gradient wrt the corner weights
-    ``m * prod_d w_d``. Differentiating ``w_d`` (``1 - f_d`` or ``f_d``) in ``f_d`` with the
-    floor held constant gives the one-sided derivative of the conventions."""
-    rows = _row_shape(p)
-    R = len(p.frac)
+    """d/d(offsets, mask) from ``s = corner_dots(...)``, back in the offsets' layout."""
+    rows = p.rows
+    R = (len(rows) - 2) // 2
     b, G = rows[0], rows[-1]
     kernel = [rows[2 + 2 * d] for d in range(R)]
     o = [rows[1 + 2 * d] for d in range(R)]
     back = _inverse(_row_order(R))
-    s = s.view(*rows, -1)
-    bits = _corner_bits(R)
-    m = p.inside.to(s.dtype)
-    if p.mask is not None:
-        m = m * p.mask
     g_view = g_off[n0:n1, :, r0:r1].view(b, G, *kernel, R, *o)
-    for d in range(R):
-        acc = torch.zeros(rows, dtype=s.dtype, device=s.device)
-        for c, corner in enumerate(bits):
-            term = s[..., c]
-            for e, u in enumerate(corner):
-                if e != d:
-                    term = term * (p.frac[e] if u else 1 - p.frac[e])
-            acc = acc + term if corner[d] else acc - term
-        g_view.select(R + 2, d).copy_((m * acc).permute(*back))
+    for d, g in enumerate(bilinear.position_grad(s, p.c)):
+        g_view.select(R + 2, d).copy_(g.permute(*back))
     if g_mask is not None:
-        acc = torch.zeros(rows, dtype=s.dtype, device=s.device)
-        for c, corner in enumerate(bits):
-            term = s[..., c]
-            for e, u in enumerate(corner):
-                term = term * (p.frac[e] if u else 1 - p.frac[e])
-            acc = acc + term
-        acc = acc * p.inside.to(s.dtype)
-        g_mask[n0:n1, :, r0:r1].view(b, G, *kernel, *o).copy_(acc.permute(*back))
+        g_mask[n0:n1, :, r0:r1].view(b, G, *kernel, *o).copy_(
+            bilinear.scale_grad(s, p.c).permute(*back))

@@ -19,11 +19,11 @@ launcher chooses when every tensor has fewer than 2**31 elements (registers are 
 resource of these kernels: 64-bit address tiles cost twice as many); ``INDEX_64=True`` casts
 the program ids and pixel indices to int64 first, so all address arithmetic is 64-bit.
 
-Hostile offsets: a position is "inside" only when ``y >= -1``, ``y < H``, ``x >= -1`` and
-``x < W`` hold, which is False for NaN (the corners of ``y = -1`` exactly are all outside, so
-this equals the convention's ``-1 < y``); outside positions are replaced by 0 before the float
--> int conversion, corner indices are clamped into the image, and every load and atomic is
-masked by corner validity. So NaN, inf or 1e30 offsets can neither form nor use an
+Hostile offsets: corners come from ``bilinear.corners_2d`` with the inclusive lower cut-off: a
+position is "inside" only when ``y >= -1``, ``y < H``, ``x >= -1`` and ``x < W`` hold, which is
+False for NaN; outside positions are replaced by 0 before the float -> int conversion, corner
+indices are clamped into the image, and every load and atomic is masked by corner validity.
+So NaN, inf or 1e30 offsets can neither form nor use an
 out-of-bounds address; such samples contribute 0 and get zero offset/mask gradients.
 
 Shape integers that change from batch to batch (``N``, ``H``, ``W``, ``oH``, ``oW``, the split
@@ -38,6 +38,7 @@ import triton.language as tl
 
 import triton
 
+from .bilinear import corner_weights, corners_2d, position_grad_2d
 from .spec import ELEMENT, KernelSpec, dot_precision
 
 _DYNAMIC = ["N", "H", "W", "oH", "oW", "SPLIT", "SIZE_BUCKET"]
@@ -77,32 +78,15 @@ def _sample_plan(off_ptr,   # offset (N, 2*G*K, oH, oW)
     dx = tl.load(off_ptr + off_base + (2 * ch + 1) * oHW, mask=pix_ok, other=0.0).to(tl.float32)
     y = (oy * sh - ph + i * dh).to(tl.float32) + dy
     x = (ox * sw - pw + j * dw).to(tl.float32) + dx
-    # Comparisons are False for NaN: non-finite positions are outside.
-    inside = pix_ok & (y >= -1.0) & (y < H) & (x >= -1.0) & (x < W)
-    y = tl.where(inside, y, 0.0)
-    x = tl.where(inside, x, 0.0)
-    y0f = tl.floor(y)
-    x0f = tl.floor(x)
-    ly = y - y0f
-    lx = x - x0f
-    y0 = y0f.to(tl.int32)  # in [-1, H-1] once clamped to the inside
-    x0 = x0f.to(tl.int32)
-    vy0 = inside & (y0 >= 0)
-    vy1 = inside & (y0 < H - 1)
-    vx0 = x0 >= 0
-    vx1 = x0 < W - 1
-    # y0 = -1 clamps to row 0, which is also row y0 + 1: step 0. y0 = H - 1 has no row below
-    # (that corner is masked): step 0 keeps its address inside. Likewise for columns.
-    y0c = tl.maximum(y0, 0)
-    x0c = tl.maximum(x0, 0)
+    # The inclusive lower cut-off of deformable convolution (y >= -1).
+    y0c, x0c, dx, dy, ok00, ok01, ok10, ok11, ly, lx, inside = corners_2d(
+        y, x, H, W, pix_ok, C, W * C, False)
     a00 = ((n * H + y0c) * W + x0c) * C
-    dx = tl.where((x0 >= 0) & vx1, C, 0)
-    dy = tl.where((y0 >= 0) & (y0 < H - 1), W * C, 0)
     mm = inside.to(tl.float32)
     if HAS_MASK:
         mv = tl.load(mask_ptr + n * (G * K) * oHW + ch * oHW + rem, mask=pix_ok, other=0.0)
         mm = mm * mv.to(tl.float32)
-    return a00, dx, dy, vy0 & vx0, vy0 & vx1, vy1 & vx0, vy1 & vx1, ly, lx, mm
+    return a00, dx, dy, ok00, ok01, ok10, ok11, ly, lx, mm
 
 
 @triton.jit
@@ -180,15 +164,13 @@ def _deform_conv2d_fwd_kernel(
             a00, dx, dy, ok00, ok01, ok10, ok11, ly, lx, mm = _sample_plan(
                 off_ptr, mask_ptr, n, rem, oy, ox, pix_ok, g, k, G, H, W, C, oHW,
                 sh, sw, ph, pw, dh, dw, KH, KW, HAS_MASK)
-            hy = 1.0 - ly
-            hx = 1.0 - lx
+            w00, w01, w10, w11 = corner_weights(ly, lx, mm)
             w_row = (grp * K + k) * Cg - c_begin
             for c0 in range(lo, hi, BLOCK_C):
                 cc = c0 + tl.arange(0, BLOCK_C)
                 c_ok = cc < hi
                 cols = _gather_columns(x_ptr, a00, dx, dy, ok00, ok01, ok10, ok11,
-                                       hy * hx * mm, hy * lx * mm, ly * hx * mm, ly * lx * mm,
-                                       cc, c_ok)
+                                       w00, w01, w10, w11, cc, c_ok)
                 wt = tl.load(w_ptr + (w_row + cc)[:, None] * Og + oc[None, :],
                              mask=c_ok[:, None] & oc_ok[None, :], other=0.0)
                 acc = _dot(cols.to(wt.dtype), wt, acc, INPUT_PRECISION, DOT_UPCAST)
@@ -290,8 +272,7 @@ def _deform_conv2d_bwd_data_kernel(
                               mask=ok11[:, None] & cm, sem="relaxed")
     if NEED_OM:
         ch = g * K + k
-        gy = mm * (hx * (s10 - s00) + lx * (s11 - s01))
-        gx = mm * (hy * (s01 - s00) + ly * (s11 - s10))
+        gy, gx = position_grad_2d(s00, s01, s10, s11, ly, lx, mm)
         o_base = n * (2 * G * K) * oHW + rem
         tl.store(goff_ptr + o_base + (2 * ch) * oHW, gy.to(goff_ptr.dtype.element_ty),
                  mask=pix_ok)
