@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..checks import _check_tensor, _is_int
-from ..registry import check_not_functorch_autodiff
+from ..registration import check_not_functorch_autodiff
 from . import library, onnx
 from .torch_kernels import Geometry
 
@@ -132,7 +132,7 @@ def dcnv3(input: Tensor, offset: Tensor, mask: Tensor, kernel_h: int, kernel_w: 
     out = check_input(input, g)
     check_per_position("offset", offset, input, out, g.group * g.points * 2, "group*P*2")
     check_per_position("mask", mask, input, out, g.group * g.points, "group*P")
-    check_not_functorch_autodiff(input, offset, mask)
+    check_not_functorch_autodiff("dcnv3", input, offset, mask)
     if onnx.exporting():
         return onnx.dcnv3_decomposed(input, offset, mask, *g)
     return library.dcnv3_op(input, offset, mask, *g)

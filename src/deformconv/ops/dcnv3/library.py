@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import dispatch
 from ..checks import AUTOCAST_DEVICE_TYPES
-from ..registry import forbid_double_backward
+from ..registration import forbid_double_backward
 from . import torch_kernels
 
 _LOW = (torch.float16, torch.bfloat16, torch.float32)

@@ -12,7 +12,7 @@ The design of the deformable convolution's CPU path (``torch_impl``), for DCNv3'
   InternImage's ``(N*G, Cg, oH*oW, P)`` sample tensor is built: work runs in chunks of
   ``torch_impl.COLUMN_BUDGET_BYTES`` of plan.
 - Backward: the output gradient is scattered to the source by a stably sorted gather
-  (deterministic, no atomics, ``torch_impl_nd._gather_scatter``); the offset and mask gradients
+  (deterministic, no atomics); the offset and mask gradients
   come from the ``4*P`` dot products ``<grad_out row, corner row>`` (the gradient of
   ``embedding_bag`` in its weights), with the floor held constant: the one-sided derivative.
 
@@ -28,8 +28,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..torch_impl import _chunks, _compute_dtype, _index_dtype
-from ..torch_impl_nd import _corner_dots, _gather_scatter
+from .. import bilinear
+from ..torch_impl import _chunks, _compute_dtype
 
 
 class Geometry(NamedTuple):
@@ -78,29 +78,11 @@ def offset_mask_views(offset: Tensor, mask: Tensor, g: Geometry) -> Tuple[Tensor
             mask.unflatten(-1, (g.group, g.points)))
 
 
-class _Plan(NamedTuple):
-    idx: Tensor     # (M, 4P) corner rows of src, M = b*R*oW*G, corners (y0x0, y0x1, y1x0, y1x1)
-    wts: Tensor     # (M, 4P) bilinear weight times mask (0 outside the cut-off)
-    ly: Tensor      # (b, R, oW, G, P) fractional parts
-    lx: Tensor
-    m: Tensor       # (b, R, oW, G, P) mask where inside, else 0
-    inside: Tensor  # (b, R, oW, G, P)
-
-
-def _source(input: Tensor, G: int, dtype: torch.dtype) -> Tensor:
-    """(N, H, W, G*Cg) -> (N*(H+2)*(W+2)*G, Cg): zero border, compute dtype."""
-    N, H, W, C = input.shape
-    src = torch.empty(N, H + 2, W + 2, C, dtype=dtype, device=input.device)
-    src[:, 0].zero_()
-    src[:, H + 1].zero_()
-    src[:, :, 0].zero_()
-    src[:, :, W + 1].zero_()
-    src[:, 1:H + 1, 1:W + 1].copy_(input)
-    return src.view(-1, C // G)
-
-
 def _plan(off: Tensor, msk: Tensor, n0: int, n1: int, r0: int, r1: int, H: int, W: int,
-          g: Geometry, dtype: torch.dtype, index_dtype: torch.dtype) -> _Plan:
+          g: Geometry, dtype: torch.dtype, index_dtype: torch.dtype
+          ) -> Tuple[bilinear.Corners, bilinear.Corners]:
+    """The shared bilinear plan of one chunk's samples (b, R, oW, G, P), and the same plan
+    viewed as one bag of ``4*P`` corners per (position, group), a row of the output."""
     dev = off.device
     b, R, oW, G = n1 - n0, r1 - r0, off.shape[2], g.group
     s = g.offset_scale
@@ -117,28 +99,14 @@ def _plan(off: Tensor, msk: Tensor, n0: int, n1: int, r0: int, r1: int, H: int, 
     # Logical (row-major) order from here on, whatever the offsets' strides.
     x = (x0.view(1, 1, oW, 1, 1) + (ix + o[..., 0]) * s).contiguous()
     y = (y0.view(1, R, 1, 1, 1) + (jy + o[..., 1]) * s).contiguous()
-    inside = (y > -1) & (y < H) & (x > -1) & (x < W)  # strict; False for NaN
-    y = torch.where(inside, y, 0.0)
-    x = torch.where(inside, x, 0.0)
-    fy, fx = torch.floor(y), torch.floor(x)
-    ly, lx = y - fy, x - fx
-    m = torch.where(inside, msk[n0:n1, r0:r1].to(dtype), 0.0)
-    Wp = W + 2
-    img = (torch.arange(n0, n1, device=dev) * (H + 2)).view(b, 1, 1, 1, 1)
-    grp = torch.arange(G, device=dev).view(1, 1, 1, G, 1)
-    base = ((img + fy.long() + 1) * Wp + fx.long() + 1) * G + grp
-    P = base.shape[-1]
+    base = ((torch.arange(n0, n1, device=dev) * ((H + 2) * (W + 2) * G)).view(b, 1, 1, 1, 1)
+            + torch.arange(G, device=dev).view(1, 1, 1, G, 1))
+    plan = bilinear.corner_plan((y, x), (H, W), scale=msk[n0:n1, r0:r1].to(dtype), base=base,
+                                rows_per_cell=G, strict=True, index_dtype=index_dtype)
     M = b * R * oW * G
-    idx = torch.empty(M, P, 4, dtype=index_dtype, device=dev)
-    wts = torch.empty(M, P, 4, dtype=dtype, device=dev)
-    base = base.view(M, P)
-    hy, vy = ((1 - ly) * m).view(M, P), (ly * m).view(M, P)
-    hx, vx = (1 - lx).view(M, P), lx.view(M, P)
-    for c, (step, a, b_) in enumerate(((0, hy, hx), (G, hy, vx), (Wp * G, vy, hx),
-                                       ((Wp + 1) * G, vy, vx))):
-        torch.add(base, step, out=idx[:, :, c])
-        torch.mul(a, b_, out=wts[:, :, c])
-    return _Plan(idx.view(M, 4 * P), wts.view(M, 4 * P), ly, lx, m, inside)
+    bags = bilinear.Corners(plan.index.view(M, -1), plan.weight.view(M, -1), plan.frac,
+                            plan.inside, plan.scale, (M,))
+    return plan, bags
 
 
 def _row_bytes(oW: int, g: Geometry, dtype: torch.dtype) -> int:
@@ -154,12 +122,11 @@ def forward(input: Tensor, off: Tensor, msk: Tensor, g: Geometry) -> Tensor:
     out = torch.empty(N, oH, oW, C, dtype=ct, device=input.device)
     if out.numel() == 0:
         return out.to(input.dtype)
-    src = _source(input, g.group, ct)
-    it = _index_dtype(src)
+    src = bilinear.bordered_source(input, ct).view(-1, g.group_channels)
+    it = bilinear.index_dtype(src.shape[0])
     for n0, n1, r0, r1 in _chunks(N, oH, _row_bytes(oW, g, ct)):
-        p = _plan(off, msk, n0, n1, r0, r1, H, W, g, ct, it)
-        out[n0:n1, r0:r1] = torch.nn.functional.embedding_bag(
-            p.idx, src, per_sample_weights=p.wts, mode="sum").view(n1 - n0, r1 - r0, oW, C)
+        _, bags = _plan(off, msk, n0, n1, r0, r1, H, W, g, ct, it)
+        out[n0:n1, r0:r1] = bilinear.sample(src, bags).view(n1 - n0, r1 - r0, oW, C)
     return out.to(input.dtype)
 
 
@@ -170,42 +137,32 @@ def backward(grad_out: Tensor, input: Tensor, off: Tensor, msk: Tensor, g: Geome
     (N, oH, oW, G, P, 2), mask (N, oH, oW, G, P)); None for those not asked for."""
     N, H, W, C = input.shape
     oH, oW = off.shape[1:3]
-    G, Cg = g.group, g.group_channels
+    Cg = g.group_channels
     ct = _compute_dtype(input.dtype)
     dev = input.device
-    g_src = torch.zeros(N * (H + 2) * (W + 2) * G, Cg, dtype=ct, device=dev) \
+    g_src = torch.zeros(N * (H + 2) * (W + 2) * g.group, Cg, dtype=ct, device=dev) \
         if need_input else None
     g_off = torch.zeros(off.shape, dtype=ct, device=dev) if need_offset_mask else None
     g_msk = torch.zeros(msk.shape, dtype=ct, device=dev) if need_offset_mask else None
     if grad_out.numel() and (need_input or need_offset_mask):
-        src = _source(input, G, ct)
-        it = _index_dtype(src)
+        src = bilinear.bordered_source(input, ct).view(-1, Cg)
+        it = bilinear.index_dtype(src.shape[0])
         for n0, n1, r0, r1 in _chunks(N, oH, _row_bytes(oW, g, ct)):
-            p = _plan(off, msk, n0, n1, r0, r1, H, W, g, ct, it)
-            gcol = grad_out[n0:n1, r0:r1].to(ct).reshape(-1, Cg)
+            plan, bags = _plan(off, msk, n0, n1, r0, r1, H, W, g, ct, it)
+            rows = grad_out[n0:n1, r0:r1].to(ct).reshape(-1, Cg)
             if need_input:
-                _gather_scatter(g_src, gcol, p)
+                bilinear.scatter_rows(g_src, rows, bags)
             if need_offset_mask:
-                _offset_mask_grad(_corner_dots(gcol, src, p), p, g, g_off[n0:n1, r0:r1],
-                                  g_msk[n0:n1, r0:r1])
+                dots = bilinear.corner_dots(rows, src, bags).view(-1, 4)
+                gy, gx = bilinear.position_grad(dots, plan)
+                g_off[n0:n1, r0:r1, ..., 0] = gx * g.offset_scale
+                g_off[n0:n1, r0:r1, ..., 1] = gy * g.offset_scale
+                g_msk[n0:n1, r0:r1] = bilinear.scale_grad(dots, plan)
     g_in = None
     if need_input:
-        g_in = g_src.view(N, H + 2, W + 2, C)[:, 1:H + 1, 1:W + 1].to(input.dtype)
+        g_in = bilinear.bordered_interior(g_src.view(-1, C), N, (H, W)).to(input.dtype)
     return (g_in, g_off.to(off.dtype) if g_off is not None else None,
             g_msk.to(msk.dtype) if g_msk is not None else None)
-
-
-def _offset_mask_grad(dots: Tensor, p: _Plan, g: Geometry, g_off: Tensor,
-                      g_msk: Tensor) -> None:
-    """Write the offset and mask gradients of one chunk from the corner dot products."""
-    d00, d01, d10, d11 = dots.view(*p.ly.shape, 4).unbind(-1)
-    ly, lx = p.ly, p.lx
-    hy, hx = 1 - ly, 1 - lx
-    g_msk.copy_(torch.where(p.inside, (d00 * hx + d01 * lx) * hy + (d10 * hx + d11 * lx) * ly,
-                            0.0))
-    ms = p.m * g.offset_scale
-    g_off[..., 0] = ms * ((d01 - d00) * hy + (d11 - d10) * ly)
-    g_off[..., 1] = ms * ((d10 - d00) * hx + (d11 - d01) * lx)
 
 
 def dcnv3_fwd(input: Tensor, offset: Tensor, mask: Tensor, *params) -> Tensor:

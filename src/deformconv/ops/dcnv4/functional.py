@@ -11,7 +11,7 @@ import math
 from torch import Tensor
 
 from ..dcnv3.functional import check_input, check_per_position, geometry
-from ..registry import check_not_functorch_autodiff
+from ..registration import check_not_functorch_autodiff
 from . import library, onnx
 
 
@@ -55,7 +55,7 @@ def dcnv4(input: Tensor, offset_mask: Tensor, kernel_h: int, kernel_w: int, stri
     out = check_input(input, g)
     check_per_position("offset_mask", offset_mask, input, out,
                        offset_mask_width(g.group, g.points), "ceil(group*3*P/8)*8")
-    check_not_functorch_autodiff(input, offset_mask)
+    check_not_functorch_autodiff("dcnv4", input, offset_mask)
     if onnx.exporting():
         return onnx.dcnv4_decomposed(input, offset_mask, *g)
     return library.dcnv4_op(input, offset_mask, *g)
