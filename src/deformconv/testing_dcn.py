@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .testing import assert_close
+
 
 @dataclass(frozen=True)
 class DCNProblem:
@@ -133,6 +135,43 @@ def internimage_pytorch(input: Tensor, offset: Tensor, mask: Tensor, kernel_h: i
     m = mask.view(N, oH * oW, G, P).transpose(1, 2).reshape(N * G, 1, oH * oW, P)
     out = (sampled * m).sum(-1).view(N, G * Cg, oH * oW)
     return out.transpose(1, 2).reshape(N, oH, oW, G * Cg)
+
+
+LEAVES = ("input", "offset", "mask")
+
+
+def run_both(p: DCNProblem, dtype: torch.dtype, device="cpu", seed: int = 0, fn=None):
+    """(got, want): output and gradients of ``fn`` (default the public dcnv3) in ``dtype``
+    and of the oracle in float64 on the same rounded values."""
+    if fn is None:
+        from . import dcnv3 as fn
+    from .ops.dcnv3.reference import dcnv3_ref
+
+    t = p.tensors(dtype, device, seed, requires_grad=True)
+    out = fn(t["input"], t["offset"], t["mask"], *p.params())
+    got = {"output": out.detach()}
+    want_t = {k: t[k].detach().cpu().double().requires_grad_() for k in LEAVES}
+    ref = dcnv3_ref(*(want_t[k] for k in LEAVES), *p.params())
+    want = {"output": ref.detach()}
+    go = t["grad_out"]
+    if out.numel():
+        got.update(zip(LEAVES, torch.autograd.grad(out, [t[k] for k in LEAVES], go)))
+        want.update(zip(LEAVES, torch.autograd.grad(ref, [want_t[k] for k in LEAVES],
+                                                     go.cpu().double())))
+    return got, want
+
+
+def check(got, want, dtype, name, tol=None):
+    """assert_close each output/gradient (exact zeros where the oracle's are zero)."""
+    for k, w in want.items():
+        g = got[k]
+        assert g.dtype == dtype and g.shape == w.shape, (k, g.dtype, g.shape)
+        if w.numel() == 0:
+            continue
+        if w.abs().max() > 0:
+            assert_close(g, w, dtype, f"{name} {k}", tol)
+        else:
+            assert g.abs().max() == 0, f"{name} {k}: not zero"
 
 
 CASES: Dict[str, DCNProblem] = {

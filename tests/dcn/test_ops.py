@@ -10,39 +10,7 @@ import deformconv
 from deformconv.ops import torch_impl
 from deformconv.ops.dcnv3.reference import dcnv3_ref
 from deformconv.testing import TOLERANCE, assert_close
-from deformconv.testing_dcn import CASES, DCNProblem
-
-LEAVES = ("input", "offset", "mask")
-
-
-def run_both(p: DCNProblem, dtype: torch.dtype, device="cpu", seed: int = 0, fn=None):
-    """(got, want): output and gradients of ``fn`` (default the public dcnv3) in ``dtype``
-    and of the oracle in float64 on the same rounded values."""
-    fn = fn or deformconv.dcnv3
-    t = p.tensors(dtype, device, seed, requires_grad=True)
-    out = fn(t["input"], t["offset"], t["mask"], *p.params())
-    got = {"output": out.detach()}
-    want_t = {k: t[k].detach().cpu().double().requires_grad_() for k in LEAVES}
-    ref = dcnv3_ref(*(want_t[k] for k in LEAVES), *p.params())
-    want = {"output": ref.detach()}
-    go = t["grad_out"]
-    if out.numel():
-        got.update(zip(LEAVES, torch.autograd.grad(out, [t[k] for k in LEAVES], go)))
-        want.update(zip(LEAVES, torch.autograd.grad(ref, [want_t[k] for k in LEAVES],
-                                                     go.cpu().double())))
-    return got, want
-
-
-def check(got, want, dtype, name):
-    for k, w in want.items():
-        g = got[k]
-        assert g.dtype == dtype and g.shape == w.shape, (k, g.dtype, g.shape)
-        if w.numel() == 0:
-            continue
-        if w.abs().max() > 0:
-            assert_close(g, w, dtype, f"{name} {k}")
-        else:
-            assert g.abs().max() == 0, f"{name} {k}: not zero"
+from deformconv.testing_dcn import CASES, LEAVES, DCNProblem, check, run_both
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

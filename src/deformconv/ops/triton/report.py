@@ -17,6 +17,7 @@ Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels the compi
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re
@@ -38,7 +39,8 @@ COLUMNS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "sha
 
 
 def kernel_specs() -> List[KernelSpec]:
-    """``KERNEL_SPECS`` of every module of this package, in module-name order."""
+    """``KERNEL_SPECS`` of every module of this package, in module-name order, then of every
+    operator folder's ``deformconv.ops.<op>.triton.kernels``, in operator-name order."""
     pkg = importlib.import_module(__package__)
     specs: List[KernelSpec] = []
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
@@ -46,6 +48,12 @@ def kernel_specs() -> List[KernelSpec]:
             continue
         module = importlib.import_module(f"{__package__}.{info.name}")
         specs.extend(getattr(module, "KERNEL_SPECS", ()))
+    ops = importlib.import_module(__package__.rsplit(".", 1)[0])
+    for info in sorted(pkgutil.iter_modules(ops.__path__), key=lambda m: m.name):
+        name = f"{ops.__name__}.{info.name}.triton.kernels"
+        if info.ispkg and importlib.util.find_spec(f"{ops.__name__}.{info.name}.triton"):
+            if importlib.util.find_spec(name):
+                specs.extend(getattr(importlib.import_module(name), "KERNEL_SPECS", ()))
     return specs
 
 
