@@ -6,13 +6,13 @@ Shapes (N, H, W, C) with G groups, 3x3, stride 1, pad 1, offsets N(0, 1.5^2) pix
 U(0, 1), float32: (1, 56, 56, 64) G=4, (1, 28, 28, 128) G=8, (1, 14, 14, 256) G=16,
 (1, 7, 7, 512) G=32, and the same at batch 8.
 
-Contenders, built once per shape and timed alternately (each repeat runs every contender once,
+Contenders (``deformconv.testing_dcn.bench_contenders``, shared with the GPU step), built
+once per shape and timed alternately (each repeat runs every contender once,
 in alternating order, so drift and the machine's other load hit all alike); medians reported:
 
 - ``dcnv3``: this library's ``deformconv.dcnv3`` (pure-PyTorch kernels on CPU);
 - ``internimage_pytorch``: InternImage's pure-PyTorch formulation (``grid_sample`` on every
-  point of every group; ``deformconv.testing_dcn.internimage_pytorch``, written from its
-  published description);
+  point of every group, written from its published description);
 - ``dwconv3x3``: a depthwise 3x3 ``conv2d`` of the same channels (channels-last), the same
   multiply-adds on a fixed grid: the floor.
 
@@ -46,41 +46,10 @@ def shapes(quick: bool):
 
 
 def contenders(N: int, H: int, C: int, G: int):
-    """{name: {"forward": fn, "train": fn}} on one shape's tensors."""
-    import torch
-    import torch.nn.functional as F
+    """{name: {"forward": fn, "train": fn}} on one shape's float32 tensors."""
+    from deformconv.testing_dcn import DCNProblem, bench_contenders
 
-    import deformconv
-    from deformconv.testing_dcn import DCNProblem, internimage_pytorch
-
-    p = DCNProblem(N=N, H=H, W=H, group=G, group_channels=C // G)
-    t = p.tensors(torch.float32)
-    leaves = [t[k].clone().requires_grad_() for k in ("input", "offset", "mask")]
-    go = t["grad_out"]
-    w = torch.randn(C, 1, 3, 3, requires_grad=True)
-    x_cf = t["input"].permute(0, 3, 1, 2).clone(memory_format=torch.channels_last)
-    x_cf.requires_grad_()
-
-    def op(fn):
-        def forward():
-            with torch.no_grad():
-                return fn(*leaves, *p.params())
-
-        def train():
-            y = fn(*leaves, *p.params())
-            return torch.autograd.grad(y, leaves, go)
-        return {"forward": forward, "train": train}
-
-    def conv_forward():
-        with torch.no_grad():
-            return F.conv2d(x_cf, w, padding=1, groups=C)
-
-    def conv_train():
-        y = F.conv2d(x_cf, w, padding=1, groups=C)
-        return torch.autograd.grad(y, [x_cf, w], go.permute(0, 3, 1, 2))
-
-    return {"dcnv3": op(deformconv.dcnv3), "internimage_pytorch": op(internimage_pytorch),
-            "dwconv3x3": {"forward": conv_forward, "train": conv_train}}
+    return bench_contenders(DCNProblem(N=N, H=H, W=H, group=G, group_channels=C // G))
 
 
 def _status(key: str) -> int:

@@ -189,3 +189,40 @@ CASES: Dict[str, DCNProblem] = {
     "far-offsets": DCNProblem(offset_std=6.0),
     "batch0": DCNProblem(N=0),
 }
+
+
+def bench_contenders(p: DCNProblem, dtype: torch.dtype = torch.float32, device="cpu"):
+    """The benchmarks' contenders on ``p``'s tensors: ``{name: {"forward": fn, "train": fn}}``
+    for ``dcnv3`` (this library), ``internimage_pytorch`` (the formulation above) and
+    ``dwconv3x3`` (a channels-last depthwise 3x3 ``conv2d`` of the same channels, the floor).
+    ``train`` differentiates input, offsets and mask (the floor: input and weight) against a
+    fixed output gradient."""
+    from . import dcnv3
+
+    t = p.tensors(dtype, device)
+    leaves = [t[k].clone().requires_grad_() for k in LEAVES]
+    go = t["grad_out"]
+    C = p.group * p.group_channels
+    w = torch.randn(C, 1, 3, 3, dtype=dtype, device=device, requires_grad=True)
+    x_cf = t["input"].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    x_cf.requires_grad_()
+
+    def op(fn):
+        def forward():
+            with torch.no_grad():
+                return fn(*leaves, *p.params())
+
+        def train():
+            return torch.autograd.grad(fn(*leaves, *p.params()), leaves, go)
+        return {"forward": forward, "train": train}
+
+    def conv_forward():
+        with torch.no_grad():
+            return F.conv2d(x_cf, w, padding=1, groups=C)
+
+    def conv_train():
+        y = F.conv2d(x_cf, w, padding=1, groups=C)
+        return torch.autograd.grad(y, [x_cf, w], go.permute(0, 3, 1, 2))
+
+    return {"dcnv3": op(dcnv3), "internimage_pytorch": op(internimage_pytorch),
+            "dwconv3x3": {"forward": conv_forward, "train": conv_train}}
