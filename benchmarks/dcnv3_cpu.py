@@ -19,8 +19,9 @@ in alternating order, so drift and the machine's other load hit all alike); medi
 ``train`` is forward and backward of input, offsets and mask (the floor: input and weight)
 with a fixed output gradient. Peak memory: in a fresh process per contender and mode, the
 growth of the peak resident size (``VmHWM`` after resetting it through
-``/proc/self/clear_refs``) over one call, minus the output's size. Each row carries the machine,
-versions, commit, threads and the load average of the minute before the run
+``/proc/self/clear_refs``) over one call, minus the output's size, with glibc's
+``MALLOC_MMAP_THRESHOLD_=4096`` so freed memory leaves the resident set. Each row carries the
+machine, versions, commit, threads and the load average of the minute before the run
 (``provisional`` when it exceeds half the cores).
 """
 
@@ -76,7 +77,9 @@ def peak_child(N: int, H: int, C: int, G: int, name: str, mode: str, threads: in
 
 def peak_bytes(shape, name: str, mode: str, threads: int) -> int:
     code = [sys.executable, __file__, "--peak-child", json.dumps([*shape, name, mode, threads])]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    # Every allocation above 4 KiB is its own mapping, returned on free: the resident size
+    # then follows live memory, and a call cannot hide its peak in heap freed before it.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MALLOC_MMAP_THRESHOLD_="4096")
     out = subprocess.run(code, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
