@@ -40,10 +40,11 @@ def _tap(p, KH, KW, REMOVE_CENTER: tl.constexpr):
 
 
 @triton.jit
-def _positions(off_ptr, mask_ptr, rows, g, p, row_ok, oH, oW, KH, KW, sh, sw, ph, pw, dh, dw,
-               offset_scale, OFF_ROW, OFF_GROUP, MASK_ROW, MASK_GROUP,
-               REMOVE_CENTER: tl.constexpr):
-    """(y, x, mask) of tap slot ``p`` for the output positions ``rows`` (float32 tiles)."""
+def _tap_corners(off_ptr, mask_ptr, rows, g, p, row_ok, H, W, C, oH, oW, KH, KW, sh, sw, ph, pw,
+                 dh, dw, offset_scale, OFF_ROW, OFF_GROUP, MASK_ROW, MASK_GROUP,
+                 REMOVE_CENTER: tl.constexpr):
+    """Tap slot ``p`` of the output positions ``rows``: ``corners_2d``'s lower corner, steps,
+    validities and fractions (channels-last steps), and the mask (0 outside the cut-off)."""
     i, j = _tap(p, KH, KW, REMOVE_CENTER)
     wo = rows % oW
     ho = (rows // oW) % oH
@@ -58,7 +59,31 @@ def _positions(off_ptr, mask_ptr, rows, g, p, row_ok, oH, oW, KH, KW, sh, sw, ph
     y0 = (ho * sh - ph + c_h).to(tl.float32) - c_h * offset_scale
     x = x0 + ((i * dw).to(tl.float32) + dx) * offset_scale
     y = y0 + ((j * dh).to(tl.float32) + dy) * offset_scale
-    return y, x, m
+    y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, inside = corners_2d(
+        y, x, H, W, row_ok, C, W * C, True)
+    return y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, tl.where(inside, m, 0.0)
+
+
+@triton.jit
+def _block_rows(M, oH, oW, IDX64: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's output positions (flat over N, oH, oW; int64 with IDX64), their
+    validity and their sample index ``n``."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    return rows, rows < M, rows // (oH * oW)
+
+
+@triton.jit
+def _load_corners(ptr, a, dx, dy, ok00, ok01, ok10, ok11, cm):
+    """The four corner tiles at addresses ``ptr + a`` (+ steps), float32, 0 where invalid."""
+    v00 = tl.load(ptr + a, mask=ok00[:, None] & cm, other=0.0).to(tl.float32)
+    v01 = tl.load(ptr + a + dx[:, None], mask=ok01[:, None] & cm, other=0.0).to(tl.float32)
+    v10 = tl.load(ptr + a + dy[:, None], mask=ok10[:, None] & cm, other=0.0).to(tl.float32)
+    v11 = tl.load(ptr + a + (dx + dy)[:, None], mask=ok11[:, None] & cm,
+                  other=0.0).to(tl.float32)
+    return v00, v01, v10, v11
 
 
 @triton.jit
@@ -73,32 +98,20 @@ def _dcnv3_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One program: BLOCK_M output positions x BLOCK_C channels of group ``program_id(1)``."""
-    pid_m = tl.program_id(0)
+    rows, row_ok, n = _block_rows(M, oH, oW, IDX64, BLOCK_M)
     g = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    if IDX64:
-        pid_m = pid_m.to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    ch = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    ch = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     ch_ok = ch < Cg
-    n = rows // (oH * oW)
-    img = x_ptr + n[:, None] * (H * W * C) + (g * Cg + ch)[None, :]
+    img = n[:, None] * (H * W * C) + (g * Cg + ch)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for p in range(P):
-        y, x, m = _positions(off_ptr, mask_ptr, rows, g, p, row_ok, oH, oW, KH, KW, sh, sw, ph,
-                             pw, dh, dw, offset_scale, OFF_ROW, OFF_GROUP, MASK_ROW,
-                             MASK_GROUP, REMOVE_CENTER)
-        y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, inside = corners_2d(
-            y, x, H, W, row_ok, C, W * C, True)
-        w00, w01, w10, w11 = corner_weights(ly, lx, tl.where(inside, m, 0.0))
+        y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, m = _tap_corners(
+            off_ptr, mask_ptr, rows, g, p, row_ok, H, W, C, oH, oW, KH, KW, sh, sw, ph, pw, dh,
+            dw, offset_scale, OFF_ROW, OFF_GROUP, MASK_ROW, MASK_GROUP, REMOVE_CENTER)
+        w00, w01, w10, w11 = corner_weights(ly, lx, m)
         a = img + ((y0 * W + x0).to(n.dtype) * C)[:, None]
-        cm = ch_ok[None, :]
-        v00 = tl.load(a, mask=ok00[:, None] & cm, other=0.0).to(tl.float32)
-        v01 = tl.load(a + dx[:, None], mask=ok01[:, None] & cm, other=0.0).to(tl.float32)
-        v10 = tl.load(a + dy[:, None], mask=ok10[:, None] & cm, other=0.0).to(tl.float32)
-        v11 = tl.load(a + (dx + dy)[:, None], mask=ok11[:, None] & cm,
-                      other=0.0).to(tl.float32)
+        v00, v01, v10, v11 = _load_corners(x_ptr, a, dx, dy, ok00, ok01, ok10, ok11,
+                                           ch_ok[None, :])
         acc += (w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10
                 + w11[:, None] * v11)
     o = out_ptr + rows[:, None] * C + (g * Cg + ch)[None, :]
@@ -122,20 +135,12 @@ def _dcnv3_bwd_kernel(
     """One program: BLOCK_M output positions of group ``program_id(1)``, all its channels in
     blocks of BLOCK_C (the offset and mask gradients sum over them, written once, no
     atomics)."""
-    pid_m = tl.program_id(0)
+    rows, row_ok, n = _block_rows(M, oH, oW, IDX64, BLOCK_M)
     g = tl.program_id(1)
-    if IDX64:
-        pid_m = pid_m.to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    n = rows // (oH * oW)
     for p in range(P):
-        y, x, m = _positions(off_ptr, mask_ptr, rows, g, p, row_ok, oH, oW, KH, KW, sh, sw, ph,
-                             pw, dh, dw, offset_scale, OFF_ROW, OFF_GROUP, MASK_ROW,
-                             MASK_GROUP, REMOVE_CENTER)
-        y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, inside = corners_2d(
-            y, x, H, W, row_ok, C, W * C, True)
-        m = tl.where(inside, m, 0.0)
+        y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, m = _tap_corners(
+            off_ptr, mask_ptr, rows, g, p, row_ok, H, W, C, oH, oW, KH, KW, sh, sw, ph, pw, dh,
+            dw, offset_scale, OFF_ROW, OFF_GROUP, MASK_ROW, MASK_GROUP, REMOVE_CENTER)
         w00, w01, w10, w11 = corner_weights(ly, lx, m)
         corner = n * (H * W * C) + (y0 * W + x0).to(n.dtype) * C + g * Cg
         s00 = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -149,13 +154,7 @@ def _dcnv3_bwd_kernel(
                          mask=row_ok[:, None] & cm, other=0.0).to(tl.float32)
             a = corner[:, None] + ch[None, :]
             if NEED_OM:
-                v00 = tl.load(x_ptr + a, mask=ok00[:, None] & cm, other=0.0).to(tl.float32)
-                v01 = tl.load(x_ptr + a + dx[:, None], mask=ok01[:, None] & cm,
-                              other=0.0).to(tl.float32)
-                v10 = tl.load(x_ptr + a + dy[:, None], mask=ok10[:, None] & cm,
-                              other=0.0).to(tl.float32)
-                v11 = tl.load(x_ptr + a + (dx + dy)[:, None], mask=ok11[:, None] & cm,
-                              other=0.0).to(tl.float32)
+                v00, v01, v10, v11 = _load_corners(x_ptr, a, dx, dy, ok00, ok01, ok10, ok11, cm)
                 s00 += tl.sum(go * v00, axis=1)
                 s01 += tl.sum(go * v01, axis=1)
                 s10 += tl.sum(go * v10, axis=1)
@@ -170,7 +169,8 @@ def _dcnv3_bwd_kernel(
                               mask=ok11[:, None] & cm)
         if NEED_OM:
             gy, gx = position_grad_2d(s00, s01, s10, s11, ly, lx, m * offset_scale)
-            u00, u01, u10, u11 = corner_weights(ly, lx, tl.where(inside, 1.0, 0.0))
+            # the dot products are 0 outside the cut-off (every corner load masked)
+            u00, u01, u10, u11 = corner_weights(ly, lx, 1.0)
             gm = u00 * s00 + u01 * s01 + u10 * s10 + u11 * s11
             o = goff_ptr + rows * OFF_ROW + g * OFF_GROUP + 2 * p
             tl.store(o, gx.to(goff_ptr.dtype.element_ty), mask=row_ok)
@@ -185,11 +185,13 @@ def _dcnv3_bwd_kernel(
 # dtype; no tl.dot, so no TF32 variant.
 GPU_BLOCKS_C = (16, 32, 64)
 GPU_BWD_BLOCK_C = 16
+GPU_BWD_WARPS = 8
+BLOCK_M_GPU_BWD = 64  # 32 rows with 4 or 8 warps, and 16 rows with 4, spill a few bytes
 BLOCK_M_GPU = 32
 _FWD_CONFIGS = [triton.Config({"BLOCK_M": BLOCK_M_GPU, "BLOCK_C": bc}, num_warps=4,
                               num_stages=1) for bc in GPU_BLOCKS_C]
-_BWD_CONFIGS = [triton.Config({"BLOCK_M": BLOCK_M_GPU, "BLOCK_C": GPU_BWD_BLOCK_C},
-                              num_warps=4, num_stages=1)]
+_BWD_CONFIGS = [triton.Config({"BLOCK_M": BLOCK_M_GPU_BWD, "BLOCK_C": GPU_BWD_BLOCK_C},
+                              num_warps=GPU_BWD_WARPS, num_stages=1)]
 
 
 def _report_signature(pointers, flags):

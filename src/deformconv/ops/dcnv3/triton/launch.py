@@ -26,7 +26,7 @@ from ... import dispatch
 from .. import torch_kernels
 from ..torch_kernels import Geometry
 from . import kernels
-from .kernels import BLOCK_M_GPU, GPU_BLOCKS_C, GPU_BWD_BLOCK_C
+from .kernels import BLOCK_M_GPU, BLOCK_M_GPU_BWD, GPU_BLOCKS_C, GPU_BWD_BLOCK_C, GPU_BWD_WARPS
 
 # The interpreter (CPU tensors): small blocks, so tiny test shapes span several tiles.
 INTERPRETER_BLOCKS = {"BLOCK_M": 8, "BLOCK_C": 4}
@@ -36,10 +36,13 @@ _INT32_LIMIT = 2 ** 31 - 1
 
 
 def _blocks(t: Tensor, Cg: int, backward: bool = False):
+    """Block sizes (and warps on a GPU) of the forward or the backward kernel."""
     if not t.is_cuda:
         return dict(INTERPRETER_BLOCKS)
+    if backward:
+        return dict(BLOCK_M=BLOCK_M_GPU_BWD, BLOCK_C=GPU_BWD_BLOCK_C, num_warps=GPU_BWD_WARPS)
     bc = min(max(triton.next_power_of_2(Cg), GPU_BLOCKS_C[0]), GPU_BLOCKS_C[-1])
-    return dict(BLOCK_M=BLOCK_M_GPU, BLOCK_C=GPU_BWD_BLOCK_C if backward else bc)
+    return dict(BLOCK_M=BLOCK_M_GPU, BLOCK_C=bc, num_warps=4)
 
 
 def new(shape, like: Tensor, dtype=None) -> Tensor:
