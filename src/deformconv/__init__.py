@@ -1,9 +1,11 @@
-"""deformconv: deformable convolution (1-D, 2-D, 3-D; v1 and v2) and deformable RoI pooling for
-PyTorch."""
+"""deformconv: deformable operators for PyTorch: deformable convolution (1-D, 2-D, 3-D; v1 and
+v2), deformable RoI pooling, multi-scale deformable attention, DCNv3 and DCNv4."""
 
 from ._version import __version__
 from .convert import convert_to_deformable
 from .nn import (
+                 DCNv3,
+                 DCNv4,
                  DeformConv1d,
                  DeformConv1dPack,
                  DeformConv2d,
@@ -18,7 +20,7 @@ from .nn import (
                  ModulatedDeformRoIPoolPack,
                  MultiScaleDeformableAttention,
 )
-from .ops import deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
+from .ops import dcnv3, dcnv4, deform_conv1d, deform_conv2d, deform_conv3d, deform_roi_pool
 from .ops.dispatch import set_backend, use_backend
 from .ops.ms_deform_attn import ms_deform_attn
 
@@ -27,5 +29,5 @@ __all__ = ["deform_conv1d", "deform_conv2d", "deform_conv3d", "deform_roi_pool",
            "DeformConv1dPack", "DeformConv2dPack", "DeformConv3dPack",
            "ModulatedDeformConv1dPack", "ModulatedDeformConv2dPack", "ModulatedDeformConv3dPack",
            "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
-           "MultiScaleDeformableAttention",
+           "MultiScaleDeformableAttention", "dcnv3", "dcnv4", "DCNv3", "DCNv4",
            "convert_to_deformable", "set_backend", "use_backend", "__version__"]

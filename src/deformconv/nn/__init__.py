@@ -1,5 +1,7 @@
 """Deformable convolution layers (1-D, 2-D, 3-D) and deformable RoI pooling modules."""
 
+from .dcnv3 import DCNv3
+from .dcnv4 import DCNv4
 from .deform_conv import (
                           DeformConv1d,
                           DeformConv1dPack,
@@ -23,4 +25,5 @@ __all__ = ["DeformConv1d", "DeformConv2d", "DeformConv3d",
            "ModulatedDeformConv1dPack", "ModulatedDeformConv2dPack", "ModulatedDeformConv3dPack",
            "DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack",
            "MultiScaleDeformableAttention", "MSDeformAttn",
-           "DeformableDetrMultiscaleDeformableAttention"]
+           "DeformableDetrMultiscaleDeformableAttention",
+           "DCNv3", "DCNv4"]

@@ -17,6 +17,7 @@ Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels the compi
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pkgutil
 import re

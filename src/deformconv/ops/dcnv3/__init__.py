@@ -1,0 +1,1 @@
+"""DCNv3 (InternImage): the public function, registered operators and kernels."""

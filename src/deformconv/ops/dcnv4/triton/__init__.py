@@ -1,0 +1,1 @@
+"""Triton launchers of ``dcnv4``: ``dcnv3``'s kernels on the fused offset/mask tensor."""
