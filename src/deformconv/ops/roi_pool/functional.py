@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..checks import _check_tensor, int_tuple
+from ..registration import check_not_functorch_autodiff
 from .library import deform_roi_pool_op
 
 _IntPair = Union[int, Tuple[int, int]]
@@ -70,6 +71,7 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
             "operator (RoiAlign cannot shift bins), and this library emits no custom-domain "
             "node. Export the model up to the pooling, or run it with torch.export/TorchScript")
     check_deform_roi_pool(input, rois, offset, ph, pw)
+    check_not_functorch_autodiff("deform_roi_pool", input, rois, offset)
     return deform_roi_pool_op(input, rois, offset, ph, pw, spatial_scale, sampling_ratio, gamma)
 
 
