@@ -3,7 +3,9 @@
     python scripts/planted_bugs.py            # every bug, stop each run at its first failure
     python scripts/planted_bugs.py --all      # run the whole selection: list every failing test
 
-Each bug is a small edit of ``deformconv/ops/torch_impl.py``'s source, applied in a fresh
+Each bug is a small edit of the source of ``deformconv/ops/deform_conv/torch_kernels.py`` (the
+one pure-PyTorch kernel of 1-, 2- and 3-D) or of the shared sampler ``deformconv/ops/bilinear.py``,
+applied in a fresh
 pytest process (this file is loaded there as a plugin, ``-p planted_bugs``) by re-executing the
 edited source in the module's namespace; nothing on disk changes. First a run without a bug
 must pass; then every run with a bug must fail. Exit status 0 when all bugs are caught.
@@ -20,25 +22,28 @@ import time
 # name -> (what it does, source text, replacement). Each source text occurs once.
 BUGS = {
     "border-off-by-one": (
-        "samples at the last row/column count as outside the image",
-        "inside = (y >= -1) & (y < H) & (x >= -1) & (x < W)",
-        "inside = (y >= -1) & (y < H - 1) & (x >= -1) & (x < W - 1)"),
+        "samples at the last index of a dimension count as outside the input",
+        "inside &= ((p > -1) if strict else (p >= -1)) & (p < s)",
+        "inside &= ((p > -1) if strict else (p >= -1)) & (p < s - 1)"),
     "grad-x1.001": (
         "the input gradient is scaled by 1.001",
-        "gi = (g_in.view(N, H + 2, W + 2, C)[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)",
-        "gi = 1.001 * (g_in.view(N, H + 2, W + 2, C)[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)"),
+        "g_in = bilinear.bordered_interior(g_src, N, size, C)",
+        "g_in = 1.001 * bilinear.bordered_interior(g_src, N, size, C)"),
     "chunk-unwritten": (
-        "the forward skips its last chunk of rows or images when there are several",
-        "    for n0, n1, r0, r1 in _chunks(N, oH, oW * K * C * src.element_size()):\n"
-        "        p = _plan(",
-        "    chunks = list(_chunks(N, oH, oW * K * C * src.element_size()))\n"
+        "the forward skips its last chunk of rows or samples when there are several",
+        "    for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):\n"
+        "        p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, "
+        "dilation,\n                  groups.offset_groups",
+        "    chunks = list(_chunks(N, out_sz[0], row_bytes))\n"
         "    for n0, n1, r0, r1 in (chunks[:-1] if len(chunks) > 1 else chunks):\n"
-        "        p = _plan("),
+        "        p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, "
+        "dilation,\n                  groups.offset_groups"),
 }
 
 # The tests that exercise the kernels directly (the property test is left out: hypothesis
 # shrinking a failure takes minutes).
-TESTS = ["tests/test_ops.py", "tests/test_determinism.py", "-k", "not property"]
+TESTS = ["tests/test_ops.py", "tests/test_deform_conv_nd.py", "tests/test_determinism.py",
+         "-k", "not property"]
 ENV = "DEFORMCONV_PLANTED_BUG"
 
 
@@ -46,15 +51,18 @@ def pytest_configure(config):  # runs in the pytest child when loaded with -p pl
     name = os.environ.get(ENV)
     if not name:
         return
-    from deformconv.ops.deform_conv import torch_kernels as torch_impl
+    from deformconv.ops import bilinear
+    from deformconv.ops.deform_conv import torch_kernels
 
     _, old, new = BUGS[name]
-    with open(torch_impl.__file__) as f:
-        src = f.read()
-    if src.count(old) != 1:
-        raise RuntimeError(f"planted bug {name!r}: its source text is not found exactly once "
-                           f"in {torch_impl.__file__}; update scripts/planted_bugs.py")
-    exec(compile(src.replace(old, new), torch_impl.__file__, "exec"), torch_impl.__dict__)
+    for module in (torch_kernels, bilinear):
+        with open(module.__file__) as f:
+            src = f.read()
+        if src.count(old) == 1:
+            exec(compile(src.replace(old, new), module.__file__, "exec"), module.__dict__)
+            return
+    raise RuntimeError(f"planted bug {name!r}: its source text is not found exactly once; "
+                       f"update scripts/planted_bugs.py")
 
 
 def _run(name, stop_first):

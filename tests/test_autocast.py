@@ -95,15 +95,16 @@ def test_cuda_rule_casts_data_to_autocast_dtype_and_positions_to_float32(dtype):
 def test_mixed_dtypes_on_the_pure_pytorch_path():
     """What the CUDA rule hands the kernels, run by the pure-PyTorch path (the fallback):
     computed in float32, output in the data dtype, gradients in each argument's dtype."""
-    from deformconv.ops import dispatch
+    from deformconv.ops.deform_conv import torch_kernels
 
     x, off, mask, w, b = _args(torch.Generator().manual_seed(4))
     xb, wb, bb = x.to(BF16), w.to(BF16), b.to(BF16)
-    y = dispatch.deform_conv2d_fwd(xb, wb, off, mask, bb, 1, 1, 0, 0, 1, 1)
+    params = ([1, 1], [0, 0], [1, 1])
+    y = torch_kernels.deform_conv_fwd(xb, wb, off, mask, bb, *params)
     assert y.dtype == BF16
     ref = deform_conv_ref(xb.double(), off.double(), wb.double(), bb.double(), mask=mask.double())
     assert (y.double() - ref).abs().max() <= 2e-2 * max(1.0, ref.abs().max())
     go = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(BF16)
-    grads = dispatch.deform_conv2d_bwd(go, xb, wb, off, mask, bb, 1, 1, 0, 0, 1, 1,
-                                       [True, True, True, True])
+    grads = torch_kernels.deform_conv_bwd(go, xb, wb, off, mask, bb, *params,
+                                          [True, True, True, True])
     assert [g.dtype for g in grads] == [BF16, BF16, torch.float32, torch.float32, BF16]

@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import deformconv.ops.deform_conv.functional_nd
+import deformconv.ops.deform_conv.functional
 from deformconv import deform_conv1d, deform_conv3d
-from deformconv.ops.deform_conv import library_nd as registry_nd
+from deformconv.ops.deform_conv import library
 from deformconv.ops.deform_conv import torch_kernels as torch_impl
-from deformconv.ops.deform_conv import torch_kernels_nd as torch_impl_nd
 from deformconv.ops.deform_conv.reference import deform_conv_ref, sample
 from deformconv.testing import Problem, assert_close
 
@@ -377,9 +376,8 @@ def test_opcheck(R):
     t = prob.tensors(requires_grad=True)
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
-    torch.library.opcheck(registry_nd.OPS[R], args)
-    bwd = registry_nd.deform_conv1d_backward_op if R == 1 else \
-        registry_nd.deform_conv3d_backward_op
+    torch.library.opcheck(library.OPS[R], args)
+    bwd = library.BACKWARD_OPS[R]
     plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     for output_mask in ([True, True, True, True], [False, True, False, True]):
         torch.library.opcheck(bwd, (prob.grad_out(), *plain, output_mask))
@@ -428,17 +426,17 @@ def test_export_captures_one_node(R):
 
 
 def test_docstring_examples():
-    assert doctest.testmod(deformconv.ops.deform_conv.functional_nd).failed == 0
+    assert doctest.testmod(deformconv.ops.deform_conv.functional).failed == 0
 
 
 def test_triton_failure_falls_back_with_a_warning(broken_triton):
     # The central dispatch, on CPU tensors with the Triton backend forced: a failing launcher
     # warns once and hands the call (and later ones) to the pure-PyTorch kernel.
-    dispatch = broken_triton("deform_conv_nd_fwd", "ptxas died")
+    dispatch = broken_triton("deform_conv_fwd", "ptxas died")
     t = P1.tensors()
     with pytest.warns(RuntimeWarning, match="Triton deform_conv1d forward kernel failed .*ptxas"):
         y = deform_conv1d(**t, **P1.kwargs())
     assert "deform_conv1d forward" in dispatch._failed
-    want = torch_impl_nd.deform_conv_nd_fwd(t["input"], t["weight"], t["offset"], t["mask"],
+    want = torch_impl.deform_conv_fwd(t["input"], t["weight"], t["offset"], t["mask"],
                                             t["bias"], [1], [1], [1])
     assert torch.equal(y, want)

@@ -2,7 +2,7 @@
 
 Coordinates are input indices in the spatial dimensions' order (1-D ``(x,)``, 3-D
 ``(z, y, x)``, depth first): tap ``t`` of output position ``o`` in offset group ``g`` reads
-``o_d*stride_d - pad_d + t_d*dil_d + offset[n, (g*K + k)*R + d, o]`` (``CONVENTIONS-ND``).
+``o_d*stride_d - pad_d + t_d*dil_d + offset[n, (g*K + k)*R + d, o]`` (``docs/conventions.md``).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import deformconv
-from deformconv.ops.deform_conv import torch_kernels as torch_impl
 from deformconv.ops.dcnv3.reference import dcnv3_ref
+from deformconv.ops.deform_conv import torch_kernels as torch_impl
 from deformconv.testing import TOLERANCE, assert_close
 from deformconv.testing_dcn import CASES, LEAVES, DCNProblem, check, run_both
 

@@ -58,9 +58,9 @@ def _check(prob: Problem, dtype=torch.float32, tensors=None):
     t = tensors or prob.tensors(dtype, device=DEV)
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
-    out = nd_launch.deform_conv_nd_fwd(*args)
+    out = nd_launch.deform_conv_fwd(*args)
     go = prob.grad_out(dtype, device=DEV)
-    grads = nd_launch.deform_conv_nd_bwd(go, *args, [True, True, True, True])
+    grads = nd_launch.deform_conv_bwd(go, *args, [True, True, True, True])
     ref = {k: (v.detach().cpu().double().requires_grad_() if v is not None else None)
            for k, v in t.items()}
     want = deform_conv_ref(ref["input"], ref["offset"], ref["weight"], ref["bias"],
@@ -102,11 +102,11 @@ def test_hostile_offsets():
     off.view(-1)[2::13] = -1e30
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], off, t["mask"], t["bias"], *params)
-    out = nd_launch.deform_conv_nd_fwd(*args)
+    out = nd_launch.deform_conv_fwd(*args)
     want = deform_conv_ref(t["input"].double(), off.double(), t["weight"].double(),
                               t["bias"].double(), *params, t["mask"].double())
     assert_close(out, want, torch.float32, "output", TOL[torch.float32])
-    grads = nd_launch.deform_conv_nd_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    grads = nd_launch.deform_conv_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
     for g in grads:
         assert torch.isfinite(g).all()
     g_off = grads[2]
@@ -118,6 +118,6 @@ def test_batch_zero():
     t = prob.tensors(device=DEV)
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
-    assert nd_launch.deform_conv_nd_fwd(*args).shape == (0, prob.O, *prob.out)
-    grads = nd_launch.deform_conv_nd_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    assert nd_launch.deform_conv_fwd(*args).shape == (0, prob.O, *prob.out)
+    grads = nd_launch.deform_conv_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
     assert grads[1].shape == t["weight"].shape and not grads[1].any()

@@ -1,4 +1,5 @@
-"""Autocast (mixed precision) rules of ``deformconv::deform_conv2d``.
+"""Autocast (mixed precision): one rule for the deformable convolutions of every dimensionality
+(``deformconv::deform_conv{1,2,3}d``), registered by ``register``.
 
 **CUDA** (where the tensor cores are): under ``torch.autocast("cuda", dtype=D)`` the input, the
 weight and the bias are cast to ``D`` (float16 or bfloat16), the offsets and the mask to
@@ -14,8 +15,13 @@ and returns the output in ``D``: the same rule, without the speed.
 (torchvision's rule for its ``deform_conv2d``). The CPU kernels compute half precision in
 float32 anyway, so a low-precision output would only add a rounding.
 
-float64 arguments are never cast, on either device. The float32 TF32 rule (no autocast) is in
-``triton/launch.py``: it follows ``torch.backends.cudnn.allow_tf32``, as ``conv2d`` does.
+float64 arguments are never cast, on either device. The float32 TF32 rule (no autocast) is
+``triton.spec.input_precision``: every op follows ``torch.backends.cudnn.allow_tf32``, as
+``nn.Conv{1,2,3}d`` do.
+
+Deformable RoI pooling runs in float32 under autocast on both devices (``FLOAT32``): it has no
+matrix products for tensor cores to speed up, and its RoI boxes and offsets must keep full
+precision.
 """
 
 from __future__ import annotations
@@ -25,14 +31,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .checks import AUTOCAST_DEVICE_TYPES as DEVICE_TYPES  # noqa: F401 (re-exported)
-from .checks import autocast_enabled  # noqa: F401 (re-exported)
-from .deform_conv.library import deform_conv2d_op
-
-CPU_DTYPE = torch.float32
-# The float32 rule of the other ops (1-D/3-D, RoI pooling) on every device type.
-AUTOCAST_DTYPE = torch.float32
+# Device types whose autocast the ops register a rule for.
+DEVICE_TYPES = ("cpu", "cuda")
+FLOAT32 = torch.float32
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
+_lib = torch.library.Library("deformconv", "IMPL")
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -49,19 +52,16 @@ def cuda_cast(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tens
             _cast(mask, torch.float32), _cast(bias, dtype))
 
 
-def _autocast_cuda(keyset, input, weight, offset, mask, bias, *params):
-    dtype = torch.get_autocast_dtype("cuda")
-    args = cuda_cast(input, weight, offset, mask, bias, dtype)
-    with torch._C._ExcludeDispatchKeyGuard(
-            torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)):
-        return torch.ops.deformconv.deform_conv2d.default(*args, *params)
+def register(op, name: str) -> None:
+    """Register the float32 rule for CPU and the mixed rule for CUDA on the convolution op
+    ``op`` (``deformconv::<name>``, arguments ``input, weight, offset, mask, bias, ...``)."""
+    torch.library.register_autocast(op, "cpu", FLOAT32)
+    overload = getattr(torch.ops.deformconv, name).default
+    exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
 
+    def autocast_cuda(keyset, input, weight, offset, mask, bias, *params):
+        args = cuda_cast(input, weight, offset, mask, bias, torch.get_autocast_dtype("cuda"))
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            return overload(*args, *params)
 
-_lib = torch.library.Library("deformconv", "IMPL")
-
-
-def register() -> None:
-    """Register the float32 rule for CPU and the mixed rule for CUDA."""
-    torch.library.register_autocast(deform_conv2d_op, "cpu", CPU_DTYPE)
-    _lib.impl("deform_conv2d", _autocast_cuda, "AutocastCUDA", with_keyset=True)
-
+    _lib.impl(name, autocast_cuda, "AutocastCUDA", with_keyset=True)

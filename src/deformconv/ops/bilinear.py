@@ -83,10 +83,12 @@ def bordered_source(x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     return src.view(-1, C)
 
 
-def bordered_interior(rows: Tensor, batch: int, size: Sequence[int]) -> Tensor:
+def bordered_interior(rows: Tensor, batch: int, size: Sequence[int],
+                      channels: Optional[int] = None) -> Tensor:
     """The interior ``(B, *S, C)`` view of bordered rows ``(B * prod(S + 2), C)`` (or of the
-    same memory viewed with more rows and fewer columns), e.g. of a source gradient."""
-    v = rows.view(batch, *(s + 2 for s in size), -1)
+    same memory viewed with more rows and fewer columns), e.g. of a source gradient.
+    ``channels`` (``C``) is inferred when not given; give it when ``B`` may be 0."""
+    v = rows.view(batch, *(s + 2 for s in size), -1 if channels is None else channels)
     for d, s in enumerate(size):
         v = v.narrow(1 + d, 1, s)
     return v

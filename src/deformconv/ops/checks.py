@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 
 from . import geometry
+from .autocast import DEVICE_TYPES as AUTOCAST_DEVICE_TYPES
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Device types whose autocast our ops register a rule for (``autocast.py``).
-AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
 _KERNEL_NAMES = {1: ("kW",), 2: ("kH", "kW"), 3: ("kD", "kH", "kW")}
 _COUNT_WORDS = {1: "a tuple of 1 int", 2: "a pair of ints", 3: "a tuple of 3 ints"}
 

@@ -20,12 +20,11 @@ path relative to ``deformconv.ops``, e.g. ``"ms_deform_attn.triton.launch"``) or
    call runs on the pure-PyTorch path instead and one warning names the cause; Triton stays
    off for that ``"<op> <direction>"`` (the key of the failure record) for the rest of the
    process.
-
-Determinism: ``deterministic()`` is True under ``torch.use_deterministic_algorithms(True)``.
-A kernel whose gradient scatters with atomics (run order, hence rounding, varies) must then
-take a deterministic path: the pure-PyTorch kernels scatter by a stably sorted gather, so an
-op's Triton launcher may compute that one gradient with ``torch_module`` (see the 2-D
-convolution's backward below) or with a deterministic Triton variant of its own.
+4. Determinism: ``deterministic()`` is True under ``torch.use_deterministic_algorithms(True)``.
+   A Triton launcher module lists in ``NONDETERMINISTIC`` (a tuple of function names) the
+   functions whose results depend on the order of atomic additions; under deterministic mode
+   those run on ``torch_module`` (the pure-PyTorch kernels scatter by a stably sorted gather,
+   bitwise repeatable). Everything else stays on Triton.
 
 Triton is imported on the first call that wants it, never at package import.
 """
@@ -37,19 +36,15 @@ import contextvars
 import functools
 import os
 import warnings
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import torch
-from torch import Tensor
-
-from .deform_conv import library as registry
-from .deform_conv import torch_kernels as torch_impl
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "DEFORMCONV_BACKEND"
 _chosen: Optional[str] = None
 _context: contextvars.ContextVar = contextvars.ContextVar("deformconv_backend", default=None)
-_failed: dict = {}  # op direction ("forward" / "backward") -> the error that turned Triton off
+_failed: dict = {}  # "<op> <direction>" -> the error that turned Triton off
 
 
 def _check(name: str) -> str:
@@ -59,7 +54,7 @@ def _check(name: str) -> str:
 
 
 def set_backend(name: Optional[str]) -> None:
-    """Choose the kernels of ``deform_conv2d`` for the process: ``"auto"``, ``"triton"`` or
+    """Choose the kernels of every op for the process: ``"auto"``, ``"triton"`` or
     ``"torch"``; ``None`` returns to the environment variable ``DEFORMCONV_BACKEND``."""
     global _chosen
     _chosen = None if name is None else _check(name)
@@ -67,7 +62,7 @@ def set_backend(name: Optional[str]) -> None:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Within the ``with`` block, run ``deform_conv2d`` on backend ``name`` (wins over
+    """Within the ``with`` block, run every op on backend ``name`` (wins over
     ``set_backend`` and the environment variable)."""
     token = _context.set(_check(name))
     try:
@@ -98,25 +93,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def _launch_module():
-    """``deformconv.ops.deform_conv.triton.launch``, or the ImportError when Triton is
-    missing."""
-    try:
-        from .deform_conv.triton import launch  # noqa: PLC0415 (triton is optional)
-    except ImportError as e:
-        return e
-    return launch
+_PROBE = "deform_conv.triton.launch"  # a launcher module: importing it imports Triton
 
 
 def triton_available() -> bool:
-    return not isinstance(_launch_module(), ImportError)
+    """Whether Triton imports (the launchers import it)."""
+    return not isinstance(_triton_module(_PROBE), ImportError)
 
 
-def use_triton(device: torch.device, dtype: torch.dtype, direction: str = "forward") -> bool:
-    """Whether a call on ``device`` with data of ``dtype`` runs the Triton kernels."""
+def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a call on ``device`` with data of ``dtype`` runs the Triton kernels (rules 1
+    and 2 of the module docstring)."""
     name = backend()
-    if name == "torch" or dtype == torch.float64 or direction in _failed:
+    if name == "torch" or dtype == torch.float64:
         return False
     if device.type == "cuda":
         return triton_available()
@@ -127,7 +116,7 @@ def describe() -> str:
     """One line for ``deformconv info``: the setting and what it runs on each device."""
     name = backend()
     if not triton_available():
-        triton_line = f"triton not importable ({_launch_module()})"
+        triton_line = f"triton not importable ({_triton_module(_PROBE)})"
     else:
         import triton  # noqa: PLC0415
         triton_line = f"triton {triton.__version__}"
@@ -148,70 +137,12 @@ def _fallback(direction: str, error: Exception) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def _upcast(t: Optional[Tensor]) -> Optional[Tensor]:
-    return t.float() if t is not None and t.dtype != torch.float64 else t
-
-
-def _torch_fwd(input, weight, offset, mask, bias, *params) -> Tensor:
-    """The pure-PyTorch forward, also for the mixed dtypes of the CUDA autocast rule
-    (computed in float32, which is what it does for half precision anyway)."""
-    dts = {t.dtype for t in (input, weight, offset, mask, bias) if t is not None}
-    if len(dts) == 1:
-        return torch_impl.deform_conv2d_fwd(input, weight, offset, mask, bias, *params)
-    out = torch_impl.deform_conv2d_fwd(*(_upcast(t) for t in (input, weight, offset, mask, bias)),
-                                       *params)
-    return out.to(input.dtype)
-
-
-def _torch_bwd(grad_out, input, weight, offset, mask, bias, *params):
-    args = (input, weight, offset, mask, bias)
-    if len({t.dtype for t in args if t is not None} | {grad_out.dtype}) == 1:
-        return torch_impl.deform_conv2d_bwd(grad_out, *args, *params)
-    grads = torch_impl.deform_conv2d_bwd(_upcast(grad_out), *(_upcast(t) for t in args),
-                                         *params)
-    return tuple(g.to(t.dtype) if t is not None and g.numel() else g
-                 for g, t in zip(grads, args))
-
-
-def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                      bias: Optional[Tensor], *params: int) -> Tensor:
-    """The forward on the chosen kernels (``params``: stride, padding, dilation as h, w)."""
-    if use_triton(input.device, input.dtype, "forward"):
-        try:
-            return _launch_module().deform_conv2d_fwd(input, weight, offset, mask, bias, *params)
-        except Exception as e:  # noqa: BLE001 (any compile or launch failure falls back)
-            _fallback("forward", e)
-    return _torch_fwd(input, weight, offset, mask, bias, *params)
-
-
-def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
-                      mask: Optional[Tensor], bias: Optional[Tensor], *params_and_mask):
-    """Gradients of (input, weight, offset, mask, bias) on the chosen kernels."""
-    *params, output_mask = params_and_mask
-    args = (grad_out, input, weight, offset, mask, bias, *params)
-    if not use_triton(input.device, input.dtype, "backward"):
-        return _torch_bwd(*args, output_mask)
-    need = list(output_mask)
-    gi_det = None
-    if need[0] and deterministic():
-        gi_det = _torch_bwd(*args, [True, False, False, False])[0]
-        need[0] = False
-    try:
-        grads = _launch_module().deform_conv2d_bwd(*args, need)
-    except Exception as e:  # noqa: BLE001 (any compile or launch failure falls back)
-        _fallback("backward", e)
-        return _torch_bwd(*args, output_mask)
-    return (gi_det if gi_det is not None else grads[0],) + tuple(grads[1:])
-
-
 @functools.lru_cache(maxsize=None)
 def _triton_module(path: str):
     """``deformconv.ops.<path>`` (e.g. ``"deform_conv.triton.launch_nd"``), or the ImportError
     when Triton (or the module) is missing."""
     import importlib  # noqa: PLC0415
 
-    if path == "deform_conv.triton.launch":
-        return _launch_module()
     try:
         return importlib.import_module(f"{__package__}.{path}")
     except ImportError as e:
@@ -227,33 +158,12 @@ def run(op: str, direction: str, fn: str, torch_module, triton_module: str, devi
     <direction>"`` stays on PyTorch for the rest of the process. ``device`` and ``dtype`` are
     those of the data (float64 runs on PyTorch)."""
     key = f"{op} {direction}"
-    if key not in _failed and use_triton(device, dtype, direction):
+    if key not in _failed and use_triton(device, dtype):
         module = _triton_module(triton_module)
-        if not isinstance(module, ImportError):
+        if not isinstance(module, ImportError) and not (
+                deterministic() and fn in getattr(module, "NONDETERMINISTIC", ())):
             try:
                 return getattr(module, fn)(*args)
             except Exception as e:  # noqa: BLE001 (any compile or launch failure falls back)
                 _fallback(key, e)
     return getattr(torch_module, fn)(*args)
-
-
-@registry.deform_conv2d_op.register_kernel(("cpu", "cuda"))
-def _deform_conv2d_kernel(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                          bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,
-                          pad_w: int, dil_h: int, dil_w: int) -> Tensor:
-    # A direct torch.ops.deformconv call gets the public function's clear errors too.
-    registry.check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
-                        dil_h, dil_w)
-    return deform_conv2d_fwd(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
-                             dil_h, dil_w)
-
-
-@registry.deform_conv2d_backward_op.register_kernel(("cpu", "cuda"))
-def _deform_conv2d_backward_kernel(grad_out: Tensor, input: Tensor, weight: Tensor,
-                                   offset: Tensor, mask: Optional[Tensor],
-                                   bias: Optional[Tensor], stride_h: int, stride_w: int,
-                                   pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-                                   output_mask: List[bool]):
-    grads = deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, stride_h, stride_w,
-                              pad_h, pad_w, dil_h, dil_w, output_mask)
-    return tuple(g.contiguous() for g in grads)

@@ -1,106 +1,155 @@
-"""The registered operators ``deformconv::deform_conv2d`` and its backward.
+"""The registered operators ``deformconv::deform_conv{1,2,3}d`` and their backward ops.
 
-Both are ``torch.library`` custom ops with fake (shape) implementations, so ``torch.compile``
-traces them without graph breaks and ``torch.export`` keeps the forward as one node. The
-default kernel is the pure-PyTorch one (any device); device-specific kernels register on top
-(``register_kernel``). The public function checks the arguments; the op's default kernel
-and its fake check them again (``check_args``), so a direct ``torch.ops.deformconv`` call gets
-the same errors instead of a ZeroDivisionError (the fake checks shapes only when they are
-static, so symbolic sizes get no extra guards).
+Defined once for every dimensionality by :func:`_define`: ``torch.library`` custom ops with
+fake (shape) implementations, so ``torch.compile`` traces them without graph breaks and
+``torch.export`` keeps the forward as one node; registered autograd (explicit backward; double
+backward raises); the autocast rule of ``autocast.py``; CPU and CUDA kernels chosen by
+``dispatch`` (Triton ``triton/launch.py`` in 2-D, ``triton/launch_nd.py`` in 1-D/3-D, else the
+pure-PyTorch ``torch_kernels``).
+
+Schemas: the 1-D/3-D ops take ``stride``, ``padding``, ``dilation`` as lists of ``R`` ints; the
+2-D ops keep their first schema, six ints ``stride_h, stride_w, pad_h, pad_w, dil_h, dil_w``,
+so programs saved by ``torch.export`` with it still load.
+
+A direct ``torch.ops.deformconv`` call gets the public function's argument errors: the kernels
+and the fake check the arguments again (the fake checks shapes only when they are static, so
+symbolic sizes get no extra guards).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import checks, geometry
+from .. import autocast, checks, dispatch, geometry
 from ..registration import forbid_double_backward
-from . import torch_kernels as torch_impl
+from . import torch_kernels
 
-_Grads = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
-
-
-@torch.library.custom_op("deformconv::deform_conv2d", mutates_args=())
-def deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                     bias: Optional[Tensor], stride_h: int, stride_w: int, pad_h: int,
-                     pad_w: int, dil_h: int, dil_w: int) -> Tensor:
-    check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-    return torch_impl.deform_conv2d_fwd(input, weight, offset, mask, bias, stride_h, stride_w,
-                                        pad_h, pad_w, dil_h, dil_w)
+_TRITON = {1: "deform_conv.triton.launch_nd", 2: "deform_conv.triton.launch",
+           3: "deform_conv.triton.launch_nd"}
+_SCALARS_2D = "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dil_h, " \
+              "SymInt dil_w"
+_LISTS = "SymInt[] stride, SymInt[] padding, SymInt[] dilation"
+_ARGS = "Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias"
 
 
-def check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h,
-               dil_w, shapes: bool = True) -> None:
-    """The public function's checks, for direct calls of the registered op."""
-    stride = checks.int_tuple("stride", (stride_h, stride_w), 2, 1)
-    padding = checks.int_tuple("padding", (pad_h, pad_w), 2, 0)
-    dilation = checks.int_tuple("dilation", (dil_h, dil_w), 2, 1)
-    if shapes:
-        checks.check_deform_conv(input, offset, weight, bias, mask, stride, padding, dilation,
-                                 ndim=2)
+def params(R: int, flat: Sequence) -> Tuple[List[int], List[int], List[int]]:
+    """``(stride, padding, dilation)`` from an op's trailing arguments: three lists, or in 2-D
+    the six ints of its schema."""
+    if R == 2:
+        sh, sw, ph, pw, dh, dw = flat
+        return [sh, sw], [ph, pw], [dh, dw]
+    return tuple(list(p) for p in flat)
+
+
+def op_args(R: int, stride, padding, dilation) -> list:
+    """The op's trailing arguments for ``stride``, ``padding``, ``dilation``."""
+    if R == 2:
+        return [*stride, *padding, *dilation]
+    return [list(stride), list(padding), list(dilation)]
 
 
 def _static(*tensors) -> bool:
     return all(isinstance(d, int) for t in tensors if t is not None for d in t.shape)
 
 
-@deform_conv2d_op.register_fake
-def _(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    check_args(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-               shapes=_static(input, weight, offset, mask, bias))
-    N, _, *size = input.shape
-    O, _, *kernel = weight.shape
-    out = geometry.out_size(size, kernel, (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w))
-    return input.new_empty(N, O, *out)
+def check_args(R: int, input, weight, offset, mask, bias, stride, padding, dilation,
+               shapes: bool = True) -> None:
+    """The public function's checks, for direct calls of the registered op."""
+    stride = checks.int_tuple("stride", tuple(stride), R, 1)
+    padding = checks.int_tuple("padding", tuple(padding), R, 0)
+    dilation = checks.int_tuple("dilation", tuple(dilation), R, 1)
+    if shapes:
+        checks.check_deform_conv(input, offset, weight, bias, mask, stride, padding, dilation,
+                                 ndim=R)
 
 
-@torch.library.custom_op("deformconv::deform_conv2d_backward", mutates_args=())
-def deform_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
-                              mask: Optional[Tensor], bias: Optional[Tensor], stride_h: int,
-                              stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-                              output_mask: List[bool]) -> _Grads:
-    grads = torch_impl.deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, stride_h,
-                                         stride_w, pad_h, pad_w, dil_h, dil_w, output_mask)
-    # The fake implementation promises contiguous gradients (inductor checks the strides).
-    return tuple(g.contiguous() for g in grads)
+def _run(R: int, direction: str, fn: str, input: Tensor, *args):
+    return dispatch.run(f"deform_conv{R}d", direction, fn, torch_kernels, _TRITON[R],
+                        input.device, input.dtype, *args)
 
 
-@deform_conv2d_backward_op.register_fake
-def _(grad_out, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h,
-      dil_w, output_mask):
-    need_in, need_w, need_om, need_b = output_mask
-    def e():
-        return input.new_empty(0)
+def _define(R: int):
+    """Define, register and return the forward and backward ops for ``R`` dimensions."""
+    name = f"deform_conv{R}d"
+    tail = _SCALARS_2D if R == 2 else _LISTS
 
-    return (input.new_empty(input.shape) if need_in else e(),
-            weight.new_empty(weight.shape) if need_w else e(),
-            offset.new_empty(offset.shape) if need_om else e(),
-            mask.new_empty(mask.shape) if need_om and mask is not None else e(),
-            input.new_empty(bias.shape) if need_b and bias is not None else e())
+    def forward(input, weight, offset, mask, bias, *flat):
+        stride, padding, dilation = params(R, flat)
+        check_args(R, input, weight, offset, mask, bias, stride, padding, dilation)
+        return torch_kernels.deform_conv_fwd(input, weight, offset, mask, bias, stride,
+                                             padding, dilation)
+
+    fwd = torch.library.custom_op(f"deformconv::{name}", forward, mutates_args=(),
+                                  schema=f"({_ARGS}, {tail}) -> Tensor")
+
+    @fwd.register_fake
+    def _(input, weight, offset, mask, bias, *flat):
+        stride, padding, dilation = params(R, flat)
+        check_args(R, input, weight, offset, mask, bias, stride, padding, dilation,
+                   shapes=_static(input, weight, offset, mask, bias))
+        out = geometry.out_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+        return input.new_empty(input.shape[0], weight.shape[0], *out)
+
+    def backward(grad_out, input, weight, offset, mask, bias, *flat_and_mask):
+        *flat, output_mask = flat_and_mask
+        grads = torch_kernels.deform_conv_bwd(grad_out, input, weight, offset, mask, bias,
+                                              *params(R, flat), output_mask)
+        # The fake implementation promises contiguous gradients (inductor checks strides).
+        return tuple(g.contiguous() for g in grads)
+
+    bwd = torch.library.custom_op(
+        f"deformconv::{name}_backward", backward, mutates_args=(),
+        schema=f"(Tensor grad_out, {_ARGS}, {tail}, bool[] output_mask) -> "
+               f"(Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+    @bwd.register_fake
+    def _(grad_out, input, weight, offset, mask, bias, *flat_and_mask):
+        need_in, need_w, need_om, need_b = flat_and_mask[-1]
+
+        def like(t, needed):
+            return t.new_empty(t.shape) if needed and t is not None else input.new_empty(0)
+
+        return (like(input, need_in), like(weight, need_w), like(offset, need_om),
+                like(mask, need_om), like(bias, need_b))
+
+    def setup_context(ctx, inputs, output):
+        input, weight, offset, mask, bias, *flat = inputs
+        ctx.save_for_backward(input, weight, offset, mask, bias)
+        ctx.flat = flat
+
+    def grad(ctx, grad_out):
+        saved = ctx.saved_tensors
+        want = [n and t is not None for n, t in zip(ctx.needs_input_grad[:5], saved)]
+        output_mask = [want[0], want[1], want[2] or want[3], want[4]]
+        grads = bwd(grad_out.contiguous(), *saved, *ctx.flat, output_mask)
+        return tuple(g if w else None for g, w in zip(grads, want)) + (None,) * len(ctx.flat)
+
+    fwd.register_autograd(grad, setup_context=setup_context)
+    forbid_double_backward(bwd, name)
+
+    @fwd.register_kernel(("cpu", "cuda"))
+    def _(input, weight, offset, mask, bias, *flat):
+        stride, padding, dilation = params(R, flat)
+        check_args(R, input, weight, offset, mask, bias, stride, padding, dilation)
+        return _run(R, "forward", "deform_conv_fwd", input, input, weight, offset, mask, bias,
+                    stride, padding, dilation)
+
+    @bwd.register_kernel(("cpu", "cuda"))
+    def _(grad_out, input, weight, offset, mask, bias, *flat_and_mask):
+        *flat, output_mask = flat_and_mask
+        grads = _run(R, "backward", "deform_conv_bwd", input, grad_out, input, weight, offset,
+                     mask, bias, *params(R, flat), output_mask)
+        return tuple(g.contiguous() for g in grads)
+
+    autocast.register(fwd, name)
+    return fwd, bwd
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, offset, mask, bias, *params = inputs
-    ctx.save_for_backward(input, weight, offset, mask, bias)
-    ctx.params = params
-
-
-def _backward(ctx, grad_out):
-    input, weight, offset, mask, bias = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    need_om = n[2] or (mask is not None and n[3])
-    output_mask = [n[0], n[1], need_om, bias is not None and n[4]]
-    gi, gw, go, gm, gb = deform_conv2d_backward_op(grad_out.contiguous(), input, weight, offset,
-                                                   mask, bias, *ctx.params, output_mask)
-    return (gi if n[0] else None, gw if n[1] else None, go if n[2] else None,
-            gm if mask is not None and n[3] else None, gb if output_mask[3] else None,
-            None, None, None, None, None, None)
-
-
-deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-forbid_double_backward(deform_conv2d_backward_op, "deform_conv2d")
+OPS: Dict[int, object] = {}
+BACKWARD_OPS: Dict[int, object] = {}
+for _R in (1, 2, 3):
+    OPS[_R], BACKWARD_OPS[_R] = _define(_R)
+deform_conv2d_op, deform_conv2d_backward_op = OPS[2], BACKWARD_OPS[2]

@@ -1,27 +1,27 @@
-"""ONNX export: our op becomes the standard ONNX ``DeformConv`` (opset 19, 22 for bfloat16).
+"""ONNX export of ``deform_conv1d/2d/3d`` to the standard ``DeformConv`` node (opset 19; 22
+for bfloat16), one route for every dimensionality.
 
-Routes, all producing the same node:
+- ``torch.onnx.export(..., dynamo=True)`` on torch >= 2.8: the public functions emit the node
+  themselves through ``torch.onnx.ops.symbolic`` (:func:`deform_conv_symbolic`). 2-D and 3-D
+  are the node itself (its layouts are ours: offsets interleaved per tap in the spatial
+  dimensions' order, mask ``(N, G*K, *o)``; no runtime implements 3-D today, onnxruntime's
+  kernel is 2-D only); 1-D is a 2-D node of unit height (a zero ``dy`` interleaved before each
+  ``dx``), exact because the upper corner of a height-1 input weighs 0.
+- Programs that call the registered op without the public function (a saved and reloaded
+  ``torch.export`` program), and every export below the opset: ``import deformconv`` wraps the
+  dynamo exporter's private entry point (``torch.onnx._internal.exporter._compat
+  .export_compat``, wrapped when torch imports it, so onnxscript is not imported before an
+  export) to add this module's translations to the export's ``custom_translation_table`` (a
+  table the user passes is kept; an entry of theirs wins) and to record the opset. The 2-D op
+  is translated to the node; every dimensionality gets the one opset check
+  (:func:`_check_opset`, a ``ValueError`` naming the opset needed). On torch without the
+  wrapper pass ``custom_translation_table=custom_translation_table()``.
+- The TorchScript exporter (``dynamo=False``): symbolics for ``deformconv::deform_conv{1,2,3}d``
+  are registered at opset 19 when this module is imported (``import deformconv`` does it).
 
-- ``torch.onnx.export(..., dynamo=True)`` (a module or an ``ExportedProgram``, also one saved
-  and loaded again): ``import deformconv`` installs a wrapper around the dynamo exporter's
-  entry point (``torch.onnx._internal.exporter._compat.export_compat``, wrapped when torch
-  imports it, so onnxscript is not imported before an export). The wrapper adds the onnxscript
-  translation of ``deformconv::deform_conv2d`` to the export's ``custom_translation_table``
-  (a table the user passes is kept; an entry of theirs for the op wins) and remembers the
-  requested opset; the translation raises a ``ValueError`` naming opset 19 when the model would
-  be written at a lower opset (onnxruntime rejects ``DeformConv`` there), and naming opset 22
-  for bfloat16. This touches a private torch module: should it move, the wrapper is not
-  installed and the fallbacks below apply.
-- Fallback without the wrapper: on torch >= 2.8 the public :func:`~deformconv.deform_conv2d`
-  emits the node itself through ``torch.onnx.ops.symbolic`` while exporting (see
-  :func:`deform_conv2d_symbolic`); on older torch pass
-  ``custom_translation_table=custom_translation_table()`` and ``opset_version=19``.
-- The TorchScript exporter (``dynamo=False``): a symbolic for ``deformconv::deform_conv2d`` is
-  registered at opset 19 when this module is imported (``import deformconv`` does it).
-
-The ONNX operator has the same numerics as ours (offsets interleaved ``dy`` first, mask not
-passed through a sigmoid, zero outside the image), so no layout conversion is needed. Only
-``torch`` is imported here; onnxscript is imported inside the function that needs it.
+The ONNX operator has our numerics (mask not passed through a sigmoid, zero outside the input),
+so no layout conversion is needed. Only ``torch`` is imported here; onnxscript is imported
+inside the function that needs it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import importlib.abc
 import importlib.util
 import inspect
 import sys
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.onnx
@@ -53,42 +53,75 @@ def export_opset():
     return _export_opset.get()
 
 
-def exporting_with_symbolic() -> bool:
-    """True inside ``torch.onnx.export(..., dynamo=True)`` on a torch that has
-    ``torch.onnx.ops.symbolic`` (2.8 and newer), where the public function emits the ONNX node.
+def exporting_with_symbolic(input: Tensor) -> bool:
+    """True inside ``torch.onnx.export(..., dynamo=True)`` on torch >= 2.8 (which has
+    ``torch.onnx.ops.symbolic``) when the export's opset has ``DeformConv`` for the input's
+    dtype: the public functions then emit the node themselves (:func:`deform_conv_symbolic`).
 
-    False under the TorchScript exporter (it traces the registered op instead), inside the
-    wrapped dynamo exporter (the op stays one node and gets its translation, which checks the
-    opset) and whenever no ONNX export runs.
+    False under the TorchScript exporter (it traces the registered op, whose symbolic is
+    registered below), below the opset (the op stays one node and its translation raises the
+    opset error) and whenever no ONNX export runs.
     """
-    return (torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
-            and _export_opset.get() is None
-            and hasattr(torch.onnx, "ops") and hasattr(torch.onnx.ops, "symbolic"))
+    if not (torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+            and hasattr(torch.onnx, "ops") and hasattr(torch.onnx.ops, "symbolic")):
+        return False
+    return _opset_ok(input.dtype == torch.bfloat16)
 
 
-def _attributes(C: int, O: int, Cg: int, kH: int, kW: int, G: int, sh: int, sw: int, ph: int,
-                pw: int, dh: int, dw: int) -> Dict[str, object]:
-    return {"dilations": [dh, dw], "group": C // Cg, "kernel_shape": [kH, kW],
-            "offset_group": G, "pads": [ph, pw, ph, pw], "strides": [sh, sw]}
+def _opset_ok(bf16: bool) -> bool:
+    """Whether the running export's opset has DeformConv (for this dtype)."""
+    opset = export_opset()
+    return opset is None or opset >= (OPSET_BFLOAT16 if bf16 else OPSET)
 
 
-def deform_conv2d_symbolic(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                           bias: Optional[Tensor], sh: int, sw: int, ph: int, pw: int, dh: int,
-                           dw: int) -> Tensor:
-    """The ONNX ``DeformConv`` node as a ``torch.onnx.ops.symbolic`` call (dynamo exporter).
+def _check_opset(bf16: bool) -> None:
+    """The one opset check of every route: a ValueError naming the opset needed."""
+    need = OPSET_BFLOAT16 if bf16 else OPSET
+    if not _opset_ok(bf16):
+        raise ValueError(
+            f"ONNX DeformConv needs opset {need} or newer{' for bfloat16' if bf16 else ''} "
+            f"(onnxruntime rejects it below); this export was asked for "
+            f"opset_version={export_opset()}: pass opset_version={need} or higher to "
+            f"torch.onnx.export")
 
-    Arguments as the registered op (already validated); batch and spatial sizes may be
-    symbolic. Returns the node's output, Tensor[N, O, oH, oW] of the input's dtype.
+
+def _attributes(C: int, Cg: int, kernel: Sequence[int], G: int, stride: Sequence[int],
+                padding: Sequence[int], dilation: Sequence[int]) -> Dict[str, object]:
+    """The node's attributes (a 1-D call is given as 2-D with a unit first dimension)."""
+    return {"dilations": list(dilation), "group": C // Cg, "kernel_shape": list(kernel),
+            "offset_group": G, "pads": list(padding) * 2, "strides": list(stride)}
+
+
+def _as_2d(stride, padding, dilation, kernel):
+    return [1, *stride], [0, *padding], [1, *dilation], [1, *kernel]
+
+
+def deform_conv_symbolic(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                         bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+                         dilation: Sequence[int]) -> Tensor:
+    """The ``DeformConv`` node as a ``torch.onnx.ops.symbolic`` call (dynamo exporter).
+
+    Arguments as the registered ops (already validated). Returns Tensor[N, O, *o] of the
+    input's dtype; batch and spatial sizes may be symbolic.
     """
-    N, C, H, W = input.shape
-    O, Cg, kH, kW = weight.shape
-    G = geometry.offset_groups(offset.shape[1], (kH, kW))
-    oH, oW = geometry.out_size((H, W), (kH, kW), (sh, sw), (ph, pw), (dh, dw))
+    R = input.dim() - 2
+    N, C = input.shape[:2]
+    O, Cg, *kernel = weight.shape
+    G = offset.shape[1] // (R * geometry.taps(kernel))
+    out = geometry.out_size(input.shape[2:], kernel, stride, padding, dilation)
+    if R == 1:  # a 2-D node of unit height
+        input, weight = input.unsqueeze(2), weight.unsqueeze(2)
+        offset = torch.stack([torch.zeros_like(offset), offset], dim=2).flatten(1, 2)
+        offset = offset.unsqueeze(2)
+        mask = mask.unsqueeze(2) if mask is not None else None
+        stride, padding, dilation, kernel = _as_2d(stride, padding, dilation, kernel)
     version = OPSET_BFLOAT16 if input.dtype == torch.bfloat16 else OPSET
-    return torch.onnx.ops.symbolic(
+    y = torch.onnx.ops.symbolic(
         "DeformConv", [input, weight, offset, bias, mask],
-        _attributes(int(C), int(O), int(Cg), int(kH), int(kW), int(G), sh, sw, ph, pw, dh, dw),
-        dtype=input.dtype, shape=(N, O, oH, oW), version=version)
+        _attributes(int(C), int(Cg), [int(k) for k in kernel], int(G), stride, padding,
+                    dilation),
+        dtype=input.dtype, shape=(N, O, *([1] if R == 1 else []), *out), version=version)
+    return y.squeeze(2) if R == 1 else y
 
 
 # The opset the running dynamo export writes, set by the wrapper (None: no wrapped export).
@@ -100,13 +133,7 @@ def _translation(input, weight, offset, mask, bias, stride_h: int, stride_w: int
                  pad_w: int, dil_h: int, dil_w: int):
     """onnxscript translation of ``deformconv::deform_conv2d`` to ``DeformConv``."""
     opset = _export_opset.get()
-    bf16 = str(getattr(input, "dtype", "")).upper().endswith("BFLOAT16")
-    need = OPSET_BFLOAT16 if bf16 else OPSET
-    if opset is not None and opset < need:
-        raise ValueError(
-            f"ONNX DeformConv needs opset {need} or newer{' for bfloat16' if bf16 else ''} "
-            f"(onnxruntime rejects it below); this export was asked for "
-            f"opset_version={opset}: pass opset_version={need} or higher to torch.onnx.export")
+    _check_opset(str(getattr(input, "dtype", "")).upper().endswith("BFLOAT16"))
     try:
         if opset is not None and opset >= OPSET_BFLOAT16:
             from onnxscript import opset22 as op
@@ -115,10 +142,19 @@ def _translation(input, weight, offset, mask, bias, stride_h: int, stride_w: int
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError("ONNX export needs onnxscript: pip install 'deformconv[onnx]'") from e
     C = input.shape[1]
-    O, Cg, kH, kW = weight.shape
+    _, Cg, kH, kW = weight.shape
     G = geometry.offset_groups(offset.shape[1], (kH, kW))
-    attrs = _attributes(C, O, Cg, kH, kW, G, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+    attrs = _attributes(C, Cg, (kH, kW), G, (stride_h, stride_w), (pad_h, pad_w),
+                        (dil_h, dil_w))
     return op.DeformConv(input, weight, offset, bias, mask, **attrs)
+
+
+def _untranslatable(input, *args, **kwargs):
+    """Translation of a 1-D/3-D node that reached the ONNX translation step: only an opset
+    without DeformConv gets here (otherwise the public function emitted the node)."""
+    _check_opset(str(getattr(input, "dtype", "")).upper().endswith("BFLOAT16"))
+    raise ValueError("deform_conv1d/3d: the dynamo ONNX export needs torch >= 2.8 "
+                     "(torch.onnx.ops.symbolic)")
 
 
 def custom_translation_table() -> Dict[Callable, Callable]:
@@ -149,7 +185,10 @@ def _wrap_export_compat(module) -> None:
         opset = kwargs.get("opset_version", default)
         if opset is None:  # torch 2.5-2.7 write their registry's opset, 18
             opset = default if default is not None else _torchlib_opset()
-        table = {torch.ops.deformconv.deform_conv2d.default: _translation, **EXTRA_TRANSLATIONS}
+        table = {torch.ops.deformconv.deform_conv2d.default: _translation,
+                 torch.ops.deformconv.deform_conv1d.default: _untranslatable,
+                 torch.ops.deformconv.deform_conv3d.default: _untranslatable,
+                 **EXTRA_TRANSLATIONS}
         table.update(kwargs.get("custom_translation_table") or {})
         kwargs["custom_translation_table"] = table
         token = _export_opset.set(opset)
@@ -212,32 +251,60 @@ def install_dynamo_translation() -> None:
         sys.meta_path.insert(0, _ExporterImportHook())
 
 
-def _torchscript_symbolic(g, input, weight, offset, mask, bias, sh, sw, ph, pw, dh, dw):
-    from torch.onnx import symbolic_helper as sym
+def _torchscript_symbolic(R: int):
+    def symbolic(g, input, weight, offset, mask, bias, *flat):
+        from torch.onnx import symbolic_helper as sym
 
-    ints = [sym._get_const(v, "i", name) for v, name in
-            ((sh, "stride_h"), (sw, "stride_w"), (ph, "pad_h"), (pw, "pad_w"), (dh, "dil_h"),
-             (dw, "dil_w"))]
-    O, Cg, kH, kW = sym._get_tensor_sizes(weight)
-    C = sym._get_tensor_dim_size(input, 1)
-    G = geometry.offset_groups(sym._get_tensor_dim_size(offset, 1), (kH, kW))
-    attrs = _attributes(C, O, Cg, kH, kW, G, *ints)
-    inputs = [input, weight, offset]
-    if not sym._is_none(mask):
-        inputs += [g.op("prim::Constant") if sym._is_none(bias) else bias, mask]
-        if sym._is_none(bias):
-            inputs[3].setType(torch._C.OptionalType.ofTensor())
-    elif not sym._is_none(bias):
-        inputs.append(bias)
-    return g.op("DeformConv", *inputs, dilations_i=attrs["dilations"], group_i=attrs["group"],
-                kernel_shape_i=attrs["kernel_shape"], offset_group_i=attrs["offset_group"],
-                pads_i=attrs["pads"], strides_i=attrs["strides"])
+        if R == 2:  # six ints: stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+            ints = [int(sym._get_const(v, "i", "stride/padding/dilation")) for v in flat]
+            stride, padding, dilation = ints[0:2], ints[2:4], ints[4:6]
+        else:
+            params = [sym._get_const(v, "is", name) for v, name in
+                      zip(flat, ("stride", "padding", "dilation"))]
+            stride, padding, dilation = ([int(i) for i in p] for p in params)
+        _, Cg, *kernel = sym._get_tensor_sizes(weight)
+        C = sym._get_tensor_dim_size(input, 1)
+        G = sym._get_tensor_dim_size(offset, 1) // (R * geometry.taps(kernel))
+        if R == 1:
+            axis = g.op("Constant", value_t=torch.tensor([2]))
+            input, weight = (g.op("Unsqueeze", t, axis) for t in (input, weight))
+            # (N, G*kW, oW) -> (N, G*kW, 2, oW) with dy = 0 -> (N, 2*G*kW, 1, oW)
+            zero = g.op("Mul", offset, g.op("Constant", value_t=torch.tensor(0.0)))
+            pairs = g.op("Concat", g.op("Unsqueeze", zero, axis),
+                         g.op("Unsqueeze", offset, axis), axis_i=2)
+            shape = g.op("Shape", offset)
+            head = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])),
+                        g.op("Constant", value_t=torch.tensor([1])))
+            tail = g.op("Constant", value_t=torch.tensor([2 * G * kernel[0], 1, -1]))
+            offset = g.op("Reshape", pairs, g.op("Concat", head, tail, axis_i=0))
+            if not sym._is_none(mask):
+                mask = g.op("Unsqueeze", mask, axis)
+            stride, padding, dilation, kernel = _as_2d(stride, padding, dilation, kernel)
+        inputs = [input, weight, offset]
+        if not sym._is_none(mask):
+            if sym._is_none(bias):
+                bias = g.op("prim::Constant")
+                bias.setType(torch._C.OptionalType.ofTensor())
+            inputs += [bias, mask]
+        elif not sym._is_none(bias):
+            inputs.append(bias)
+        a = _attributes(C, Cg, kernel, G, stride, padding, dilation)
+        y = g.op("DeformConv", *inputs, dilations_i=a["dilations"], group_i=a["group"],
+                 kernel_shape_i=a["kernel_shape"], offset_group_i=a["offset_group"],
+                 pads_i=a["pads"], strides_i=a["strides"])
+        if R == 1:
+            y = g.op("Squeeze", y, g.op("Constant", value_t=torch.tensor([2])))
+        return y
+
+    return symbolic
 
 
 def register_torchscript_symbolic() -> None:
-    """Register the TorchScript exporter's symbolic for ``deformconv::deform_conv2d``."""
-    torch.onnx.register_custom_op_symbolic("deformconv::deform_conv2d", _torchscript_symbolic,
-                                           OPSET)
+    """Register the TorchScript exporter's symbolics for ``deformconv::deform_conv{1,2,3}d``
+    (opset 19)."""
+    for R in (1, 2, 3):
+        torch.onnx.register_custom_op_symbolic(f"deformconv::deform_conv{R}d",
+                                               _torchscript_symbolic(R), OPSET)
 
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..checks import FLOATS, _autocast_mix, _check_tensor, _is_int, int_tuple
+from ..registration import check_not_functorch_autodiff
 from .library import deform_roi_pool_op
 
 _IntPair = Union[int, Tuple[int, int]]
@@ -68,6 +69,7 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
             "node. Export the model up to the pooling, or run it with torch.export or "
             "torch.jit.trace")
     check_deform_roi_pool(input, rois, offset, ph, pw)
+    check_not_functorch_autodiff("deform_roi_pool", input, rois, offset)
     return deform_roi_pool_op(input, rois, offset, ph, pw, spatial_scale, sampling_ratio, gamma)
 
 

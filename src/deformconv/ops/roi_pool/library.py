@@ -5,7 +5,8 @@
 the forward as one node. The default kernel is the pure-PyTorch one (any device); on CPU and
 CUDA ``dispatch`` chooses (Triton on CUDA when it imports, else pure PyTorch). Autocast runs
 the op in float32.
-Arguments are assumed valid: the public function checks them.
+A direct ``torch.ops.deformconv.deform_roi_pool`` call on CPU or CUDA tensors gets the public
+function's argument errors too (``check_args``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import dispatch
+from .. import autocast, checks, dispatch
 from ..registration import forbid_double_backward
 from . import torch_kernels as roi_pool_torch
-
-AUTOCAST_DTYPE = torch.float32
-AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
 
 
 @torch.library.custom_op("deformconv::deform_roi_pool", mutates_args=())
@@ -77,13 +75,21 @@ deform_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 forbid_double_backward(deform_roi_pool_backward_op, "deform_roi_pool")
 
-for _device_type in AUTOCAST_DEVICE_TYPES:
-    torch.library.register_autocast(deform_roi_pool_op, _device_type, AUTOCAST_DTYPE)
+for _device_type in autocast.DEVICE_TYPES:  # float32 (see autocast.py)
+    torch.library.register_autocast(deform_roi_pool_op, _device_type, autocast.FLOAT32)
+
+
+def check_args(input, rois, offset, pooled_h: int, pooled_w: int) -> None:
+    """The public function's checks, for direct calls of the registered op (real tensors)."""
+    from .functional import check_deform_roi_pool  # noqa: PLC0415 (it imports this module)
+
+    ph, pw = checks.int_tuple("output_size", (pooled_h, pooled_w), 2, 1)
+    check_deform_roi_pool(input, rois, offset, ph, pw)
 
 
 def _run(direction: str, fn: str, input: Tensor, *args):
-    """``fn`` on the kernels ``dispatch`` chooses (Triton ``roi_pool_launch`` or
-    ``roi_pool_torch``)."""
+    """``fn`` on the kernels ``dispatch`` chooses (Triton ``triton/launch.py`` or
+    ``torch_kernels``)."""
     return dispatch.run("deform_roi_pool", direction, fn, roi_pool_torch,
                         "roi_pool.triton.launch",
                         input.device, input.dtype, *args)
@@ -93,6 +99,7 @@ def _run(direction: str, fn: str, input: Tensor, *args):
 def _deform_roi_pool_cuda(input: Tensor, rois: Tensor, offset: Optional[Tensor], pooled_h: int,
                           pooled_w: int, spatial_scale: float, sampling_ratio: int,
                           gamma: float) -> Tensor:
+    check_args(input, rois, offset, pooled_h, pooled_w)
     return _run("forward", "deform_roi_pool_fwd", input, input, rois, offset, pooled_h,
                 pooled_w, spatial_scale, sampling_ratio, gamma)
 

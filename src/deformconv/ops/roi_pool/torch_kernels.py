@@ -264,7 +264,7 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
     """(grad_input, grad_offset); an empty tensor for a gradient not asked for.
 
     The input gradient scatters each in-range sample's four weights; the offset gradient
-    follows mmcv's rule (CONVENTIONS-ROIPOOL.md, "Gradients").
+    follows mmcv's rule (``docs/conventions.md``, "Deformable RoI pooling").
     """
     N, C, H, W = input.shape
     R = rois.shape[0]

@@ -19,6 +19,16 @@ ELEMENT = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 INDEX_SWITCHES = ("INDEX_64", "IDX64")
 
 
+def input_precision(dtype) -> str:
+    """The launchers' one TF32 rule: ``tl.dot``'s ``INPUT_PRECISION`` for data of ``dtype``.
+    float32 uses TF32 when ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the
+    flag ``nn.Conv1d/2d/3d`` follow, so a deformable layer computes like the convolution it
+    replaces); everything else is exact ("ieee")."""
+    import torch  # noqa: PLC0415 (the report imports this module without needing torch here)
+
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+
+
 def dot_precision(label: str) -> str:
     """``INPUT_PRECISION`` of ``tl.dot`` for a dtype label."""
     return "tf32" if label == "tf32" else "ieee"

@@ -1,5 +1,5 @@
 """Triton kernels of 1-D and 3-D deformable convolution (``@triton.jit`` only; launchers in
-``nd_launch.py``).
+``launch_nd.py``).
 
 One set of kernels serves both: ``R`` (1 or 3) is a compile-time constant and a 1-D problem is
 laid out as 3-D with unit depth and height (kernel ``1 x 1 x kW``); its offsets hold one

@@ -1,18 +1,17 @@
-"""Launchers of the Triton kernels: layouts, allocation, grids, block sizes.
+"""Launchers of the 2-D Triton kernels: layouts, allocation, grids, block sizes.
 
-``deform_conv2d_fwd`` and ``deform_conv2d_bwd`` have the signatures and returns of their
-namesakes in ``torch_impl`` and assume validated arguments of float16, bfloat16 or float32
-(``dispatch`` sends float64 and deterministic input gradients elsewhere). ``input`` and
-``weight`` share one dtype; ``offset``, ``mask`` and ``bias`` may be float32 beside half
-precision data (the CUDA autocast rule, ``ops/autocast.py``); every result has the dtype of
-its argument, the output the input's. They run on CUDA tensors, and on CPU tensors when the
-kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1`` set before ``kernels``
-was imported).
+``deform_conv_fwd`` and ``deform_conv_bwd`` have the signatures and returns of their namesakes
+in ``torch_kernels`` (``deform_conv2d_fwd``/``_bwd`` take the six ints of the 2-D op instead of
+three pairs) and assume validated arguments of float16, bfloat16 or float32 (``dispatch``
+sends float64, and the backward under deterministic mode, to the pure-PyTorch kernels).
+``input`` and ``weight`` share one dtype; ``offset``, ``mask`` and ``bias`` may be float32
+beside half precision data (the CUDA autocast rule, ``ops/autocast.py``); every result has the
+dtype of its argument, the output the input's. They run on CUDA tensors, and on CPU tensors
+when the kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1`` set before
+``kernels`` was imported).
 
-Dots: float16/bfloat16 on tensor cores with float32 accumulation; float32 uses TF32 when
-``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default: the flag its own float32
-convolutions follow, so a deformable layer computes like the ``nn.Conv2d`` it replaces), else
-exact float32 products.
+Dots: float16/bfloat16 on tensor cores with float32 accumulation; float32 follows the one TF32
+rule of every launcher, ``triton.spec.input_precision``.
 
 CUDA graphs: on the GPU every kernel is autotuned on its first call per key (channel counts,
 kernel size, a coarse size bucket of the map, dtypes), and the weight gradient's channel-block
@@ -37,6 +36,8 @@ from ...triton import spec
 from . import kernels
 
 INT32_LIMIT = 2 ** 31
+# Functions whose results depend on the order of atomic additions (see dispatch).
+NONDETERMINISTIC = ("deform_conv_bwd",)
 PARTIAL_BYTES = 16 << 20  # cap of the float32 split-sum buffers (forward and weight gradient)
 _AUTOTUNE_KEY = ["C", "Cg", "Og", "G", "KH", "KW", "HAS_MASK", "SIZE_BUCKET"]
 
@@ -97,10 +98,7 @@ def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs)
         fn[grid(blocks)](**kwargs, **blocks, num_warps=warps)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "ieee"
+_precision = spec.input_precision
 
 
 def _dot_upcast(t: Tensor) -> bool:
@@ -142,7 +140,7 @@ def _tap_splits(input: Tensor, programs: int, taps: int, partial_numel: int) -> 
 def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                       bias: Optional[Tensor], sh: int, sw: int, ph: int, pw: int, dh: int,
                       dw: int) -> Tensor:
-    """Forward, see ``torch_impl.deform_conv2d_fwd``: (N, C, H, W) -> (N, O, oH, oW)."""
+    """Forward, see ``torch_kernels.deform_conv_fwd``: (N, C, H, W) -> (N, O, oH, oW)."""
     gr, shape, consts = _common(input, weight, offset, mask, (sh, sw, ph, pw, dh, dw))
     N, O, oH, oW = shape["N"], shape["O"], shape["oH"], shape["oW"]
     P = N * oH * oW
@@ -196,7 +194,7 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                       mask: Optional[Tensor], bias: Optional[Tensor], sh: int, sw: int,
                       ph: int, pw: int, dh: int, dw: int,
                       output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of (input, weight, offset, mask, bias), see ``torch_impl.deform_conv2d_bwd``.
+    """Gradients of (input, weight, offset, mask, bias), see ``torch_kernels.deform_conv_bwd``.
     Those not asked for come back empty."""
     need_in, need_w, need_om, need_b = output_mask
     gr, shape, consts = _common(input, weight, offset, mask, (sh, sw, ph, pw, dh, dw))
@@ -251,3 +249,19 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     if need_b and bias is not None:
         gb = grad_out.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
     return gi, gw, g_off, g_mask, gb
+
+
+def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                    bias: Optional[Tensor], stride, padding, dilation) -> Tensor:
+    """The forward with the signature every launcher shares (``stride``, ``padding``,
+    ``dilation``: pairs)."""
+    return deform_conv2d_fwd(input, weight, offset, mask, bias, *stride, *padding, *dilation)
+
+
+def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
+                    mask: Optional[Tensor], bias: Optional[Tensor], stride, padding, dilation,
+                    output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backward with the signature every launcher shares; the input gradient scatters
+    with atomics (``NONDETERMINISTIC``)."""
+    return deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, *stride, *padding,
+                             *dilation, output_mask)

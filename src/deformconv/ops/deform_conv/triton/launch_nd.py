@@ -1,14 +1,14 @@
 """Launchers of the 1-D/3-D Triton kernels (``nd_kernels.py``): layouts, allocation, grids.
 
-``deform_conv_nd_fwd`` and ``deform_conv_nd_bwd`` have the signatures and returns of their
-namesakes in ``torch_impl_nd`` and assume validated arguments. They run on CUDA tensors, and on
+``deform_conv_fwd`` and ``deform_conv_bwd`` have the signatures and returns of their
+namesakes in ``torch_kernels`` and assume validated arguments. They run on CUDA tensors, and on
 CPU tensors when the kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1``
 set before this module was imported), which is how the tests run them.
 
-float16/bfloat16/float32 run here with float32 accumulation; float64 goes to the pure-PyTorch
-path. The forward, the offset/mask gradients and the weight gradient (split partial sums added
-here) are deterministic; the input gradient scatters with atomics, and under
-``torch.use_deterministic_algorithms(True)`` comes from ``torch_impl_nd`` instead.
+float16/bfloat16/float32 run here with float32 accumulation (``dispatch`` sends float64 to the
+pure-PyTorch kernels). The forward, the offset/mask gradients and the weight gradient (split
+partial sums added here) are deterministic; the input gradient scatters with atomics
+(``NONDETERMINISTIC``: ``dispatch`` runs the backward on PyTorch under deterministic mode).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import Tensor
 import triton
 
 from ... import geometry
-from .. import torch_kernels_nd as torch_impl_nd
+from ...triton import spec
 from . import kernels_nd as nd_kernels
 from .kernels_nd import gpu_blocks
 
@@ -35,6 +35,8 @@ INTERPRETER_BLOCKS: Dict[str, Dict[str, int]] = {
 # Fill outputs that kernels must write completely with NaN first (tests set it).
 DEBUG_FILL_NAN = False
 _INT32_LIMIT = 2 ** 31 - 1
+# Functions whose results depend on the order of atomic additions (see dispatch).
+NONDETERMINISTIC = ("deform_conv_bwd",)
 
 
 _LABELS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -78,19 +80,15 @@ def _setup(input: Tensor, weight: Tensor, offset: Tensor, stride, padding, dilat
                  sd=sd, sh=sh, sw=sw, pd=pd, ph=ph, pw=pw, dd=dd, dh=dh, dw=dw)
     biggest = max(x.numel(), offset.numel(), N * O * oD * oH * oW, w.numel())
     consts = dict(KD=kD, KH=kH, KW=kW, R=R, IDX64=biggest > _INT32_LIMIT // 2,
-                  INPUT_PRECISION=("tf32" if input.dtype == torch.float32
-                                   and torch.backends.cuda.matmul.allow_tf32 else "ieee"),
+                  INPUT_PRECISION=spec.input_precision(input.dtype),
                   DOT_UPCAST=not input.is_cuda and input.dtype == torch.bfloat16)
     return x, w, grp, tuple(out), sizes, consts
 
 
-def deform_conv_nd_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
                        bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
                        dilation: Sequence[int]) -> Tensor:
-    """Forward, see ``torch_impl_nd.deform_conv_nd_fwd``: (N, C, *S) -> (N, O, *o)."""
-    if input.dtype == torch.float64:
-        return torch_impl_nd.deform_conv_nd_fwd(input, weight, offset, mask, bias, stride,
-                                                padding, dilation)
+    """Forward, see ``torch_kernels.deform_conv_fwd``: (N, C, *S) -> (N, O, *o)."""
     x, w, grp, out_sz, sizes, consts = _setup(input, weight, offset, stride, padding, dilation)
     out = _new((input.shape[0], weight.shape[0], *out_sz), input)
     if out.numel() == 0:
@@ -112,16 +110,12 @@ def _on(t: Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
+def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
                        mask: Optional[Tensor], bias: Optional[Tensor], stride: Sequence[int],
                        padding: Sequence[int], dilation: Sequence[int],
                        output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of (input, weight, offset, mask, bias), as ``torch_impl_nd``'s."""
-    if input.dtype == torch.float64:
-        return torch_impl_nd.deform_conv_nd_bwd(grad_out, input, weight, offset, mask, bias,
-                                                stride, padding, dilation, output_mask)
+    """Gradients of (input, weight, offset, mask, bias), as ``torch_kernels``'s."""
     need_in, need_w, need_om, need_b = output_mask
-    deterministic_in = need_in and torch.are_deterministic_algorithms_enabled()
     x, w, grp, _, sizes, consts = _setup(input, weight, offset, stride, padding, dilation)
     N, C, *size = input.shape
     go = grad_out.contiguous()
@@ -129,7 +123,7 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
     msk = mask.contiguous() if mask is not None else off
     empty = input.new_empty(0)
     g_in = g_w = g_off = g_mask = g_b = empty
-    run_in = need_in and not deterministic_in
+    run_in = need_in
     if sizes["P"] > 0 and (run_in or need_om):
         gin = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if run_in else x
         goff = _new(offset.shape, offset) if need_om else off
@@ -153,10 +147,6 @@ def deform_conv_nd_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: 
         g_mask = torch.zeros_like(mask) if mask is not None else empty
     if need_in and sizes["P"] == 0:
         g_in = torch.zeros_like(input)
-    if deterministic_in:
-        g_in = torch_impl_nd.deform_conv_nd_bwd(grad_out, input, weight, offset, mask, bias,
-                                                stride, padding, dilation,
-                                                [True, False, False, False])[0]
     if need_w:
         g_w = _weight_grad(x, off, msk, go, weight, grp, sizes, consts, mask is not None)
     if need_b and bias is not None:

@@ -1,5 +1,5 @@
 """Triton kernels of deformable RoI pooling (``@triton.jit`` only; launchers in
-``roi_pool_launch.py``).
+``launch.py``).
 
 One program per (region, bin) and block of ``BLOCK_C`` channels. Layouts (all contiguous):
 

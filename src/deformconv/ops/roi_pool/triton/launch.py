@@ -5,10 +5,11 @@ namesakes in ``roi_pool_torch`` and assume validated arguments. They run on CUDA
 on CPU tensors when the kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1``
 set before Triton is imported), which is how the tests run them without a GPU.
 
-Dtypes: float16/bfloat16/float32 compute in float32; float64 goes to ``roi_pool_torch``.
-Determinism: the forward and the offset gradient are deterministic (per-channel-block partial
-sums added here); the input gradient uses atomics, so under
-``torch.use_deterministic_algorithms(True)`` it comes from ``roi_pool_torch`` instead.
+Dtypes: float16/bfloat16/float32 compute in float32 (``dispatch`` sends float64 to
+``roi_pool_torch``). Determinism: the forward and the offset gradient are deterministic
+(per-channel-block partial sums added here); the input gradient uses atomics
+(``NONDETERMINISTIC``: under ``torch.use_deterministic_algorithms(True)`` ``dispatch`` runs the
+backward on ``roi_pool_torch``).
 
 The channel blocks and warps used on a GPU (``GPU_BLOCKS_C``, ``num_warps``) live beside the
 kernels, whose ``KERNEL_SPECS`` the offline register/spill report compiles.
@@ -23,7 +24,6 @@ from torch import Tensor
 
 import triton
 
-from .. import torch_kernels as roi_pool_torch
 from . import kernels
 from .kernels import GPU_BLOCKS_C, num_warps
 
@@ -33,6 +33,8 @@ INTERPRETER_BLOCK_C = 4
 # Fill outputs the kernels must write completely with NaN first (tests set it), so a tile a
 # kernel forgot fails loudly.
 DEBUG_FILL_NAN = False
+# Functions whose results depend on the order of atomic additions (see dispatch).
+NONDETERMINISTIC = ("deform_roi_pool_bwd",)
 INT32_MAX = 2**31 - 1
 
 
@@ -71,9 +73,6 @@ def deform_roi_pool_fwd(input: Tensor, rois: Tensor, offset: Optional[Tensor], p
                         pw: int, spatial_scale: float, sampling_ratio: int,
                         gamma: float) -> Tensor:
     """Forward, see ``roi_pool_torch.deform_roi_pool_fwd``."""
-    if input.dtype == torch.float64:
-        return roi_pool_torch.deform_roi_pool_fwd(input, rois, offset, ph, pw, spatial_scale,
-                                                  sampling_ratio, gamma)
     N, C, H, W = input.shape
     R = rois.shape[0]
     out = _new((R, C, ph, pw), input)
@@ -93,17 +92,7 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
                         gamma: float, need_input: bool,
                         need_offset: bool) -> Tuple[Tensor, Tensor]:
     """(grad_input, grad_offset), see ``roi_pool_torch.deform_roi_pool_bwd``."""
-    if input.dtype == torch.float64:
-        return roi_pool_torch.deform_roi_pool_bwd(grad_out, input, rois, offset, ph, pw,
-                                                  spatial_scale, sampling_ratio, gamma,
-                                                  need_input, need_offset)
     need_offset = need_offset and offset is not None
-    gi_det = None
-    if need_input and torch.are_deterministic_algorithms_enabled():
-        gi_det = roi_pool_torch.deform_roi_pool_bwd(grad_out, input, rois, offset, ph, pw,
-                                                    spatial_scale, sampling_ratio, gamma,
-                                                    True, False)[0]
-        need_input = False
     N, C, H, W = input.shape
     R = rois.shape[0]
     dt = input.dtype
@@ -126,9 +115,7 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
             g_off = partial.sum(0).to(dt)
     if need_offset and g_off is None:
         g_off = torch.zeros(offset.shape, dtype=dt, device=input.device)
-    if gi_det is not None:
-        gi = gi_det
-    elif need_input:
+    if need_input:
         gi = g_in.permute(0, 3, 1, 2).to(dt).contiguous()
     else:
         gi = empty
