@@ -21,9 +21,13 @@ file gives each one's method, its GPU-time estimate and the device commands that
 - ``bench``: the 2-D benchmark of the issue (six shapes, bfloat16/float16/float32, forward and
   forward+backward, peak memory; contenders cuDNN ``conv2d``, torchvision, deformops, ours);
 - ``bench_nd``, ``bench_roi``: 1-D/3-D convolution and deformable RoI pooling on the GPU;
-- ``ncu``: Nsight Compute on one forward and one backward of ours, bfloat16, one main shape;
+- ``msda``: multi-scale deformable attention (``gpu_ms_deform_attn.py``): the Triton kernels
+  against the float64 oracle and the grid_sample formula, deterministic mode, and time and
+  peak memory at Deformable DETR's encoder and decoder scales against the grid_sample
+  fallback and deformops' MSDA;
 - ``dcnv3``: DCNv3/DCNv4 against the float64 oracle and timed at InternImage-T's stage shapes
-  (``gpu_dcnv3.py``).
+  (``gpu_dcnv3.py``);
+- ``ncu``: Nsight Compute on one forward and one backward of ours, bfloat16, one main shape.
 
 Each step writes ``STEP.json`` (a list of rows, rewritten as rows arrive, so a command cut
 off at its time limit still leaves what it measured) under ``--out``; its last row has
@@ -51,7 +55,7 @@ ROOT = HERE.parents[1]
 # The targeted checks come first, so the pytest step's Triton compiles hit the disk cache they
 # filled, and a budget squeezes the broad suite rather than them.
 STEPS = {"correctness": 150, "compile": 90, "pytest": 300, "sanitizer": 240, "bench": 240,
-         "bench_nd": 90, "bench_roi": 60, "ncu": 150, "dcnv3": 120}
+         "bench_nd": 90, "bench_roi": 60, "msda": 120, "dcnv3": 120, "ncu": 150}
 
 
 def parse_steps(text: str) -> list:
@@ -205,12 +209,13 @@ def step_functions() -> dict:
     import gpu_bench as bench
     import gpu_checks as checks
     import gpu_dcnv3
+    import gpu_ms_deform_attn as msda
     import gpu_tools as tools
     return {"pytest": checks.step_pytest, "correctness": checks.step_correctness,
             "compile": checks.step_compile, "sanitizer": tools.step_sanitizer,
             "bench": bench.step_bench, "bench_nd": bench.step_bench_nd,
-            "bench_roi": bench.step_bench_roi, "ncu": tools.step_ncu,
-            "dcnv3": gpu_dcnv3.step_dcnv3}
+            "bench_roi": bench.step_bench_roi, "msda": msda.step_msda,
+            "dcnv3": gpu_dcnv3.step_dcnv3, "ncu": tools.step_ncu}
 
 
 def main(argv=None):
