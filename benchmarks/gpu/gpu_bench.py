@@ -30,14 +30,17 @@ DRY_MAIN = [((1, 4, 3, 4), 4)]  # with a 1x1 kernel: the interpreter is slow
 DTYPES = ("bfloat16", "float16", "float32")
 OURS, FLOOR, ND_R2 = "deformconv", "cudnn_conv2d", "deformconv_nd_r2"
 CONTENDERS = (FLOOR, "torchvision", "deformops", OURS, ND_R2)
-# Seconds on the GPU machine per (shape, dtype) of the 2-D benchmark: the first shape of a
-# dtype pays our kernels' compiles (prewarmed by the correctness step when it ran: autotuning
-# only), the N-D family's 3 kernels and cuDNN's algorithm search; every later shape pays
-# autotuning (2-3 configurations x 3 kernels, ~0.2 s each) and the timing itself
-# (5 contenders x 2 modes x (reps + 3) calls of 1-40 ms). README.md "Estimates".
-FIRST_SHAPE_S = {"bfloat16": 25, "float16": 15, "float32": 15}
-DEFORMOPS_FIRST_S = 20   # its 40 configurations: compiled by the correctness step's workers
-SHAPE_S = 10
+# Seconds on the GPU machine per (shape, dtype) of the 2-D benchmark (README.md "Estimates"):
+# every shape pays our autotuning (8 configurations of 3 kernels x ~0.2 s), cuDNN's algorithm
+# search and the timing itself (5 contenders x 2 modes x (reps + 3) calls of 1-50 ms): SHAPE_S;
+# deformops' autotuner times its 40 configurations at each new size: DEFORMOPS_SHAPE_S. The
+# first shape of a dtype loads the kernels the correctness step compiled (FIRST_SHAPE_S; their
+# compiles, if that step did not run: 8 configurations x ~2.5 s) and deformops' 40
+# (DEFORMOPS_FIRST_S).
+FIRST_SHAPE_S = {"bfloat16": 5, "float16": 5, "float32": 5}
+DEFORMOPS_FIRST_S = 8
+DEFORMOPS_SHAPE_S = 8
+SHAPE_S = 5
 
 
 def shape_name(shape, O) -> str:
@@ -256,7 +259,7 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3, skip=No
         torch.cuda.empty_cache()
 
 
-def bench_shapes(rec, ctx, dname, shapes, main, compiled=False):
+def bench_shapes(rec, ctx, dname, shapes, main, compiled=False, deformops=True):
     """The 2-D benchmark in ``dname`` at ``shapes``; a shape whose estimate no longer fits the
     budget is a row saying so (the next, smaller one may still fit)."""
     torch, dev = ctx.torch, ctx.dev
@@ -264,14 +267,18 @@ def bench_shapes(rec, ctx, dname, shapes, main, compiled=False):
     torch.backends.cudnn.allow_tf32 = False  # float32 rows: TF32 off (stated in every row)
     torch.backends.cudnn.benchmark = True    # the floor: cuDNN's fastest algorithm per shape
     skip = {}
-    if dname not in ctx.deformops_dtypes:
+    if not deformops:
+        skip["deformops"] = ("skipped: not on the small maps (its autotuner times 40 "
+                             "configurations at each new size)")
+    elif dname not in ctx.deformops_dtypes:
         skip["deformops"] = (f"skipped: not in --deformops-dtypes ({','.join(ctx.deformops_dtypes)}"
                              "): its autotuner compiles 40 configurations per dtype")
     try:
         for i, (shape, O) in enumerate(DRY_MAIN if ctx.dry else shapes):
             first = i == 0 and not compiled
-            est = SHAPE_S + (FIRST_SHAPE_S[dname] if first else 0) + (
-                DEFORMOPS_FIRST_S if first and "deformops" not in skip else 0)
+            dops = "deformops" not in skip
+            est = (SHAPE_S + (FIRST_SHAPE_S[dname] if first else 0)
+                   + (DEFORMOPS_SHAPE_S + (DEFORMOPS_FIRST_S if first else 0) if dops else 0))
             if not ctx.fits(est):
                 rec.add(shape=shape_name(shape, O), main=main, dtype=dname, contender=None,
                         status_shape="skipped", estimate_s=est,
@@ -303,7 +310,7 @@ def step_bench_fp32(rec, ctx):
 def step_bench_small(rec, ctx):
     """The small FPN maps, bfloat16 and float16 (kernels compiled by the main shapes)."""
     for dname in ("bfloat16",) if ctx.dry else ("bfloat16", "float16"):
-        bench_shapes(rec, ctx, dname, SMALL_SHAPES, False, compiled=True)
+        bench_shapes(rec, ctx, dname, SMALL_SHAPES, False, compiled=True, deformops=False)
 
 
 def autotune_choices() -> list:
@@ -325,10 +332,11 @@ def autotune_choices() -> list:
 
 # --- 1-D/3-D and RoI pooling -------------------------------------------------------------------
 
-# Seconds per (shape, dtype): the kernels are compiled by the correctness step (fixed blocks,
-# no autotuning); the 3-D shape's forward+backward is the longest call (~10 ms), x 2 contenders
-# x (reps + 2) rounds; RoI pooling likewise, plus torchvision's roi_align.
-ND_UNIT_S = 8
+# Seconds per (shape, dtype): the N-D kernels at the benchmark's specialisation are compiled
+# by the correctness step's hostile cases (fixed blocks, no autotuning); the 3-D shape's
+# forward+backward is the longest call (~10-20 ms) x 2 contenders x (reps + 2) rounds. RoI
+# pooling: its compiles (~8 configurations x 0.7 s per dtype) in the first unit, timing.
+ND_UNIT_S = 5
 ROI_UNIT_S = 5
 DRY_ROI = dict(N=1, C=4, H=6, W=8, R=6, output_size=2, spatial_scale=1 / 2)
 

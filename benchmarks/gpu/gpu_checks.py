@@ -187,7 +187,9 @@ def nd_cases(dry: bool) -> dict:
         "1d-groups2-og3-stride-dil": (_P(N=2, C=24, O=20, size=(29,), kernel=(3,), stride=2,
                                          padding=2, dilation=2, groups=2, offset_groups=3),
                                       False),
-        "1d-hostile": (_P(N=2, C=32, O=16, size=(23,), kernel=(5,), padding=2), True),
+        # the 1-D and 3-D hostile cases have the benchmark's specialisations (kernel 3,
+        # stride/dilation 1, padding 1, one group, channels multiples of 16)
+        "1d-hostile": (_P(N=2, C=32, O=16, size=(23,), kernel=(3,), padding=1), True),
         "3d-k3x2x3-stride-dil": (_P(N=1, C=16, O=8, size=(5, 7, 6), kernel=(3, 2, 3),
                                     stride=(1, 2, 1), padding=(1, 1, 2), dilation=(1, 1, 2),
                                     offset_groups=2), False),
@@ -315,10 +317,11 @@ class ListRecorder:
 class WorkerContext:
     """What an operator module's ``correctness(rec, ctx)`` reads, in a worker process."""
 
-    def __init__(self, torch, dry: bool):
+    def __init__(self, torch, dry: bool, dtypes=None):
         self.torch, self.dry = torch, dry
         self.dev = "cpu" if dry else "cuda"
         self.reps = 1
+        self.dtypes = tuple(dtypes) if dtypes else DTYPES
 
 
 def _worker_setup(dry: bool):
@@ -379,8 +382,10 @@ def hostile_task(dry: bool) -> list:
     return rec.rows
 
 
-def operator_task(op: str, dry: bool) -> list:
-    """The ``correctness(rec, ctx)`` of an operator module of ``run_gpu.OPERATOR_MODULES``."""
+def operator_task(op: str, dry: bool, dtype: str = None) -> list:
+    """The ``correctness(rec, ctx)`` of an operator module of ``run_gpu.OPERATOR_MODULES``;
+    ``ctx.dtypes`` is ``(dtype,)`` when given (a module with ``CORRECTNESS_BY_DTYPE = True``
+    gets one task per dtype, so that its compiles spread over the workers)."""
     torch, dev = _worker_setup(dry)
     import run_gpu
     rec = ListRecorder()
@@ -390,7 +395,7 @@ def operator_task(op: str, dry: bool) -> list:
                 skipped=f"skipped: {run_gpu.OPERATOR_MODULES[op]}.py is not in this tree")
         return rec.rows
     try:
-        mod.correctness(rec, WorkerContext(torch, dry))
+        mod.correctness(rec, WorkerContext(torch, dry, (dtype,) if dtype else None))
     except Exception as e:  # noqa: BLE001 - a failed row; the other tasks go on
         rec.add(check="oracle", operator=op, passed=False,
                 error=f"{type(e).__name__}: {str(e)[:500]}")
@@ -440,26 +445,33 @@ def deformops_warm_task(part: int, parts: int, dname: str, dry: bool) -> list:
 
 
 def correctness_tasks(dry: bool, operators=(), deformops_dtypes=("bfloat16",)) -> list:
-    """``(function name, args)`` of the correctness step, the slowest first so that the
-    compiles overlap: one task per 2-D case and dtype (each a compile specialisation), the
-    1-D/3-D cases per dtype, RoI pooling per dtype, the hostile checks, each operator
-    module, deformops' configurations in ``DEFORMOPS_PARTS`` shares, the pure-PyTorch path
-    (2-D, float32) once."""
+    """``(function name, args)`` of the correctness step, the longest first (by their
+    compiles: README.md "Estimates") so that the workers finish together: the hostile checks
+    (two new 2-D specialisations in two dtypes, and RoI pooling), each operator module (one
+    task per dtype where it asks for it), the 1-D/3-D cases per dtype, deformops'
+    configurations in ``DEFORMOPS_PARTS`` shares, one task per 2-D case and dtype (each a
+    compile specialisation), RoI pooling per dtype, and the pure-PyTorch path (2-D, float32)
+    once, last."""
+    import run_gpu
     dtypes = ("float32",) if dry else DTYPES
-    tasks = []
+    tasks = [("hostile_task", (dry,))]
+    for op in operators:
+        mod = run_gpu.operator_module(op)
+        if mod is not None and getattr(mod, "CORRECTNESS_BY_DTYPE", False) and not dry:
+            tasks += [("operator_task", (op, dry, d)) for d in dtypes]
+        else:
+            tasks.append(("operator_task", (op, dry)))
+    tasks += [("oracle_task", ("triton", d, list(nd_cases(dry)), dry)) for d in dtypes]
+    tasks += [("deformops_warm_task", (i, DEFORMOPS_PARTS, d, dry))
+              for d in deformops_dtypes for i in range(1 if dry else DEFORMOPS_PARTS)]
     for name in oracle_cases(dry):
         if name == "batch0":
             continue
         for d in dtypes:
             tasks.append(("oracle_task", ("triton", d, [name] + (["batch0"] if d == dtypes[0]
                                                                   else []), dry)))
-    tasks += [("operator_task", (op, dry)) for op in operators]
-    tasks += [("deformops_warm_task", (i, DEFORMOPS_PARTS, d, dry))
-              for d in deformops_dtypes for i in range(1 if dry else DEFORMOPS_PARTS)]
-    tasks += [("oracle_task", ("triton", d, list(nd_cases(dry)), dry)) for d in dtypes]
     tasks += [("roi_task", (d, dry)) for d in dtypes]
-    tasks += [("hostile_task", (dry,)),
-              ("oracle_task", ("torch", "float32", list(oracle_cases(dry)), dry))]
+    tasks.append(("oracle_task", ("torch", "float32", list(oracle_cases(dry)), dry)))
     return tasks
 
 
@@ -501,14 +513,14 @@ def step_correctness(rec, ctx):
                 try:
                     rows = f.result()
                 except Exception as e:  # noqa: BLE001 - a crashed worker: a failed row
-                    rows = [{"check": name.replace("_task", ""), "task": list(args[:-1]),
+                    rows = [{"check": name.replace("_task", ""), "task": list(args),
                              "passed": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}]
                 for r in rows:
                     rec.add(**r)
         for f in pending:
             name, args = futures[f]
             f.cancel()
-            rec.add(check=name.replace("_task", ""), task=list(args[:-1]), passed=False,
+            rec.add(check=name.replace("_task", ""), task=list(args), passed=False,
                     skipped=f"budget: not finished within {limit:.0f} s")
         if pending:
             for proc in list(getattr(ex, "_processes", {}).values()):

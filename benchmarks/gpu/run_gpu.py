@@ -58,13 +58,16 @@ ROOT = HERE.parents[1]
 OPERATOR_MODULES = {"dcnv3": "gpu_dcnv3", "msda": "gpu_ms_deform_attn"}
 
 # Step -> estimated GPU-machine seconds (Triton compiles included), which --budget plans with.
-# From the compile times measured offline for sm_90a (``compile_times.py``, results in
-# results/compile_seconds_sm90a.json; README.md "Estimates" gives the arithmetic): about 2-4 s
-# per kernel configuration here, on 2 loaded cores.
+# Compiles: results/compile_seconds_sm90a.json (compile_times.py, offline for sm_90a) measured
+# a median of 1.8-2.8 s per 2-D or N-D kernel configuration, 0.6-1.4 s for RoI pooling, DCNv3
+# and MSDA, on a loaded 2-core machine (an upper bound for the GPU machine's 16 cores).
+# Autotuning: ~0.2 s per configuration and key (Triton's 25 + 100 ms benchmark). README.md
+# "Estimates" gives each step's arithmetic.
+STARTUP_S = 15  # python, torch, CUDA's start, before the first step
 ESTIMATES = {
-    "correctness": 110, "bench_bf16": 75, "bench_fp16": 40, "bench_fp32": 35,
-    "bench_small": 15, "bench_nd": 35, "bench_roi": 20, "bench_dcnv3": 30, "bench_msda": 30,
-    "compile": 60, "sanitizer": 150, "pytest": 120,
+    "correctness": 90, "bench_bf16": 65, "bench_fp16": 30, "bench_fp32": 30,
+    "bench_small": 20, "bench_nd": 20, "bench_roi": 20, "bench_dcnv3": 30, "bench_msda": 25,
+    "compile": 45, "sanitizer": 150, "pytest": 120,
 }
 PLANS = {
     1: ["correctness", "bench_bf16", "bench_fp16", "bench_fp32", "bench_small", "bench_nd",
@@ -305,7 +308,7 @@ def step_functions() -> dict:
 
 
 def plan_text(steps) -> str:
-    lines, total = [], 0
+    lines, total = [f"{'start':14s} {STARTUP_S:4d} s"], STARTUP_S
     for s in steps:
         total += ESTIMATES[s]
         lines.append(f"{s:14s} {ESTIMATES[s]:4d} s  (cumulative {total:4d} s) -> "
