@@ -315,7 +315,7 @@ def step_bench_small(rec, ctx):
 
 def autotune_choices() -> list:
     """The configuration Triton's autotuner chose for each 2-D kernel and autotune key seen
-    in this process (for the tuning of issue 10): ``launch._tuned``'s autotuners' caches."""
+    in this process: ``launch._tuned``'s autotuners' caches."""
     try:
         from deformconv.ops.deform_conv.triton import launch
         rows = []

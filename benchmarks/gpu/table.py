@@ -3,7 +3,7 @@
     python benchmarks/gpu/table.py RESULTS_DIR [--json]
 
 Reads every ``*.json`` list of rows in RESULTS_DIR (``bench.json`` gives the table) and prints
-(a) one Markdown table per dtype of the 2-D benchmark and (b) each goal of issue 10 with its
+(a) one Markdown table per dtype of the 2-D benchmark and (b) each goal with its
 measured ratio and whether it is met. ``--json`` prints the goals as JSON instead.
 
 Goals (bfloat16, geometric mean over the four main shapes, ours = ``deformconv``):
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         return 0
     dry = any(r.get("dry_run") for r in rows)
     print(markdown_tables(rows))
-    print("Goals of issue 10:\n")
+    print("Goals:\n")
     print(goals_markdown(gs, dry))
     return 0
 
