@@ -158,6 +158,32 @@ def test_operator_modules_plug_into_both_phases(tmp_path, monkeypatch):
     assert [a[0] for n, a in tasks if n == "operator_task"] == ["fake", "absent"]
 
 
+@pytest.mark.slow
+def test_worker_tasks_past_their_time_are_rows_and_the_workers_end(tmp_path, monkeypatch):
+    """Two spawned workers: a quick task's rows arrive, a task that would hang is given up
+    after 1.5 x the estimate (10 s floor) as a row, and the step returns (about 15 s)."""
+    (tmp_path / "gpu_fake_tasks.py").write_text(
+        "import time\n"
+        "def quick(x):\n"
+        "    return [{'check': 'quick', 'x': x, 'passed': True}]\n"
+        "def hang(x):\n"
+        "    time.sleep(600)\n"
+        "    return []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ctx = _ctx(tmp_path, 1000)
+    ctx.args.workers = 2
+    rec = run_gpu.Recorder(tmp_path, "correctness", META)
+    t0 = __import__("time").perf_counter()
+    gpu_checks.run_step_tasks(rec, ctx, [("gpu_fake_tasks:hang", (1,)),
+                                         ("gpu_fake_tasks:quick", (2,))], estimate=4)
+    assert __import__("time").perf_counter() - t0 < 40
+    assert rec.rows[0] == {**META, "step": "correctness", "check": "quick", "x": 2,
+                           "passed": True}
+    late = rec.rows[1]
+    assert late["passed"] is False and "budget" in late["skipped"]
+    assert late["task"] == [1]
+
+
 def test_correctness_tasks_cover_every_operator_and_the_torch_path_once():
     tasks = gpu_checks.correctness_tasks(False, tuple(run_gpu.OPERATOR_MODULES))
     names = [n for n, _ in tasks]

@@ -479,11 +479,18 @@ def step_correctness(rec, ctx):
     """Every task of :func:`correctness_tasks` in spawned worker processes (``--workers``),
     rows recorded as each task ends; tasks still pending when the step's share of the budget
     is spent are rows saying so."""
+    import run_gpu
+    tasks = correctness_tasks(ctx.dry, tuple(run_gpu.OPERATOR_MODULES), ctx.deformops_dtypes)
+    run_step_tasks(rec, ctx, tasks, run_gpu.ESTIMATES["correctness"])
+
+
+def run_step_tasks(rec, ctx, tasks, estimate: float) -> None:
+    """``tasks`` (``(name, args)``, see :func:`run_task`) in ``--workers`` spawned processes,
+    each task's rows recorded as it ends; what is pending after 1.5 x ``estimate`` seconds
+    (or a minute before the budget ends) is a row saying so, and the workers are ended."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    import run_gpu
-    tasks = correctness_tasks(ctx.dry, tuple(run_gpu.OPERATOR_MODULES), ctx.deformops_dtypes)
     workers = max(1, min(ctx.args.workers, len(tasks)))
     if workers > 1:
         try:
@@ -493,12 +500,12 @@ def step_correctness(rec, ctx):
             workers = 1
     if workers == 1:  # in this process (the dry run's default: spawning costs seconds)
         for name, args in tasks:
-            for r in globals()[name](*args):
+            for r in run_task(name, args):
                 rec.add(**r)
         return
     # The step may run past its estimate by half before what is left is given up.
     limit = (None if ctx.remaining() == float("inf") else
-             max(30.0, min(ctx.remaining() - 60, 1.5 * run_gpu.ESTIMATES["correctness"])))
+             max(10.0, min(ctx.remaining() - 60, 1.5 * estimate)))
     t0 = time.perf_counter()
     with pool as ex:
         futures = {ex.submit(run_task, name, args): (name, args) for name, args in tasks}
@@ -529,6 +536,11 @@ def step_correctness(rec, ctx):
 
 
 def run_task(name: str, args) -> list:
+    """Run the task function ``name`` of this module, or ``"module:function"``."""
+    if ":" in name:
+        import importlib
+        mod, fn = name.split(":")
+        return getattr(importlib.import_module(mod), fn)(*args)
     return globals()[name](*args)
 
 
