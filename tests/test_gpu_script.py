@@ -69,6 +69,17 @@ def test_the_first_command_runs_correctness_then_bfloat16_then_the_rest():
     assert run_gpu.STARTUP_S + sum(run_gpu.ESTIMATES[s] for s in plan) <= 420
 
 
+def test_plan_prints_the_steps_in_order_with_their_estimates(capsys):
+    assert run_gpu.main(["--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["start"] + run_gpu.PLANS[1]
+    total = run_gpu.STARTUP_S + sum(run_gpu.ESTIMATES[s] for s in run_gpu.PLANS[1])
+    assert f"cumulative {total:4d} s" in lines[-1]
+    assert run_gpu.main(["--plan", "--command", "2"]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == [
+        "start", "sanitizer", "pytest"]
+
+
 def _ctx(tmp_path, budget, steps=(), dry=False):
     args = run_gpu._args(["--out", str(tmp_path)] + (["--budget", str(budget)]
                                                      if budget is not None else []))
@@ -221,10 +232,10 @@ def test_rows_are_on_disk_as_they_arrive_and_a_failing_step_is_a_row(tmp_path):
     assert len(seen[0]) == 1 and seen[0][0]["check"] == "a"  # written before the step ended
     rows = json.loads((tmp_path / "demo.json").read_text())
     assert rows[-1]["status"] == "error" and "boom" in rows[-1]["error"]
-    assert rec.failed() and not run_gpu.step_done(tmp_path / "demo.json")
+    assert rec.failed()
     ok = run_gpu.run_step("fine", lambda rec, ctx: rec.add(check="b", passed=True), tmp_path,
                           META, None)
-    assert not ok.failed() and run_gpu.step_done(tmp_path / "fine.json")
+    assert not ok.failed() and ok.rows[-1]["status"] == "done"
     assert all(r["commit"] == "c0ffee" and r["step"] == "fine" for r in ok.rows)
 
 

@@ -219,15 +219,6 @@ def _match_key(r: dict) -> tuple:
                                          "sampling_ratio"))
 
 
-def step_done(path: Path, step: str = None) -> bool:
-    try:
-        rows = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    done = [r for r in rows if r.get("status") == "done" and step in (None, r.get("step"))]
-    return bool(done) if step else bool(rows) and rows[-1].get("status") == "done"
-
-
 def run_step(name, fn, out, meta, ctx, file: RowFile = None) -> Recorder:
     """Run ``fn(rec, ctx)``; an exception becomes an ``error`` status row, never a crash."""
     rec = Recorder(out, name, meta, file)
