@@ -1,12 +1,15 @@
-"""The benchmarks of ``run_gpu.py``: steps ``bench`` (2-D, issue 10 item 3), ``bench_nd`` and
-``bench_roi``.
+"""The benchmarks of ``run_gpu.py``: steps ``bench_bf16``, ``bench_fp16``, ``bench_fp32`` (the
+four main 2-D shapes), ``bench_small`` (small FPN maps), ``bench_nd`` and ``bench_roi``.
 
-``bench``: 3x3, padding 1, offsets N(0, 2^2) pixels, masks U(0, 1), weights scaled to unit
-output variance; each shape in bfloat16, float16 and float32 (TF32 off: cuDNN's flag, which
-our kernels and conv2d follow); contenders in one process, alternating within every repeat:
-cuDNN ``conv2d`` (the floor), torchvision ``deform_conv2d`` (float16 and float32: it has no
-bfloat16 kernel), deformops (``deformops.integrations.torchvision.deform_conv2d``), ours.
-A contender that is missing or fails is a row with the reason, never a crash.
+2-D: 3x3, padding 1, offsets N(0, 2^2) pixels, masks U(0, 1), weights scaled to unit output
+variance; float32 with TF32 off (cuDNN's flag, which our kernels and conv2d follow);
+contenders in one process, alternating within every repeat: cuDNN ``conv2d`` (the floor),
+torchvision ``deform_conv2d`` (float16 and float32: it has no bfloat16 kernel), deformops
+(``deformops.integrations.torchvision.deform_conv2d``; in ``--deformops-dtypes`` only, its
+autotuner compiles 40 configurations per dtype), ours, and the 1-D/3-D kernel family called
+at R=2 through its launcher (``deformconv_nd_r2``). A contender that is missing or fails is a
+row with the reason, never a crash; a shape whose estimate no longer fits the budget is a row
+saying so.
 """
 
 from __future__ import annotations
@@ -25,8 +28,19 @@ MAIN_SHAPES = [((8, 128, 100, 168), 128), ((8, 256, 50, 84), 256), ((8, 512, 25,
 SMALL_SHAPES = [((1, 256, 13, 21), 256), ((1, 256, 25, 42), 256)]
 DRY_MAIN = [((1, 4, 3, 4), 4)]  # with a 1x1 kernel: the interpreter is slow
 DTYPES = ("bfloat16", "float16", "float32")
-CONTENDERS = ("cudnn_conv2d", "torchvision", "deformops", "deformconv")
-OURS, FLOOR = "deformconv", "cudnn_conv2d"
+OURS, FLOOR, ND_R2 = "deformconv", "cudnn_conv2d", "deformconv_nd_r2"
+CONTENDERS = (FLOOR, "torchvision", "deformops", OURS, ND_R2)
+# Seconds on the GPU machine per (shape, dtype) of the 2-D benchmark (README.md "Estimates"):
+# every shape pays our autotuning (8 configurations of 3 kernels x ~0.2 s), cuDNN's algorithm
+# search and the timing itself (5 contenders x 2 modes x (reps + 3) calls of 1-50 ms): SHAPE_S;
+# deformops' autotuner times its 40 configurations at each new size: DEFORMOPS_SHAPE_S. The
+# first shape of a dtype loads the kernels the correctness step compiled (FIRST_SHAPE_S; their
+# compiles, if that step did not run: 8 configurations x ~2.5 s) and deformops' 40
+# (DEFORMOPS_FIRST_S).
+FIRST_SHAPE_S = {"bfloat16": 5, "float16": 5, "float32": 5}
+DEFORMOPS_FIRST_S = 8
+DEFORMOPS_SHAPE_S = 8
+SHAPE_S = 5
 
 
 def shape_name(shape, O) -> str:
@@ -76,11 +90,47 @@ def _call_fn(name):
         from deformconv import deform_conv2d
         return lambda x, off, w, b, m, s, p, d: deform_conv2d(x, off, w, b, stride=s,
                                                               padding=p, dilation=d, mask=m)
+    if name == ND_R2:
+        return nd_r2_function()
     raise ValueError(f"unknown contender {name!r}")
 
 
+def nd_r2_function():
+    """The 1-D/3-D kernel family's launchers called on 2-D tensors (R=2), with an autograd
+    wrapper: ``f(x, offset, w, b, mask, stride, padding, dilation)``."""
+    import torch
+
+    from deformconv.ops.deform_conv.triton import launch_nd
+
+    class NdR2(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, off, w, b, m, s, p, d):
+            ctx.save_for_backward(x, off, w, b, m)
+            ctx.geometry = (s, p, d)
+            return launch_nd.deform_conv_nd_fwd(input=x, weight=w, offset=off, mask=m, bias=b,
+                                                stride=s, padding=p, dilation=d)
+
+        @staticmethod
+        def backward(ctx, go):
+            x, off, w, b, m = ctx.saved_tensors
+            s, p, d = ctx.geometry
+            gi, gw, goff, gm, gb = launch_nd.deform_conv_nd_bwd(
+                grad_out=go, input=x, weight=w, offset=off, mask=m, bias=b, stride=s,
+                padding=p, dilation=d, output_mask=[True] * 4)
+            return gi, goff, gw, gb, gm, None, None, None
+
+    def call(x, off, w, b, m, s, p, d):
+        try:
+            return NdR2.apply(x, off, w, b, m, tuple(s), tuple(p), tuple(d))
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            raise RuntimeError(f"the 1-D/3-D launcher cannot take R=2 yet: "
+                               f"{type(e).__name__}: {e}") from e
+    return call
+
+
 def version_of(name) -> str:
-    mod = {"torchvision": "torchvision", "deformops": "deformops", OURS: "deformconv"}.get(name)
+    mod = {"torchvision": "torchvision", "deformops": "deformops", OURS: "deformconv",
+           ND_R2: "deformconv"}.get(name)
     if mod is None:
         return "torch"
     try:
@@ -126,9 +176,10 @@ def peak_bytes(torch, dev, fn):
     return peak
 
 
-def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3):
+def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3, skip=None):
     """All contenders at one shape and dtype; rows as the issue asks. ``warmup=None``: no
-    probe call either (the dry run; a failure then shows while timing)."""
+    probe call either (the dry run; a failure then shows while timing). ``skip``: contender
+    -> the reason it does not run here."""
     dtype = getattr(torch, dname)
     p = problem(shape, O, k)
     t = p.tensors(dtype, dev, 0)
@@ -142,6 +193,9 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3):
     for name in CONTENDERS:
         if name == "torchvision" and dname == "bfloat16":
             reasons[name] = "skipped: torchvision's deform_conv2d has no bfloat16 kernel"
+            continue
+        if skip and name in skip:
+            reasons[name] = skip[name]
             continue
         try:
             c = Contender(torch, name, t, gy, kw)
@@ -205,34 +259,63 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3):
         torch.cuda.empty_cache()
 
 
-def step_bench(rec, ctx):
+def bench_shapes(rec, ctx, dname, shapes, main, compiled=False, deformops=True):
+    """The 2-D benchmark in ``dname`` at ``shapes``; a shape whose estimate no longer fits the
+    budget is a row saying so (the next, smaller one may still fit)."""
     torch, dev = ctx.torch, ctx.dev
     old = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cudnn.allow_tf32 = False  # float32 rows: TF32 off (stated in every row)
     torch.backends.cudnn.benchmark = True    # the floor: cuDNN's fastest algorithm per shape
+    skip = {}
+    if not deformops:
+        skip["deformops"] = ("skipped: not on the small maps (its autotuner times 40 "
+                             "configurations at each new size)")
+    elif dname not in ctx.deformops_dtypes:
+        skip["deformops"] = (f"skipped: not in --deformops-dtypes ({','.join(ctx.deformops_dtypes)}"
+                             "): its autotuner compiles 40 configurations per dtype")
     try:
-        shapes = ([(s, True) for s in DRY_MAIN] if ctx.dry else
-                  [(s, True) for s in MAIN_SHAPES] + [(s, False) for s in SMALL_SHAPES])
-        for (shape, O), main in shapes:
-            # the largest shape's three dtypes take well under a minute on an H100
-            if ctx.remaining() - ctx.reserve_after("bench") < 45:
-                rec.add(shape=shape_name(shape, O), main=main, contender=None,
-                        skipped=f"budget: {ctx.remaining():.0f} s left")
-                print(f"{shape_name(shape, O)}: skipped, budget", flush=True)
+        for i, (shape, O) in enumerate(DRY_MAIN if ctx.dry else shapes):
+            first = i == 0 and not compiled
+            dops = "deformops" not in skip
+            est = (SHAPE_S + (FIRST_SHAPE_S[dname] if first else 0)
+                   + (DEFORMOPS_SHAPE_S + (DEFORMOPS_FIRST_S if first else 0) if dops else 0))
+            if not ctx.fits(est):
+                rec.add(shape=shape_name(shape, O), main=main, dtype=dname, contender=None,
+                        status_shape="skipped", estimate_s=est,
+                        skipped=f"budget: {ctx.remaining():.0f} s left, shape estimated at "
+                                f"{est} s")
+                print(f"{shape_name(shape, O)} {dname}: skipped, budget", flush=True)
                 continue
-            for dname in DTYPES:
-                bench_one(rec, torch, dev, shape, O, dname, ctx.reps, main,
-                          warmup=None if ctx.dry else 2, k=1 if ctx.dry else 3)
+            bench_one(rec, torch, dev, shape, O, dname, ctx.reps, main,
+                      warmup=None if ctx.dry else 2, k=1 if ctx.dry else 3, skip=skip)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = old
+
+
+def step_bench_bf16(rec, ctx):
+    bench_shapes(rec, ctx, "bfloat16", MAIN_SHAPES, True)
+
+
+def step_bench_fp16(rec, ctx):
+    bench_shapes(rec, ctx, "float16", MAIN_SHAPES, True)
+
+
+def step_bench_fp32(rec, ctx):
+    bench_shapes(rec, ctx, "float32", MAIN_SHAPES, True)
     if not ctx.dry:
         for row in autotune_choices():
             rec.add(**row)
 
 
+def step_bench_small(rec, ctx):
+    """The small FPN maps, bfloat16 and float16 (kernels compiled by the main shapes)."""
+    for dname in ("bfloat16",) if ctx.dry else ("bfloat16", "float16"):
+        bench_shapes(rec, ctx, dname, SMALL_SHAPES, False, compiled=True, deformops=False)
+
+
 def autotune_choices() -> list:
     """The configuration Triton's autotuner chose for each 2-D kernel and autotune key seen
-    in this process (for the tuning of issue 10): ``launch._tuned``'s autotuners' caches."""
+    in this process: ``launch._tuned``'s autotuners' caches."""
     try:
         from deformconv.ops.deform_conv.triton import launch
         rows = []
@@ -249,6 +332,20 @@ def autotune_choices() -> list:
 
 # --- 1-D/3-D and RoI pooling -------------------------------------------------------------------
 
+# Seconds per (shape, dtype): the N-D kernels at the benchmark's specialisation are compiled
+# by the correctness step's hostile cases (fixed blocks, no autotuning); the 3-D shape's
+# forward+backward is the longest call (~10-20 ms) x 2 contenders x (reps + 2) rounds. RoI
+# pooling: its compiles (~8 configurations x 0.7 s per dtype) in the first unit, timing.
+ND_UNIT_S = 5
+ROI_UNIT_S = 5
+DRY_ROI = dict(N=1, C=4, H=6, W=8, R=6, output_size=2, spatial_scale=1 / 2)
+
+
+def _dry_nd():
+    from deformconv.testing import Problem
+    return [Problem(N=1, C=4, O=4, size=(16,), kernel=(3,), padding=1),
+            Problem(N=1, C=2, O=2, size=(2, 3, 3), kernel=(1, 1, 2), padding=0)]
+
 def step_bench_nd(rec, ctx):
     """1-D and 3-D deformable convolution against cuDNN's conv1d/conv3d of the same shape,
     at ``benchmarks/nd_cpu.py``'s shapes, float32 and bfloat16, forward and forward+backward,
@@ -264,10 +361,15 @@ def step_bench_nd(rec, ctx):
     torch.backends.cudnn.allow_tf32 = False
     try:
         with use_backend("torch" if ctx.dry else "auto"):
-            for p in nd_cpu.QUICK if ctx.dry else nd_cpu.SHAPES:
+            for p in _dry_nd() if ctx.dry else nd_cpu.SHAPES:
                 deform, conv = {1: (deform_conv1d, F.conv1d), 3: (deform_conv3d, F.conv3d)}[
                     p.ndim]
-                for dtype in (torch.float32, torch.bfloat16):
+                for dtype in (torch.bfloat16, torch.float32):
+                    if not ctx.fits(ND_UNIT_S):
+                        rec.add(shape=p.name, dtype=str(dtype).replace("torch.", ""),
+                                contender=None, estimate_s=ND_UNIT_S,
+                                skipped=f"budget: {ctx.remaining():.0f} s left")
+                        continue
                     _bench_nd_one(rec, torch, dev, tm, p, deform, conv, dtype, ctx.reps)
     finally:
         torch.backends.cudnn.allow_tf32 = old
@@ -314,14 +416,20 @@ def step_bench_roi(rec, ctx):
     torch, dev = ctx.torch, ctx.dev
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import roi_pool_cpu
-    shapes = [roi_pool_cpu.QUICK] if ctx.dry else [
+    shapes = [DRY_ROI] if ctx.dry else [
         roi_pool_cpu.SHAPE, dict(N=2, C=256, H=100, W=168, R=2000, output_size=7,
                                  spatial_scale=1 / 8)]
     with use_backend("torch" if ctx.dry else "auto"):
         for shape in shapes:
-            for dtype in (torch.float32, torch.bfloat16):
+            for dtype in (torch.bfloat16, torch.float32):
+                if not ctx.fits(ROI_UNIT_S):
+                    rec.add(shape=str(shape), dtype=str(dtype), contender=None,
+                            estimate_s=ROI_UNIT_S, skipped=f"budget: {ctx.remaining():.0f} s left")
+                    continue
                 for r in roi_pool_cpu.run(torch, shape, ctx.reps, dev, dtype,
                                           warmup=0 if ctx.dry else 2):
                     r = {k: v for k, v in r.items() if k not in ("gpu", "torch", "triton",
                                                                  "commit")}
-                    rec.add(**{**r, "shape": str(r.get("shape")), "dtype": str(dtype)})
+                    rec.add(**{**r, "shape": str(r.get("shape")),
+                               "dtype": str(dtype).replace("torch.", ""),
+                               "ours": r.get("contender") == "deform_roi_pool"})

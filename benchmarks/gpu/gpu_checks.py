@@ -22,15 +22,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-# TF32 keeps 10 explicit mantissa bits. Converting a float32 operand costs at most u = 2**-11
-# relative when it is rounded to nearest (cuDNN, cvt.rna) and u = 2**-10 when the tensor cores
-# simply drop the low 13 bits of a float32 register (what a Triton tf32 dot may do), so a
-# product is off by at most 2u + u**2 <= 1.95e-3 (float32 accumulation adds ~1e-7). Allowed:
-# 10x that worst per-product bound, as TOLERANCE allows ~10x the measured error for the other
-# dtypes. The error is relative to max(1, max |expected|): rounding errors of random sign over
-# the C*K terms of a dot grow like sqrt(C*K), as the dot does, and truncation's bias (toward
-# zero) scales the result by at most (1 - 2u), so one product's bound holds for the sum.
-TF32_TOLERANCE = 10 * 2 * 2.0 ** -10          # 1.95e-2
 HOSTILE_VALUES = (float("nan"), float("inf"), -float("inf"), 1e30, -1e30)
 
 
@@ -103,9 +94,8 @@ def step_pytest(rec, ctx):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         interrupted = False
-        limit = ctx.args.pytest_timeout
-        if ctx.remaining() != float("inf"):  # leave the later steps their estimated time
-            limit = max(60, min(limit, ctx.remaining() - ctx.reserve_after("pytest") - 30))
+        # the time left, less what SIGINT, the summary and the JUnit file take
+        limit = 600 if ctx.remaining() == float("inf") else max(20, int(ctx.remaining() - 25))
         try:
             out, _ = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -152,47 +142,74 @@ def tf32(torch, on: bool):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def oracle_cases(dry: bool) -> dict:
-    """name -> (Problem, hostile offsets?). Weights scaled to unit output variance."""
+def _P(**kw):
+    """A Problem with 2-pixel offsets and weights scaled to unit output variance."""
     from deformconv.testing import Problem
+    kw.setdefault("offset_scale", 2.0)
+    C, g = kw.get("C", 4), kw.get("groups", 1)
+    k = kw.get("kernel", (3, 3))
+    taps = 1
+    for v in k:
+        taps *= v
+    return Problem(weight_scale=(C // g * taps) ** -0.5, **kw)
 
-    def P(**kw):
-        kw.setdefault("offset_scale", 2.0)
-        C, g, k = kw.get("C", 4), kw.get("groups", 1), kw.get("kernel", (3, 3))
-        return Problem(weight_scale=(C // g * k[0] * k[1]) ** -0.5, **kw)
+
+def oracle_cases(dry: bool) -> dict:
+    """2-D: name -> (Problem, hostile offsets?). Each case is one compile specialisation of
+    the kernels (the compiles dominate the step); ``hostile`` has the main benchmark shapes'
+    specialisation (3x3, stride/padding/dilation 1, one group, channels multiples of 16), so
+    it also compiles the kernels the benchmark steps then find in Triton's disk cache."""
     if dry:  # the script's code path: one- and two-tap kernels (interpreted 3x3 is slow)
-        return {"groups2-og3": (P(N=1, C=6, O=4, size=(3, 4), kernel=(1, 1), padding=0,
-                                  groups=2, offset_groups=3), False),
-                "hostile": (P(N=1, C=2, O=2, size=(3, 4), kernel=(1, 2), padding=0), True),
-                "batch0": (P(N=0, C=4, O=4, size=(3, 4), kernel=(1, 1), padding=0), False)}
+        return {"groups2-og3": (_P(N=1, C=6, O=4, size=(3, 4), kernel=(1, 1), padding=0,
+                                   groups=2, offset_groups=3), False),
+                "hostile": (_P(N=1, C=2, O=2, size=(3, 4), kernel=(1, 2), padding=0), True),
+                "batch0": (_P(N=0, C=4, O=4, size=(3, 4), kernel=(1, 1), padding=0), False)}
     return {
         # offset groups of 8 channels straddle conv groups of 12; C not a multiple of 16
-        "groups2-og3": (P(N=2, C=24, O=20, size=(11, 13), groups=2, offset_groups=3), False),
-        "stride2-dil2": (P(N=1, C=64, O=48, size=(9, 10), stride=2, dilation=2, padding=1),
-                         False),
-        "kernel3x2-asym": (P(N=2, C=32, O=16, size=(12, 9), kernel=(3, 2), stride=(2, 1),
-                             padding=(1, 2), dilation=(1, 2)), False),
-        "kernel5x3-depthwise": (P(N=1, C=16, O=32, size=(10, 8), kernel=(5, 3),
-                                  padding=(2, 1), groups=16, offset_groups=4), False),
-        "v1-nomask-nobias": (P(N=2, C=20, O=12, size=(7, 9), mask=False, bias=False), False),
-        "batch0": (P(N=0, C=16, O=8, size=(7, 8)), False),
-        "hostile": (P(N=2, C=32, O=24, size=(9, 11), offset_groups=2), True),
-        "big-offsets": (P(N=2, C=16, O=16, size=(8, 8), offset_scale=8.0), False),
+        "groups2-og3": (_P(N=2, C=24, O=20, size=(11, 13), groups=2, offset_groups=3), False),
+        # non-square kernel, stride, dilation and padding different in each direction
+        "k3x2-stride-dil": (_P(N=2, C=32, O=16, size=(12, 9), kernel=(3, 2), stride=(2, 1),
+                               padding=(1, 2), dilation=(2, 2)), False),
+        # NaN, inf, 1e30 offsets at the benchmark's specialisation (C, O multiples of 16)
+        "hostile": (_P(N=2, C=64, O=64, size=(9, 11), offset_scale=8.0), True),
+        "batch0": (_P(N=0, C=16, O=8, size=(7, 8)), False),
+    }
+
+
+def nd_cases(dry: bool) -> dict:
+    """1-D and 3-D: name -> (Problem, hostile offsets?)."""
+    if dry:
+        return {"1d-groups2-og3": (_P(N=1, C=6, O=4, size=(7,), kernel=(1,), padding=0,
+                                      groups=2, offset_groups=3), False),
+                "3d-hostile": (_P(N=1, C=2, O=2, size=(2, 3, 3), kernel=(1, 1, 2),
+                                  padding=0), True)}
+    return {
+        "1d-groups2-og3-stride-dil": (_P(N=2, C=24, O=20, size=(29,), kernel=(3,), stride=2,
+                                         padding=2, dilation=2, groups=2, offset_groups=3),
+                                      False),
+        # the 1-D and 3-D hostile cases have the benchmark's specialisations (kernel 3,
+        # stride/dilation 1, padding 1, one group, channels multiples of 16)
+        "1d-hostile": (_P(N=2, C=32, O=16, size=(23,), kernel=(3,), padding=1), True),
+        "3d-k3x2x3-stride-dil": (_P(N=1, C=16, O=8, size=(5, 7, 6), kernel=(3, 2, 3),
+                                    stride=(1, 2, 1), padding=(1, 1, 2), dilation=(1, 1, 2),
+                                    offset_groups=2), False),
+        "3d-hostile": (_P(N=1, C=16, O=16, size=(4, 5, 6), kernel=(3, 3, 3), padding=1), True),
     }
 
 
 def poison(torch, p, t: dict, seed: int = 7):
     """Put NaN, +-inf and +-1e30 into ~15% of the (sample, tap, position) offsets of ``t`` (in
-    place, one of dy or dx each). Returns the boolean (N, G*K, oH, oW) map of poisoned taps."""
+    place, one component each). Returns the boolean (N, G*K, *out) map of poisoned taps."""
     g = torch.Generator().manual_seed(seed)
     off = t["offset"]
-    N, two_gk, *o = off.shape
-    sel = torch.rand(N, two_gk // 2, *o, generator=g) < 0.15
-    which = torch.randint(0, 2, sel.shape, generator=g)        # 0: dy, 1: dx
+    R = p.ndim
+    N, rgk, *o = off.shape
+    sel = torch.rand(N, rgk // R, *o, generator=g) < 0.15
+    which = torch.randint(0, R, sel.shape, generator=g)
     vals = torch.tensor(HOSTILE_VALUES, dtype=torch.float64)[
         torch.randint(0, len(HOSTILE_VALUES), sel.shape, generator=g)]
-    full = off.detach().cpu().double().view(N, two_gk // 2, 2, *o)
-    for comp in (0, 1):
+    full = off.detach().cpu().double().view(N, rgk // R, R, *o)
+    for comp in range(R):
         hit = sel & (which == comp)
         full[:, :, comp][hit] = vals[hit]
     with torch.no_grad():
@@ -201,14 +218,16 @@ def poison(torch, p, t: dict, seed: int = 7):
 
 
 def compare_oracle(torch, p, dtype, dev, backend, hostile, tol, seed=0) -> dict:
-    """Forward and the five gradients of the registered op on ``backend`` against the float64
-    oracle on the same rounded inputs. Hostile offsets: the oracle runs with the original
-    offsets and the poisoned taps masked out (the convention: they contribute 0), and the
-    mask gradient of a poisoned tap is 0."""
-    from deformconv import deform_conv2d, use_backend
+    """Forward and every gradient of the registered op of ``p``'s dimension on ``backend``
+    against the float64 oracle on the same rounded inputs. Hostile offsets: the oracle runs
+    with the original offsets and the poisoned taps masked out (the convention: they
+    contribute 0), and the mask gradient of a poisoned tap is 0."""
+    import deformconv
+    from deformconv import use_backend
     from deformconv.ops.deform_conv.reference import deform_conv_ref
-    from deformconv.testing import outputs_and_grads, relative_error
+    from deformconv.testing import outputs_and_grads
 
+    fn = getattr(deformconv, f"deform_conv{p.ndim}d")
     t = p.tensors(dtype, dev, seed)
     go = p.grad_out(dtype, dev, seed + 1)
     t64 = {k: (v.detach().cpu().double() if v is not None else None) for k, v in t.items()}
@@ -223,19 +242,24 @@ def compare_oracle(torch, p, dtype, dev, backend, hostile, tol, seed=0) -> dict:
             v.requires_grad_()
     t64 = {k: (v.requires_grad_() if v is not None else None) for k, v in t64.items()}
     with use_backend(backend):
-        got = outputs_and_grads(deform_conv2d, p, t, go)
+        got = outputs_and_grads(fn, p, t, go)
     want = outputs_and_grads(deform_conv_ref, p, t64, go.cpu().double())
     if bad is not None:
         want["mask"] = want["mask"].masked_fill(bad, 0.0)
+    return _verdict(torch, got, want, {k: (dtype if k == "output" else t[k].dtype)
+                                       for k in want}, dev, tol)
+
+
+def _verdict(torch, got: dict, want: dict, dtypes: dict, dev, tol) -> dict:
+    from deformconv.testing import relative_error
     errors, problems = {}, []
     for k, e in want.items():
         a = got[k]
         if tuple(a.shape) != tuple(e.shape):
             problems.append(f"{k}: shape {tuple(a.shape)} != {tuple(e.shape)}")
             continue
-        want_dtype = dtype if k == "output" else t[k].dtype
-        if a.dtype != want_dtype or a.device.type != dev:
-            problems.append(f"{k}: {a.dtype} on {a.device}, expected {want_dtype} on {dev}")
+        if a.dtype != dtypes[k] or a.device.type != dev:
+            problems.append(f"{k}: {a.dtype} on {a.device}, expected {dtypes[k]} on {dev}")
         finite = bool(torch.isfinite(a).all()) if a.numel() else True
         errors[k] = relative_error(a, e) if finite else float("inf")
         if not finite:
@@ -245,94 +269,38 @@ def compare_oracle(torch, p, dtype, dev, backend, hostile, tol, seed=0) -> dict:
             "problems": problems, "passed": not problems and worst <= tol}
 
 
-VARIANTS = (("float32", False), ("float32", True), ("float16", False), ("bfloat16", False))
+def compare_roi_oracle(torch, p, dtype, dev, tol, seed=0) -> dict:
+    """Deformable RoI pooling (every kind of region of ``testing.ROI_KINDS``: tiny,
+    degenerate, inverted, partly and wholly outside) forward, input and offset gradients
+    against the float64 oracle."""
+    from deformconv import deform_roi_pool
+    from deformconv.ops.roi_pool.reference import deform_roi_pool_ref
+
+    t = p.tensors(dtype, dev, seed, requires_grad=True)
+    go = p.grad_out(dtype, dev, seed + 1)
+    out = deform_roi_pool(t["input"], t["rois"], t["offset"], **p.kwargs())
+    leaves = [t["input"]] + ([t["offset"]] if t["offset"] is not None else [])
+    grads = torch.autograd.grad(out, leaves, go)
+    got = {"output": out.detach(), "input": grads[0]}
+    c = {k: (v.detach().cpu().double() if v is not None else None) for k, v in t.items()}
+    ref, g_in, g_off = deform_roi_pool_ref(c["input"], c["rois"], c["offset"],
+                                           grad_out=go.cpu().double(), **p.kwargs())
+    want = {"output": ref, "input": g_in}
+    if t["offset"] is not None:
+        got["offset"], want["offset"] = grads[1], g_off
+    return _verdict(torch, got, want, dict.fromkeys(want, dtype), dev, tol)
 
 
-def _spy(torch):
-    """A dispatch mode that records the dtypes going into and out of deformconv's ops."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Spy(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            name = str(getattr(func, "name", lambda: func)())
-            if name.startswith("deformconv::"):
-                def dt(v):
-                    if isinstance(v, torch.Tensor):
-                        return str(v.dtype).replace("torch.", "")
-                    if isinstance(v, (tuple, list)):
-                        return [dt(x) for x in v]
-                    return None
-                self.calls.append({"op": name, "args": [dt(a) for a in args
-                                                        if isinstance(a, torch.Tensor)],
-                                   "out": dt(out)})
-            return out
-    return Spy()
+def roi_cases(dry: bool) -> dict:
+    from deformconv.testing import RoIProblem
+    if dry:
+        return {"offsets": RoIProblem(N=1, C=2, H=4, W=5, R=7, output_size=(2, 2))}
+    return {"offsets": RoIProblem(N=2, C=16, H=13, W=17, R=21, output_size=(3, 3)),
+            "no-offset-sr2": RoIProblem(N=2, C=24, H=9, W=11, R=14, output_size=(2, 3),
+                                        sampling_ratio=2, offset=False)}
 
 
-def check_autocast(torch, dev, low) -> dict:
-    """Under autocast(low): the op gets input/weight/bias in ``low`` and offsets/mask in
-    float32 (CUDA; on CPU everything float32), the output has that dtype, the backward op
-    returns the offset and mask gradients in float32, and the values match the float64
-    oracle on the cast arguments within TOLERANCE of the autocast dtype."""
-    from deformconv import deform_conv2d
-    from deformconv.ops.autocast import cuda_cast
-    from deformconv.ops.deform_conv.reference import deform_conv_ref
-    from deformconv.testing import TOLERANCE, outputs_and_grads, relative_error
-
-    p = oracle_cases(dev == "cpu")["groups2-og3"][0]
-    t = p.tensors(torch.float32, dev, 0, requires_grad=True)
-    go = p.grad_out(torch.float32, dev, 1)
-    args = [t[k] for k in ("input", "weight", "offset", "mask", "bias")]
-    if dev == "cuda":
-        cast = cuda_cast(*[a.detach() for a in args], low)
-        data, pos = low, torch.float32
-    else:
-        cast = [a.detach() for a in args]
-        data = pos = torch.float32
-    spy = _spy(torch)
-    with spy:
-        with torch.autocast(dev, dtype=low):
-            out = deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], mask=t["mask"],
-                                **p.kwargs())
-        names = ("input", "offset", "weight", "bias", "mask")
-        grads = torch.autograd.grad(out, [t[k] for k in names], go.to(out.dtype))
-    c64 = dict(zip(("input", "weight", "offset", "mask", "bias"),
-                   (c.double().cpu().requires_grad_() for c in cast)))
-    want = outputs_and_grads(deform_conv_ref, p, c64, go.cpu().double())
-    got = {"output": out, **dict(zip(names, grads))}
-    tol = TOLERANCE[data]
-    errors = {k: relative_error(got[k], want[k]) for k in want}
-    s = lambda d: str(d).replace("torch.", "")  # noqa: E731
-    problems = []
-    fwd = [c for c in spy.calls if c["op"].endswith("deform_conv2d")
-           or c["op"].endswith("deform_conv2d.default")]
-    bwd = [c for c in spy.calls if "backward" in c["op"]]
-    want_args = [s(data), s(data), s(pos), s(pos), s(data)]  # input, weight, offset, mask, bias
-    if not fwd:
-        problems.append("the forward op was not seen")
-    elif fwd[0]["args"] != want_args:
-        problems.append(f"forward op args {fwd[0]['args']}, expected {want_args}")
-    if out.dtype != data:
-        problems.append(f"output {out.dtype}, expected {data}")
-    want_grads = [s(data), s(data), s(pos), s(pos), s(data)]
-    # A dispatch mode follows autograd onto its device threads in current PyTorch; should
-    # one not, the row says so (backward_seen) and the leaves' dtypes are still checked.
-    if bwd and bwd[0]["out"] != want_grads:
-        problems.append(f"backward op returned {bwd[0]['out']}, expected {want_grads} "
-                        "(input, weight, offset, mask, bias)")
-    for k, g in zip(names, grads):
-        if g.dtype != t[k].dtype:
-            problems.append(f"grad of {k}: {g.dtype}, expected the leaf's {t[k].dtype}")
-    worst = max(errors.values())
-    return {"autocast_dtype": s(low), "op_forward": fwd[:1], "op_backward": bwd[:1],
-            "backward_seen": bool(bwd),
-            "errors": errors, "max_rel_error": worst, "tolerance": tol, "problems": problems,
-            "passed": not problems and worst <= tol}
+DTYPES = ("bfloat16", "float16", "float32")  # float32 with TF32 off
 
 
 class ListRecorder:
@@ -346,7 +314,20 @@ class ListRecorder:
         return fields
 
 
+class WorkerContext:
+    """What an operator module's ``correctness(rec, ctx)`` reads, in a worker process."""
+
+    def __init__(self, torch, dry: bool, dtypes=None):
+        self.torch, self.dry = torch, dry
+        self.dev = "cpu" if dry else "cuda"
+        self.reps = 1
+        self.dtypes = tuple(dtypes) if dtypes else DTYPES
+
+
 def _worker_setup(dry: bool):
+    for p in (str(HERE), str(ROOT / "src")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
     import torch
     if dry:  # CPU tensors through the Triton launchers, as in the parent
         from deformconv.ops import dispatch
@@ -354,45 +335,163 @@ def _worker_setup(dry: bool):
     return torch, "cpu" if dry else "cuda"
 
 
-def oracle_task(backend: str, dname: str, on: bool, dry: bool) -> list:
-    """One backend and dtype variant over every case (a worker process's share)."""
+def oracle_task(backend: str, dname: str, cases: list, dry: bool) -> list:
+    """The 2-D or N-D ``cases`` (names of :func:`oracle_cases` / :func:`nd_cases`) on one
+    backend in one dtype, float32 with TF32 off."""
     torch, dev = _worker_setup(dry)
     from deformconv.testing import TOLERANCE
 
     rec = ListRecorder()
     dtype = getattr(torch, dname)
-    tol = TF32_TOLERANCE if on else TOLERANCE[dtype]
-    for name, (p, hostile) in oracle_cases(dry).items():
-        with tf32(torch, on):
+    table = {**oracle_cases(dry), **nd_cases(dry)}
+    for name in cases:
+        p, hostile = table[name]
+        with tf32(torch, False):
             guard(rec, functools.partial(compare_oracle, torch, p, dtype, dev, backend,
-                                         hostile, tol),
-                  check="oracle", backend=backend, dtype=dname, tf32="on" if on else "off",
-                  case=name, problem=p.name, hostile=hostile)
+                                         hostile, TOLERANCE[dtype]),
+                  check="oracle", operator=f"deform_conv{p.ndim}d", backend=backend,
+                  dtype=dname, tf32="off", case=name, problem=p.name, hostile=hostile)
     return rec.rows
 
 
-def autocast_task(dname: str, dry: bool) -> list:
+def roi_task(dname: str, dry: bool) -> list:
+    torch, dev = _worker_setup(dry)
+    from deformconv.testing import TOLERANCE
+    rec = ListRecorder()
+    dtype = getattr(torch, dname)
+    for name, p in roi_cases(dry).items():
+        guard(rec, functools.partial(compare_roi_oracle, torch, p, dtype, dev,
+                                     TOLERANCE[dtype]),
+              check="oracle", operator="deform_roi_pool", backend="auto", dtype=dname,
+              case=name)
+    return rec.rows
+
+
+def hostile_task(dry: bool) -> list:
+    """``gpu_child``'s hostile checks in this process: the 2-D op with NaN/inf/1e30/3e38
+    offsets and RoI pooling with hostile regions through the raw op; all finite, regions with
+    a batch index out of range pool to 0 (command 2 runs the same under compute-sanitizer)."""
+    torch, dev = _worker_setup(dry)
+    import gpu_child
+    rec = ListRecorder()
+
+    def run():
+        gpu_child.run_hostile(torch, dev)
+        return {"passed": True}
+    guard(rec, run, check="hostile", operator="deform_conv2d+deform_roi_pool")
+    return rec.rows
+
+
+def operator_task(op: str, dry: bool, dtype: str = None) -> list:
+    """The ``correctness(rec, ctx)`` of an operator module of ``run_gpu.OPERATOR_MODULES``;
+    ``ctx.dtypes`` is ``(dtype,)`` when given (a module with ``CORRECTNESS_BY_DTYPE = True``
+    gets one task per dtype, so that its compiles spread over the workers)."""
+    torch, dev = _worker_setup(dry)
+    import run_gpu
+    rec = ListRecorder()
+    mod = run_gpu.operator_module(op)
+    if mod is None:
+        rec.add(check="oracle", operator=op, passed=None,
+                skipped=f"skipped: {run_gpu.OPERATOR_MODULES[op]}.py is not in this tree")
+        return rec.rows
+    try:
+        mod.correctness(rec, WorkerContext(torch, dry, (dtype,) if dtype else None))
+    except Exception as e:  # noqa: BLE001 - a failed row; the other tasks go on
+        rec.add(check="oracle", operator=op, passed=False,
+                error=f"{type(e).__name__}: {str(e)[:500]}")
+    for r in rec.rows:
+        r.setdefault("operator", op)
+    return rec.rows
+
+
+# deformops' bfloat16 benchmark specialisations (its kernels specialise H, W and H*W on
+# divisibility by 16: H*W a multiple of 16 as at 100x168 and 56x56, or not as at 50x84 and
+# 25x42; channels multiples of 16, stride/padding/dilation 1).
+DEFORMOPS_WARM_SHAPES = (((8, 64, 10, 24), 64), ((8, 64, 10, 10), 64))
+DEFORMOPS_PARTS = 8
+
+
+def deformops_warm_task(part: int, parts: int, dname: str, dry: bool) -> list:
+    """Compile a ``part``-th share of deformops' autotuning configurations into Triton's disk
+    cache (its autotuner compiles each of its 24 forward and 16 backward configurations one
+    after the other on first use): the benchmark's autotuning then finds them compiled."""
     torch, dev = _worker_setup(dry)
     rec = ListRecorder()
-    with tf32(torch, False):
-        guard(rec, functools.partial(check_autocast, torch, dev, getattr(torch, dname)),
-              check="autocast", dtype=dname)
+    t0 = time.perf_counter()
+    if dry:
+        rec.add(check="deformops_warm", part=part, passed=None, skipped="skipped: dry run")
+        return rec.rows
+    try:
+        import gpu_bench
+        from deformops.backends.triton._kernels import conv_deform2d as k
+        n = 0
+        for tuner in (k._conv_forward_kernel, k._conv_backward_kernel):
+            tuner.configs = tuner.configs[part::parts]
+            n += len(tuner.configs)
+        for shape, O in DEFORMOPS_WARM_SHAPES:
+            p = gpu_bench.problem(shape, O)
+            t = p.tensors(getattr(torch, dname), dev, 0)
+            c = gpu_bench.Contender(torch, "deformops", t, p.grad_out(getattr(torch, dname),
+                                                                       dev, 1), p.kwargs())
+            c.fwd()
+            c.fwd_bwd()
+        torch.cuda.synchronize()
+        rec.add(check="deformops_warm", part=part, configs=n, passed=None,
+                seconds=round(time.perf_counter() - t0, 1))
+    except Exception as e:  # noqa: BLE001 - the benchmark then compiles them itself
+        rec.add(check="deformops_warm", part=part, passed=None,
+                skipped=f"{type(e).__name__}: {str(e)[:300]}")
     return rec.rows
+
+
+def correctness_tasks(dry: bool, operators=(), deformops_dtypes=("bfloat16",)) -> list:
+    """``(function name, args)`` of the correctness step, the longest first (by their
+    compiles: README.md "Estimates") so that the workers finish together: the hostile checks
+    (two new 2-D specialisations in two dtypes, and RoI pooling), each operator module (one
+    task per dtype where it asks for it), the 1-D/3-D cases per dtype, deformops'
+    configurations in ``DEFORMOPS_PARTS`` shares, one task per 2-D case and dtype (each a
+    compile specialisation), RoI pooling per dtype, and the pure-PyTorch path (2-D, float32)
+    once, last."""
+    import run_gpu
+    dtypes = ("float32",) if dry else DTYPES
+    tasks = [("hostile_task", (dry,))]
+    for op in operators:
+        mod = run_gpu.operator_module(op)
+        if mod is not None and getattr(mod, "CORRECTNESS_BY_DTYPE", False) and not dry:
+            tasks += [("operator_task", (op, dry, d)) for d in dtypes]
+        else:
+            tasks.append(("operator_task", (op, dry)))
+    tasks += [("oracle_task", ("triton", d, list(nd_cases(dry)), dry)) for d in dtypes]
+    tasks += [("deformops_warm_task", (i, DEFORMOPS_PARTS, d, dry))
+              for d in deformops_dtypes for i in range(1 if dry else DEFORMOPS_PARTS)]
+    for name in oracle_cases(dry):
+        if name == "batch0":
+            continue
+        for d in dtypes:
+            tasks.append(("oracle_task", ("triton", d, [name] + (["batch0"] if d == dtypes[0]
+                                                                  else []), dry)))
+    tasks += [("roi_task", (d, dry)) for d in dtypes]
+    tasks.append(("oracle_task", ("torch", "float32", list(oracle_cases(dry)), dry)))
+    return tasks
 
 
 def step_correctness(rec, ctx):
-    """The oracle matrix and the autocast checks, spread over worker processes (spawned, one
-    task per backend and dtype variant) so that their Triton compiles run in parallel; rows
-    are recorded as each task ends."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Every task of :func:`correctness_tasks` in spawned worker processes (``--workers``),
+    rows recorded as each task ends; tasks still pending when the step's share of the budget
+    is spent are rows saying so."""
+    import run_gpu
+    tasks = correctness_tasks(ctx.dry, tuple(run_gpu.OPERATOR_MODULES), ctx.deformops_dtypes)
+    run_step_tasks(rec, ctx, tasks, run_gpu.ESTIMATES["correctness"])
 
-    tasks = [(oracle_task, (backend, dname, on, ctx.dry)) for backend in ("triton", "torch")
-             for dname, on in VARIANTS]
-    tasks += [(autocast_task, (d, ctx.dry)) for d in
-              (("bfloat16",) if ctx.dry else ("bfloat16", "float16"))]
+
+def run_step_tasks(rec, ctx, tasks, estimate: float) -> None:
+    """``tasks`` (``(name, args)``, see :func:`run_task`) in ``--workers`` spawned processes,
+    each task's rows recorded as it ends; what is pending after 1.5 x ``estimate`` seconds
+    (or a minute before the budget ends) is a row saying so, and the workers are ended."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
     workers = max(1, min(ctx.args.workers, len(tasks)))
-    chunks = [[(fn.__name__, args) for fn, args in tasks[i::workers]] for i in range(workers)]
     if workers > 1:
         try:
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -400,29 +499,49 @@ def step_correctness(rec, ctx):
             print(f"no worker processes ({type(e).__name__}: {e}): tasks run in this process")
             workers = 1
     if workers == 1:  # in this process (the dry run's default: spawning costs seconds)
-        for chunk in chunks:
-            for r in run_tasks(chunk):
+        for name, args in tasks:
+            for r in run_task(name, args):
                 rec.add(**r)
         return
+    # The step may run past its estimate by half before what is left is given up.
+    limit = (None if ctx.remaining() == float("inf") else
+             max(10.0, min(ctx.remaining() - 60, 1.5 * estimate)))
+    t0 = time.perf_counter()
     with pool as ex:
-        futures = {ex.submit(run_tasks, chunk): chunk for chunk in chunks}
-        for f in as_completed(futures):
-            try:
-                rows = f.result()
-            except Exception as e:  # noqa: BLE001 - a crashed worker: its tasks are failed rows
-                rows = [{"check": name.replace("_task", ""), "task": list(args[:-1]),
-                         "passed": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
-                        for name, args in futures[f]]
-            for r in rows:
-                rec.add(**r)
+        futures = {ex.submit(run_task, name, args): (name, args) for name, args in tasks}
+        pending = set(futures)
+        while pending:
+            left = None if limit is None else limit - (time.perf_counter() - t0)
+            if left is not None and left <= 0:
+                break
+            done, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            for f in done:
+                name, args = futures[f]
+                try:
+                    rows = f.result()
+                except Exception as e:  # noqa: BLE001 - a crashed worker: a failed row
+                    rows = [{"check": name.replace("_task", ""), "task": list(args),
+                             "passed": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}]
+                for r in rows:
+                    rec.add(**r)
+        for f in pending:
+            name, args = futures[f]
+            f.cancel()
+            rec.add(check=name.replace("_task", ""), task=list(args), passed=False,
+                    skipped=f"budget: not finished within {limit:.0f} s")
+        if pending:
+            for proc in list(getattr(ex, "_processes", {}).values()):
+                proc.kill()  # the step's own workers only
+            ex.shutdown(wait=False, cancel_futures=True)
 
 
-def run_tasks(chunk) -> list:
-    """A worker's tasks, by function name, one after the other."""
-    rows = []
-    for name, args in chunk:
-        rows += globals()[name](*args)
-    return rows
+def run_task(name: str, args) -> list:
+    """Run the task function ``name`` of this module, or ``"module:function"``."""
+    if ":" in name:
+        import importlib
+        mod, fn = name.split(":")
+        return getattr(importlib.import_module(mod), fn)(*args)
+    return globals()[name](*args)
 
 
 # --- step compile ------------------------------------------------------------------------------
@@ -538,19 +657,19 @@ def check_deterministic(torch, ctx, dtype, backend) -> dict:
 
 
 def step_compile(rec, ctx):
+    """bfloat16 (float32 in the dry run): torch.compile(fullgraph=True) forward and backward,
+    one CUDA-graph capture and two replays, deterministic mode on the Triton backend."""
     torch = ctx.torch
     with tf32(torch, False):
-        for dtype in (torch.float32,) if ctx.dry else (torch.float32, torch.bfloat16):
-            d = str(dtype).replace("torch.", "")
-            guard(rec, functools.partial(check_compile, torch, ctx, dtype), check="torch_compile",
-                  dtype=d, fullgraph=True)
-            if ctx.dry:
-                rec.add(check="cuda_graph", dtype=d, passed=None, skipped="skipped: dry run")
-                print(f"cuda_graph {d}: skipped: dry run")
-            else:
-                guard(rec, functools.partial(check_cuda_graph, torch, ctx, dtype),
-                      check="cuda_graph",
-                      dtype=d)
-            for backend in ("triton", "torch"):
-                guard(rec, functools.partial(check_deterministic, torch, ctx, dtype, backend),
-                      check="deterministic", dtype=d, backend=backend)
+        dtype = torch.float32 if ctx.dry else torch.bfloat16
+        d = str(dtype).replace("torch.", "")
+        guard(rec, functools.partial(check_compile, torch, ctx, dtype), check="torch_compile",
+              dtype=d, fullgraph=True)
+        if ctx.dry:
+            rec.add(check="cuda_graph", dtype=d, passed=None, skipped="skipped: dry run")
+            print(f"cuda_graph {d}: skipped: dry run")
+        else:
+            guard(rec, functools.partial(check_cuda_graph, torch, ctx, dtype),
+                  check="cuda_graph", dtype=d)
+        guard(rec, functools.partial(check_deterministic, torch, ctx, dtype, "triton"),
+              check="deterministic", dtype=d, backend="triton")

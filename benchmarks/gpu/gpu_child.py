@@ -1,17 +1,12 @@
-"""What ``run_gpu.py`` runs under compute-sanitizer and Nsight Compute, in a process of its own:
+"""What ``run_gpu.py`` runs under compute-sanitizer, in a process of its own:
 
-    python benchmarks/gpu/gpu_child.py hostile [--device cuda]   # steps sanitizer
-    python benchmarks/gpu/gpu_child.py profile [--device cuda]   # step ncu
+    python benchmarks/gpu/gpu_child.py hostile [--device cuda]   # step sanitizer
 
 ``hostile``: forward+backward of the 2-D op with NaN/inf/1e30 offsets, and of deformable RoI
 pooling with hostile regions (NaN/inf/1e30 coordinates, batch indices out of range through the
 raw op, which the public function would refuse) and hostile offsets, float32 and bfloat16;
 every output and gradient must be finite, a region with a batch index out of range pools to 0.
 Exit 0 and a last line ``hostile: ok`` when so; 1 with the failed check otherwise.
-
-``profile``: one forward and one backward of ours at ``PROFILE_SHAPE`` in bfloat16 inside the
-NVTX range ``deformconv_profile`` (after two warm-up rounds that autotune), so that
-``ncu --nvtx --nvtx-include deformconv_profile/`` profiles exactly those kernels.
 """
 
 from __future__ import annotations
@@ -22,8 +17,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-PROFILE_SHAPE = ((8, 256, 50, 84), 256)
-NVTX_RANGE = "deformconv_profile"
 BAD = (float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 3e38)
 
 
@@ -95,50 +88,18 @@ def run_hostile(torch, dev) -> None:
     print("hostile: ok", flush=True)
 
 
-def run_profile(torch, dev, shape=None) -> dict:
-    from deformconv import deform_conv2d
-    (N, C, H, W), O = shape or (PROFILE_SHAPE if dev == "cuda" else ((1, 2, 3, 4), 2))
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, C, H, W, generator=g).to(dev, dtype).requires_grad_()
-    w = (torch.randn(O, C, 3, 3, generator=g) / (C * 9) ** 0.5).to(dev, dtype).requires_grad_()
-    b = torch.zeros(O).to(dev, dtype).requires_grad_()
-    off = (2 * torch.randn(N, 18, H, W, generator=g)).to(dev, dtype).requires_grad_()
-    m = torch.rand(N, 9, H, W, generator=g).to(dev, dtype).requires_grad_()
-    go = torch.randn(N, O, H, W, generator=g).to(dev, dtype)
-
-    def once():
-        out = deform_conv2d(x, off, w, b, padding=1, mask=m)
-        return torch.autograd.grad(out, [x, off, w, b, m], go)
-    for _ in range(2 if dev == "cuda" else 0):  # autotuning, compiles: outside the range
-        once()
-    if dev == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.nvtx.range_push(NVTX_RANGE)
-    grads = once()
-    if dev == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.nvtx.range_pop()
-    print(f"profile: one forward and one backward at {(N, C, H, W)}->{O} {dtype}", flush=True)
-    return {"shape": f"{N}x{C}x{H}x{W}->{O}", "dtype": str(dtype).replace("torch.", ""),
-            "grads": len(grads)}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["hostile", "profile"])
+    p.add_argument("what", choices=["hostile"])
     p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     import torch
-    if a.what == "hostile":
-        try:
-            run_hostile(torch, a.device)
-        except AssertionError as e:
-            print(f"hostile: FAILED: {e}", flush=True)
-            return 1
-    else:
-        run_profile(torch, a.device)
+    try:
+        run_hostile(torch, a.device)
+    except AssertionError as e:
+        print(f"hostile: FAILED: {e}", flush=True)
+        return 1
     return 0
 
 

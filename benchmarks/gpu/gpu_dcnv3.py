@@ -1,5 +1,6 @@
-"""GPU step ``dcnv3`` of ``run_gpu.py``: DCNv3/DCNv4 correctness against the float64 oracle and
-timing at InternImage-T's stage shapes.
+"""DCNv3/DCNv4 in ``run_gpu.py`` (an operator module of ``run_gpu.OPERATOR_MODULES``):
+``correctness(rec, ctx)`` runs in the correctness step, ``timing(rec, ctx)`` is step
+``bench_dcnv3``.
 
 - Correctness: ``dcnv3`` (Triton on CUDA) on awkward cases (``testing_dcn.CASES``: groups,
   any kernel, remove_center, asymmetric stride/pad/dilation, offset_scale, 1x1 images, far
@@ -22,13 +23,15 @@ import statistics
 from gpu_bench import peak_bytes, timer
 
 STAGES = [(8, 56, 64, 4), (8, 28, 128, 8), (8, 14, 256, 16), (8, 7, 512, 32)]
-DRY_STAGES = [(1, 5, 8, 2)]
+DRY_STAGES = [(1, 3, 4, 2)]
 CHECK_CASES = ("default", "groups4", "remove-center-5x3", "asym", "offset-scale",
                "stride2-dil2", "kernel5x4", "1x1-image", "far-offsets", "batch0")
-DRY_CASES = ("default",)
+DRY_CASES = ("1x1-image",)  # the interpreter takes 3 s on it, 17 s on "default"
+CORRECTNESS_BY_DTYPE = True  # one correctness task per dtype (ctx.dtypes)
+STAGE_S = 6  # seconds per stage shape (two dtypes; the kernels compiled by correctness)
 
 
-def correctness(rec, torch, dev, cases, dtypes) -> None:
+def check_cases(rec, torch, dev, cases, dtypes) -> None:
     """One row per (case, dtype): output and gradients against the float64 oracle."""
     import deformconv
     from deformconv.testing_dcn import CASES, LEAVES, check, run_both
@@ -44,18 +47,21 @@ def correctness(rec, torch, dev, cases, dtypes) -> None:
                 passed, error = False, str(e)[:300]
             rec.add(check="dcnv3_vs_oracle", case=name, dtype=dname, passed=passed,
                     **({"error": error} if error else {}))
-    p = CASES["default"]
+    if "float32" not in dtypes:  # dcnv4 against dcnv3 once, in float32
+        return
+    p = CASES[cases[0]]
     t = p.tensors(torch.float32, dev, requires_grad=True)
     y3 = deformconv.dcnv3(*(t[k] for k in LEAVES), *p.params())
     y4 = deformconv.dcnv4(t["input"], t["offset_mask"], *p.params())
     g4 = torch.autograd.grad(y4, [t["offset_mask"]], t["grad_out"])[0]
     pad = g4[..., p.group * 3 * p.points:]
+    y3, y4 = y3.detach(), y4.detach()
     ok = bool((y3 - y4).abs().max() <= 1e-6 * max(1.0, float(y3.abs().max()))
               and (pad.numel() == 0 or pad.abs().max() == 0))
-    rec.add(check="dcnv4_equals_dcnv3", case="default", dtype="float32", passed=ok)
+    rec.add(check="dcnv4_equals_dcnv3", case=cases[0], dtype="float32", passed=ok)
 
 
-def timing(rec, torch, dev, stages, dtypes, reps) -> None:
+def time_stages(rec, torch, dev, stages, dtypes, reps) -> None:
     from deformconv.testing_dcn import DCNProblem, bench_contenders
 
     run = timer(torch, dev)
@@ -73,18 +79,32 @@ def timing(rec, torch, dev, stages, dtypes, reps) -> None:
                 floor = statistics.median(times["dwconv3x3"])
                 for k, ts in times.items():
                     med = statistics.median(ts)
-                    rec.add(kind="timing", shape=f"{N}x{H}x{H}x{C}", group=G, dtype=dname,
-                            mode=mode, contender=k, median_ms=round(med, 4),
+                    rec.add(kind="timing", operator="dcnv3", shape=f"{N}x{H}x{H}x{C}", group=G,
+                            dtype=dname, mode={"forward": "fwd", "train": "fwd+bwd"}[mode],
+                            contender="deformconv" if k == "dcnv3" else k,
+                            median_ms=round(med, 4),
                             ratio_to_dwconv=round(med / floor, 2) if floor else None,
                             peak_bytes=peak_bytes(torch, dev, fns[k][mode]))
 
 
-def step_dcnv3(rec, ctx) -> None:
-    """The ``dcnv3`` step (see the module docstring)."""
-    torch = ctx.torch
+def correctness(rec, ctx) -> None:
+    """The oracle rows (tiny cases in the dry run)."""
     if ctx.dry:
-        correctness(rec, torch, ctx.dev, DRY_CASES, ("float32",))
-        timing(rec, torch, ctx.dev, DRY_STAGES, ("float32",), ctx.reps)
-        return
-    correctness(rec, torch, ctx.dev, CHECK_CASES, ("float32", "float16", "bfloat16"))
-    timing(rec, torch, ctx.dev, STAGES, ("bfloat16", "float32"), ctx.reps)
+        check_cases(rec, ctx.torch, ctx.dev, DRY_CASES, ("float32",))
+    else:
+        check_cases(rec, ctx.torch, ctx.dev, CHECK_CASES,
+                    getattr(ctx, "dtypes", ("bfloat16", "float16", "float32")))
+
+
+def timing(rec, ctx) -> None:
+    """The timing rows, bfloat16 first (one tiny stage in the dry run)."""
+    if ctx.dry:
+        time_stages(rec, ctx.torch, ctx.dev, DRY_STAGES, ("float32",), ctx.reps)
+    else:
+        for stage in STAGES:
+            if not ctx.fits(STAGE_S):
+                rec.add(kind="timing", operator="dcnv3", shape="x".join(map(str, stage)),
+                        contender=None, estimate_s=STAGE_S,
+                        skipped=f"budget: {ctx.remaining():.0f} s left")
+                continue
+            time_stages(rec, ctx.torch, ctx.dev, [stage], ("bfloat16", "float32"), ctx.reps)

@@ -1,10 +1,8 @@
-"""Steps of ``run_gpu.py`` that wrap CUDA tools around ``gpu_child.py``: ``sanitizer``
-(compute-sanitizer memcheck and racecheck) and ``ncu`` (Nsight Compute)."""
+"""Step ``sanitizer`` of ``run_gpu.py``: compute-sanitizer memcheck around ``gpu_child.py
+hostile`` (forward+backward with hostile offsets and hostile regions of interest)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
@@ -19,13 +17,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CHILD = HERE / "gpu_child.py"
 CHILD_DEVICE = "cuda"  # the tests point it at "cpu" to run the plumbing without a GPU
-SANITIZER_TOOLS = ("memcheck", "racecheck")
-# Nsight Compute metrics copied from the report's details page into ncu.json.
-NCU_METRICS = ("Duration", "Compute (SM) Throughput", "Memory Throughput", "DRAM Throughput",
-               "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy",
-               "Block Limit Registers", "Dynamic Shared Memory Per Block",
-               "L1/TEX Hit Rate", "L2 Hit Rate", "Executed Ipc Active", "Grid Size",
-               "Block Size", "Waves Per SM")
+SANITIZER_TOOLS = ("memcheck",)
 
 
 def find_tool(name: str):
@@ -63,9 +55,11 @@ def sanitizer_errors(text: str):
 
 
 def step_sanitizer(rec, ctx):
-    """memcheck and racecheck on ``gpu_child.py hostile``: exit code, error count, the
-    child's verdict. PYTORCH_NO_CUDA_MEMORY_CACHING=1 so stray accesses are not hidden inside the
-    caching allocator's blocks. Zero errors and a passing child required."""
+    """memcheck on ``gpu_child.py hostile`` (after a plain run that fills Triton's disk
+    cache and gives the child's verdict without the tool): exit code, error count, the
+    child's verdict; the pytest step after it gets the time left.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that stray accesses are not hidden inside the caching
+    allocator's blocks. Zero errors and a passing child required."""
     torch = ctx.torch
     if ctx.dry:
         import gpu_child as child
@@ -100,9 +94,8 @@ def step_sanitizer(rec, ctx):
             child_ok="hostile: ok" in r.stdout, passed=r.returncode == 0,
             tail=(r.stdout + r.stderr)[-1500:])
     print(f"hostile checks without a tool: exit {r.returncode}", flush=True)
-    # memcheck and racecheck side by side (two processes on the one GPU): half the time.
-    limit = max(60, min(ctx.args.sanitizer_timeout,
-                        ctx.remaining() - ctx.reserve_after("sanitizer") - 15))
+    # at least a minute of the budget is left for the pytest step after this one
+    limit = max(60, min(ctx.args.sanitizer_timeout, ctx.remaining() - 60))
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tool in SANITIZER_TOOLS:
@@ -131,70 +124,3 @@ def step_sanitizer(rec, ctx):
                     tail=text[-3000:])
             print(f"sanitizer {tool}: exit {code}, errors {errors}, child ok {child_ok}"
                   + (" (timed out)" if timed_out else ""), flush=True)
-
-
-def ncu_command(ncu: str, report: str, section_set: str) -> list:
-    from gpu_child import NVTX_RANGE
-    return [ncu, "--set", section_set, "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
-            "--kernel-name", "regex:deform_conv2d", "--clock-control", "none",
-            "--target-processes", "all", "--force-overwrite", "--export", report,
-            sys.executable, str(CHILD), "profile", "--device", CHILD_DEVICE]
-
-
-def ncu_metrics(details_csv: str) -> list:
-    """One dict per profiled kernel with the :data:`NCU_METRICS` of ``ncu --page details
-    --csv``."""
-    kernels = {}
-    for row in csv.DictReader(io.StringIO(details_csv)):
-        key = (row.get("ID"), row.get("Kernel Name"))
-        k = kernels.setdefault(key, {"id": row.get("ID"), "kernel": row.get("Kernel Name"),
-                                     "grid": row.get("Grid Size"),
-                                     "block": row.get("Block Size")})
-        name = row.get("Metric Name")
-        if name in NCU_METRICS:
-            k[f"{name} [{row.get('Metric Unit', '')}]"] = row.get("Metric Value")
-    return list(kernels.values())
-
-
-def step_ncu(rec, ctx):
-    """Nsight Compute (``--set`` from ``--ncu-set``, clocks left as found) on one forward and
-    one backward of ours at ``gpu_child.PROFILE_SHAPE``, bfloat16: the report
-    ``ncu_bf16.ncu-rep`` and its details page ``ncu_details.csv`` under --out; key metrics
-    per kernel as rows."""
-    import gpu_child as child
-    out = Path(ctx.args.out)
-    report = str(out / "ncu_bf16")
-    if ctx.dry:
-        info = child.run_profile(ctx.torch, "cpu")
-        rec.add(check="ncu", passed=None, skipped="skipped: dry run (the profiled calls ran "
-                "in-process on CPU)", command=" ".join(ncu_command("ncu", report,
-                                                                   ctx.args.ncu_set)), **info)
-        return
-    ncu = find_tool("ncu")
-    if ncu is None:
-        rec.add(check="ncu", passed=None, skipped="ncu not found")
-        return
-    cmd = ncu_command(ncu, report, ctx.args.ncu_set)
-    print("+", " ".join(cmd), flush=True)
-    limit = max(60, min(540, ctx.remaining() - 20))
-    try:
-        r = subprocess.run(cmd, env=_child_env(), cwd=ROOT, capture_output=True, text=True,
-                           timeout=limit)
-        code, text = r.returncode, r.stdout + r.stderr
-    except subprocess.TimeoutExpired as e:
-        code, text = None, f"timed out after {limit:.0f} s: {str(e.stdout)[-1500:]}"
-    rep = report + ".ncu-rep"
-    kernels = []
-    if os.path.exists(rep):
-        d = subprocess.run([ncu, "--import", rep, "--page", "details", "--csv"],
-                           capture_output=True, text=True, timeout=120)
-        (out / "ncu_details.csv").write_text(d.stdout)
-        kernels = ncu_metrics(d.stdout)
-    for k in kernels:
-        rec.add(check="ncu_kernel", **k)
-    rec.add(check="ncu", exit_code=code, report=os.path.basename(rep)
-            if os.path.exists(rep) else None,
-            report_bytes=os.path.getsize(rep) if os.path.exists(rep) else None,
-            kernels=len(kernels), command=" ".join(cmd), tail=text[-2000:],
-            passed=code == 0 and bool(kernels))
-    print(f"ncu: exit {code}, {len(kernels)} kernels profiled", flush=True)

@@ -1,39 +1,40 @@
-"""One script for a GPU lease: check, sanitize, measure and profile the GPU path (issue 10).
+"""One script for a GPU lease of 15 minutes: check, measure, then test, in two commands.
 
-    python benchmarks/gpu/run_gpu.py --steps STEP,STEP,... [--out DIR] [--reps 20]
-    python benchmarks/gpu/run_gpu.py --dry-run --out DIR   # no GPU: interpreter, tiny shapes
-    python benchmarks/gpu/table.py DIR                      # README table and goals from DIR
+    python benchmarks/gpu/run_gpu.py --budget 420 [--out DIR]            # first command
+    python benchmarks/gpu/run_gpu.py --command 2 --budget 330 [--out DIR] # second, if time
+    python benchmarks/gpu/run_gpu.py --dry-run [--command 1|2] [--out DIR] # no GPU
+    python benchmarks/gpu/run_gpu.py --plan [--command 1|2]               # the steps, in order
+    python benchmarks/gpu/table.py DIR                                     # README tables
 
-Steps (``--steps``, comma-separated, run in this order; default all; README.md next to this
-file gives each one's method, its GPU-time estimate and the device commands that group them):
+Command 1 runs its steps in this order (:data:`PLANS`), most important first, so that a budget
+that runs out cuts the least important ones:
 
-- ``correctness``: the registered op against the float64 oracle (Triton and pure-PyTorch
-  kernels on CUDA; float32 with TF32 off and on, float16, bfloat16; forward and all five
-  gradients; groups, straddling offset groups, stride, dilation, non-square kernels, batch 0,
-  hostile offsets) and the autocast policy;
-- ``compile``: ``torch.compile(fullgraph=True)`` forward and backward against eager, CUDA-graph
-  capture and replay against eager, deterministic mode bitwise repeatable;
-- ``pytest``: the whole test suite on the GPU machine, compiled (no interpreter): the Triton
-  suite ``tests/triton`` on CUDA tensors and every ``device=cuda`` case of ``tests/``;
-  pass/fail/skip counts per group;
-- ``sanitizer``: compute-sanitizer memcheck and racecheck on forward+backward with hostile
-  offsets and hostile regions of interest;
-- ``bench``: the 2-D benchmark of the issue (six shapes, bfloat16/float16/float32, forward and
-  forward+backward, peak memory; contenders cuDNN ``conv2d``, torchvision, deformops, ours);
-- ``bench_nd``, ``bench_roi``: 1-D/3-D convolution and deformable RoI pooling on the GPU;
-- ``msda``: multi-scale deformable attention (``gpu_ms_deform_attn.py``): the Triton kernels
-  against the float64 oracle and the grid_sample formula, deterministic mode, and time and
-  peak memory at Deformable DETR's encoder and decoder scales against the grid_sample
-  fallback and deformops' MSDA;
-- ``dcnv3``: DCNv3/DCNv4 against the float64 oracle and timed at InternImage-T's stage shapes
-  (``gpu_dcnv3.py``);
-- ``ncu``: Nsight Compute on one forward and one backward of ours, bfloat16, one main shape.
+1. ``correctness``: every operator (2-D, 1-D/3-D, RoI pooling, and each operator module of
+   :data:`OPERATOR_MODULES` present) compiled on the GPU against its float64 oracle, forward
+   and every gradient, float32 (TF32 off), float16, bfloat16, on a handful of cases (groups
+   straddling offset groups, stride, dilation, non-square kernels, NaN/inf/1e30 offsets); the
+   pure-PyTorch 2-D path on CUDA once. Sub-tasks run in spawned worker processes, so the
+   Triton compiles overlap; deformops' autotuning configurations are compiled there too;
+2. ``bench_bf16``, ``bench_fp16``, ``bench_fp32``: the four main 2-D shapes, forward and
+   forward+backward and peak memory, against cuDNN ``conv2d``, torchvision (float16 and
+   float32), deformops 3.0.1 (bfloat16) and the 1-D/3-D kernel family at R=2;
+   ``bench_small`` (the small FPN maps), ``bench_nd`` (1-D/3-D), ``bench_roi`` (RoI pooling),
+   then each operator module's timing (``bench_<op>``);
+3. ``compile``: ``torch.compile(fullgraph=True)`` forward and backward, one CUDA-graph capture
+   and replay, deterministic mode.
 
-Each step writes ``STEP.json`` (a list of rows, rewritten as rows arrive, so a command cut
-off at its time limit still leaves what it measured) under ``--out``; its last row has
-``"status"`` (``done`` or ``error``) and the seconds it took. Every row carries the GPU, the
-driver, the torch and Triton versions and the commit. The exit code is 1 when a check failed
-or a step raised.
+Command 2: ``sanitizer`` (compute-sanitizer memcheck on forward+backward with hostile offsets
+and hostile regions of interest), then ``pytest`` (the compiled suite) for the time left.
+
+Rows are JSON, one file per phase (``correctness.json``, ``bench.json``, ``compile.json``;
+``sanitizer.json``, ``pytest.json``: the GPU tool returns at most 8 files), rewritten after
+every row so that a command cut off at its limit still leaves what it measured. Every row
+carries ``step``, the GPU name, the driver, the torch and Triton versions and the commit;
+every timing row has ``shape, contender, dtype, mode, median_ms, ratio_to_conv2d,
+peak_ratio_to_conv2d`` (None where they do not apply) and, on every contender's row but
+ours, ``speedup_of_ours``. A step whose estimate (:data:`ESTIMATES`, from Triton compile times
+measured offline, see README.md) no longer fits in ``--budget`` is a row saying so. The exit
+code is 1 when a check failed, a step raised or was skipped.
 """
 
 from __future__ import annotations
@@ -50,57 +51,83 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-# Step name -> rough GPU-machine seconds on an H100 (Triton compiles included), for planning
-# the device commands; README.md explains each estimate. The dry run takes seconds per step.
-# The targeted checks come first, so the pytest step's Triton compiles hit the disk cache they
-# filled, and a budget squeezes the broad suite rather than them.
-STEPS = {"correctness": 150, "compile": 90, "pytest": 300, "sanitizer": 240, "bench": 240,
-         "bench_nd": 90, "bench_roi": 60, "msda": 120, "dcnv3": 120, "ncu": 150}
+
+# Operator modules next to this file that plug into both phases: each defines
+# ``correctness(rec, ctx)`` and ``timing(rec, ctx)``; a module that is not there is a row
+# saying so. Adding an operator is one line here (its estimates: ESTIMATES).
+OPERATOR_MODULES = {"dcnv3": "gpu_dcnv3", "msda": "gpu_ms_deform_attn"}
+
+# Step -> estimated GPU-machine seconds (Triton compiles included), which --budget plans with.
+# Compiles: results/compile_seconds_sm90a.json (compile_times.py, offline for sm_90a) measured
+# a median of 1.8-2.8 s per 2-D or N-D kernel configuration, 0.6-1.4 s for RoI pooling, DCNv3
+# and MSDA, on a loaded 2-core machine (an upper bound for the GPU machine's 16 cores).
+# Autotuning: ~0.2 s per configuration and key (Triton's 25 + 100 ms benchmark). README.md
+# "Estimates" gives each step's arithmetic.
+STARTUP_S = 15  # python, torch, CUDA's start, before the first step
+ESTIMATES = {
+    "correctness": 90, "bench_bf16": 65, "bench_fp16": 30, "bench_fp32": 30,
+    "bench_small": 20, "bench_nd": 20, "bench_roi": 20, "bench_dcnv3": 30, "bench_msda": 25,
+    "compile": 45, "sanitizer": 150, "pytest": 120,
+}
+PLANS = {
+    1: ["correctness", "bench_bf16", "bench_fp16", "bench_fp32", "bench_small", "bench_nd",
+        "bench_roi", *(f"bench_{op}" for op in OPERATOR_MODULES), "compile"],
+    2: ["sanitizer", "pytest"],
+}
+# The file each step's rows go to (a phase).
+PHASE = {s: ("bench" if s.startswith("bench") else s) for p in PLANS.values() for s in p}
+# Every row with a ``contender`` has these keys (None where one does not apply).
+TIMING_KEYS = ("step", "gpu", "shape", "contender", "dtype", "mode", "median_ms",
+               "ratio_to_conv2d", "peak_ratio_to_conv2d")
+OURS = "deformconv"
 
 
-def parse_steps(text: str) -> list:
-    """``"a,b"`` -> the named steps in :data:`STEPS` order; ``"all"`` -> every step."""
+def parse_steps(text: str, command: int = 1) -> list:
+    """``"a,b"`` -> the named steps in the order of :data:`PLANS` (``command``'s plan first,
+    then the other's); ``"all"`` -> ``command``'s plan."""
+    order = PLANS[command] + [s for c, p in PLANS.items() if c != command for s in p]
     names = [s.strip() for s in text.split(",") if s.strip()]
     if names == ["all"]:
-        return list(STEPS)
-    unknown = [s for s in names if s not in STEPS]
+        return list(PLANS[command])
+    unknown = [s for s in names if s not in order]
     if unknown or not names:
         raise ValueError(f"--steps: unknown step(s) {unknown or text!r}; choose from "
-                         f"{', '.join(STEPS)} or 'all'")
-    return [s for s in STEPS if s in names]
+                         f"{', '.join(order)} or 'all'")
+    return [s for s in order if s in names]
 
 
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--command", type=int, choices=sorted(PLANS), default=1,
+                   help="which device command's plan to run (default 1)")
     p.add_argument("--steps", default="all",
-                   help=f"comma-separated steps of {','.join(STEPS)}, or 'all' (default)")
+                   help="comma-separated steps (see --plan), or 'all' (default): the "
+                        "command's plan")
+    p.add_argument("--plan", action="store_true",
+                   help="print the steps in order with their estimates, and exit")
     p.add_argument("--out", default=None,
-                   help="folder for the STEP.json files (default: $OUT, else results/ next "
-                        "to this script; a dry run without --out writes to a new temporary "
+                   help="folder for the row files (default: $OUT, else results/ next to "
+                        "this script; a dry run without --out writes to a new temporary "
                         "folder, never into results/)")
-    p.add_argument("--reps", type=int, default=20, help="timed repeats per contender (bench*)")
+    p.add_argument("--reps", type=int, default=15, help="timed repeats per contender")
     p.add_argument("--commit", default=None,
                    help="commit to record (default: git rev-parse HEAD, else $GIT_COMMIT); the "
                         "GPU machine gets a copy of the tree without .git, so pass it there")
-    p.add_argument("--pytest-timeout", type=int, default=330,
-                   help="seconds before the pytest step is interrupted (its counts so far kept)")
-    p.add_argument("--pytest-workers", default="12", help="pytest-xdist workers (-n)")
-    p.add_argument("--pytest-args", default="tests",
-                   help="what the pytest step runs (default: the whole suite, 'tests'); e.g. "
-                        "'tests/triton tests -k cuda' when time is short")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes for the correctness step's tasks (default 10; dry run 1: "
-                        "in this process)")
-    p.add_argument("--sanitizer-timeout", type=int, default=240,
-                   help="seconds per compute-sanitizer run")
-    p.add_argument("--ncu-set", default="full",
-                   help="Nsight Compute section set (full, detailed, basic)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds this command may take: a step whose estimate no longer fits "
-                        "is skipped with a row saying so; the pytest step's timeout and the "
-                        "benchmark's shape loop shrink to fit")
-    p.add_argument("--skip-done", action="store_true",
-                   help="skip a step whose STEP.json under --out already ends with status done")
+                   help="seconds this command may take: a step (or a shape) whose estimate "
+                        "no longer fits is a row saying so; pytest gets what is left")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes of the correctness step (default 12; dry run 1: in this "
+                        "process)")
+    p.add_argument("--deformops-dtypes", default="bfloat16",
+                   help="dtypes in which deformops runs (its autotuner compiles 40 "
+                        "configurations per dtype; default bfloat16, where its goals are)")
+    p.add_argument("--pytest-workers", default="12", help="pytest-xdist workers (-n)")
+    p.add_argument("--pytest-args", default="tests/triton tests",
+                   help="what the pytest step runs (default: the Triton suite first, then "
+                        "the rest)")
+    p.add_argument("--sanitizer-timeout", type=int, default=200,
+                   help="seconds for the compute-sanitizer run")
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU: every step on CPU, kernels in the Triton interpreter, tiny "
                         "shapes (steps that need CUDA-only tools record 'skipped: dry run')")
@@ -134,39 +161,67 @@ def meta(torch, commit=None, dry_run=False) -> dict:
             "commit": commit, "dry_run": dry_run}
 
 
-class Recorder:
-    """Collects one step's rows and rewrites ``OUT/STEP.json`` after each one."""
+class RowFile:
+    """The rows of one phase, rewritten to ``OUT/PHASE.json`` after each row (atomically)."""
 
-    def __init__(self, out: Path, step: str, meta: dict):
-        self.path = Path(out) / f"{step}.json"
-        self.step, self.meta, self.rows = step, meta, []
-
-    def add(self, **fields) -> dict:
-        row = {**self.meta, "step": self.step, **fields}
-        self.rows.append(row)
-        self.flush()
-        return row
+    def __init__(self, path: Path):
+        self.path, self.rows = Path(path), []
 
     def flush(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.rows, indent=1, default=str))
         tmp.replace(self.path)
 
+
+class Recorder:
+    """One step's rows, appended to its phase's :class:`RowFile` (``OUT/STEP.json`` when no
+    file is given) and on disk after each one."""
+
+    def __init__(self, out: Path, step: str, meta: dict, file: RowFile = None):
+        self.file = file or RowFile(Path(out) / f"{step}.json")
+        self.path = self.file.path
+        self.step, self.meta, self.rows = step, meta, []
+
+    def add(self, **fields) -> dict:
+        row = {**self.meta, "step": self.step, **fields}
+        if row.get("contender") is not None:
+            row = {**dict.fromkeys(TIMING_KEYS), **row}
+        self.rows.append(row)
+        self.file.rows.append(row)
+        self.file.flush()
+        return row
+
+    def finish(self) -> None:
+        """``speedup_of_ours`` on every other contender's timing row (its median / ours at the
+        same shape, dtype, mode and scale) where the step did not set it."""
+        ours = {_match_key(r): r["median_ms"] for r in self.rows if _ours(r)
+                and r.get("median_ms")}
+        for r in self.rows:
+            if r.get("contender") is None or _ours(r) or "speedup_of_ours" in r:
+                continue
+            mine = ours.get(_match_key(r))
+            r["speedup_of_ours"] = (r["median_ms"] / mine if mine and r.get("median_ms")
+                                    else None)
+        self.file.flush()
+
     def failed(self) -> bool:
-        return any(r.get("passed") is False or r.get("status") == "error" for r in self.rows)
+        return any(r.get("passed") is False or r.get("status") in ("error", "skipped")
+                   for r in self.rows)
 
 
-def step_done(path: Path) -> bool:
-    try:
-        rows = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(rows) and rows[-1].get("status") == "done"
+def _ours(r: dict) -> bool:
+    """A timing row of this library's operator (``contender`` deformconv, or ``ours``)."""
+    return r.get("contender") == OURS or r.get("ours") is True
 
 
-def run_step(name, fn, out, meta, ctx) -> Recorder:
+def _match_key(r: dict) -> tuple:
+    return tuple(str(r.get(k)) for k in ("shape", "dtype", "mode", "scale", "queries",
+                                         "sampling_ratio"))
+
+
+def run_step(name, fn, out, meta, ctx, file: RowFile = None) -> Recorder:
     """Run ``fn(rec, ctx)``; an exception becomes an ``error`` status row, never a crash."""
-    rec = Recorder(out, name, meta)
+    rec = Recorder(out, name, meta, file)
     t0 = time.perf_counter()
     print(f"=== step {name}", flush=True)
     try:
@@ -175,11 +230,13 @@ def run_step(name, fn, out, meta, ctx) -> Recorder:
     except Exception as e:  # noqa: BLE001 - recorded; the next step still runs
         status, err = "error", f"{type(e).__name__}: {e}"
         traceback.print_exc()
+    rec.finish()
     seconds = time.perf_counter() - t0
+    est = ESTIMATES.get(name)
     rec.add(status=status, seconds=round(seconds, 2), rows=len(rec.rows),
-            **({"error": err} if err else {}))
-    print(f"=== step {name}: {status} in {seconds:.1f} s, {len(rec.rows) - 1} rows"
-          + (" (failures)" if rec.failed() else ""), flush=True)
+            **({"estimate_s": est} if est else {}), **({"error": err} if err else {}))
+    print(f"=== step {name}: {status} in {seconds:.1f} s (estimate {est} s), "
+          f"{len(rec.rows) - 1} rows" + (" (failures)" if rec.failed() else ""), flush=True)
     return rec
 
 
@@ -193,37 +250,73 @@ class Context:
         self.reps = 1 if args.dry_run else args.reps
         self.start = time.perf_counter()
         self.steps = list(steps)
+        self.deformops_dtypes = tuple(d.strip() for d in
+                                      getattr(args, "deformops_dtypes", "bfloat16").split(",")
+                                      if d.strip())
 
     def remaining(self) -> float:
         """Seconds left of ``--budget`` (infinite without one)."""
         b = getattr(self.args, "budget", None)
         return float("inf") if b is None else b - (time.perf_counter() - self.start)
 
-    def reserve_after(self, step: str) -> float:
-        """The estimated seconds of the steps after ``step`` in this command."""
-        later = self.steps[self.steps.index(step) + 1:] if step in self.steps else []
-        return 0.0 if self.dry else float(sum(STEPS[s] for s in later))
+    def fits(self, seconds: float) -> bool:
+        """Whether ``seconds`` more fit in the budget (always in a dry run)."""
+        return self.dry or self.remaining() >= seconds
+
+
+def operator_module(op: str):
+    """The module of :data:`OPERATOR_MODULES` for ``op``, or None when it is not there."""
+    import importlib
+    import importlib.util
+    name = OPERATOR_MODULES[op]
+    if importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name)
+
+
+def _operator_timing(op):
+    def step(rec, ctx):
+        mod = operator_module(op)
+        if mod is None:
+            rec.add(check="timing", operator=op, passed=None,
+                    skipped=f"skipped: {OPERATOR_MODULES[op]}.py is not in this tree")
+            return
+        mod.timing(rec, ctx)
+    return step
 
 
 def step_functions() -> dict:
     import gpu_bench as bench
     import gpu_checks as checks
-    import gpu_dcnv3
-    import gpu_ms_deform_attn as msda
     import gpu_tools as tools
-    return {"pytest": checks.step_pytest, "correctness": checks.step_correctness,
-            "compile": checks.step_compile, "sanitizer": tools.step_sanitizer,
-            "bench": bench.step_bench, "bench_nd": bench.step_bench_nd,
-            "bench_roi": bench.step_bench_roi, "msda": msda.step_msda,
-            "dcnv3": gpu_dcnv3.step_dcnv3, "ncu": tools.step_ncu}
+    fns = {"correctness": checks.step_correctness, "compile": checks.step_compile,
+           "bench_bf16": bench.step_bench_bf16, "bench_fp16": bench.step_bench_fp16,
+           "bench_fp32": bench.step_bench_fp32, "bench_small": bench.step_bench_small,
+           "bench_nd": bench.step_bench_nd, "bench_roi": bench.step_bench_roi,
+           "sanitizer": tools.step_sanitizer, "pytest": checks.step_pytest}
+    fns.update({f"bench_{op}": _operator_timing(op) for op in OPERATOR_MODULES})
+    return fns
+
+
+def plan_text(steps) -> str:
+    lines, total = [f"{'start':14s} {STARTUP_S:4d} s"], STARTUP_S
+    for s in steps:
+        total += ESTIMATES[s]
+        lines.append(f"{s:14s} {ESTIMATES[s]:4d} s  (cumulative {total:4d} s) -> "
+                     f"{PHASE[s]}.json")
+    return "\n".join(lines)
 
 
 def main(argv=None):
+    started = time.perf_counter()  # the budget counts the imports and CUDA's start too
     a = _args(argv)
     try:
-        steps = parse_steps(a.steps)
+        steps = parse_steps(a.steps, a.command)
     except ValueError as e:
         sys.exit(str(e))
+    if a.plan:
+        print(plan_text(steps))
+        return 0
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernels are imported
     # Deterministic mode (step compile) needs this before cuBLAS starts; harmless otherwise.
@@ -245,28 +338,41 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     m = meta(torch, a.commit, a.dry_run)
     print(json.dumps(m), flush=True)
+    print(plan_text(steps), flush=True)
     if a.workers is None:
-        a.workers = 1 if a.dry_run else 10
+        a.workers = 1 if a.dry_run else 12
     ctx = Context(torch, a, steps)
-    fns = step_functions()
-    failed = []
+    ctx.start = started
+    failed = run_plan(steps, step_functions(), out, m, ctx)
+    return 1 if failed else 0
+
+
+def run_plan(steps, fns, out, meta, ctx) -> list:
+    """Run ``steps`` in order, each one's rows into its phase's file under ``out``; a step
+    whose estimate no longer fits the budget is a ``skipped`` row (the later, smaller ones
+    still run if they fit). Returns the steps that failed, raised or were skipped."""
+    out = Path(out)
+    files, failed = {}, []
     t0 = time.perf_counter()
     for name in steps:
-        if a.skip_done and step_done(out / f"{name}.json"):
-            print(f"=== step {name}: already done in {out}, skipped")
-            continue
-        if not a.dry_run and ctx.remaining() < min(STEPS[name], 60):
-            rec = Recorder(out, name, m)
-            rec.add(status="skipped", reason=f"budget: {ctx.remaining():.0f} s left, step "
-                                             f"estimated at {STEPS[name]} s")
-            print(f"=== step {name}: skipped, {ctx.remaining():.0f} s of the budget left")
+        phase = PHASE[name]
+        if phase not in files:
+            files[phase] = RowFile(out / f"{phase}.json")
+        if not ctx.fits(ESTIMATES[name]):
+            rec = Recorder(out, name, meta, files[phase])
+            rec.add(status="skipped", estimate_s=ESTIMATES[name],
+                    reason=f"budget: {ctx.remaining():.0f} s left, step estimated at "
+                           f"{ESTIMATES[name]} s")
+            print(f"=== step {name}: skipped, {ctx.remaining():.0f} s of the budget left "
+                  f"(estimate {ESTIMATES[name]} s)", flush=True)
             failed.append(name)
             continue
-        if run_step(name, fns[name], out, m, ctx).failed():
+        if run_step(name, fns[name], out, meta, ctx, files[phase]).failed():
             failed.append(name)
     print(f"steps {','.join(steps)} in {time.perf_counter() - t0:.1f} s; results in {out}"
-          + (f"; FAILED: {','.join(failed)}" if failed else "; no failure"))
-    return 1 if failed else 0
+          + (f"; FAILED or skipped: {','.join(failed)}" if failed else "; no failure"),
+          flush=True)
+    return failed
 
 
 if __name__ == "__main__":

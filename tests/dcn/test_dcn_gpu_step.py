@@ -16,20 +16,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_gpu_step_dry_run(tmp_path):
+    """DCNv3 is an operator module of the GPU script: its checks are a task of the
+    correctness step, its timing is step bench_dcnv3."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu/run_gpu.py"), "--dry-run",
-                        "--steps", "dcnv3", "--out", str(tmp_path)], env=env, cwd=ROOT,
+                        "--steps", "bench_dcnv3", "--out", str(tmp_path)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    rows = json.loads((tmp_path / "dcnv3.json").read_text())
+    rows = json.loads((tmp_path / "bench.json").read_text())
     assert rows[-1]["status"] == "done" and all(r["dry_run"] for r in rows)
-    checks = [r for r in rows if "check" in r]
-    assert {r["check"] for r in checks} == {"dcnv3_vs_oracle", "dcnv4_equals_dcnv3"}
-    assert all(r["passed"] for r in checks)
     timing = [r for r in rows if r.get("kind") == "timing"]
     assert {(r["contender"], r["mode"]) for r in timing} == {
-        (c, m) for c in ("dcnv3", "internimage_pytorch", "dwconv3x3")
-        for m in ("forward", "train")}
+        (c, m) for c in ("deformconv", "internimage_pytorch", "dwconv3x3")
+        for m in ("fwd", "fwd+bwd")}
+    code = ("import json, sys; sys.path[:0] = [sys.argv[1]]; import gpu_checks; "
+            "print(json.dumps(gpu_checks.operator_task('dcnv3', True)))")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks/gpu")],
+                       env=dict(env, TRITON_INTERPRET="1"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    checks = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {c["check"] for c in checks} == {"dcnv3_vs_oracle", "dcnv4_equals_dcnv3"}
+    assert all(c["passed"] and c["operator"] == "dcnv3" for c in checks)
 
 
 @pytest.mark.slow
