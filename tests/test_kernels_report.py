@@ -96,6 +96,16 @@ def test_registration_hook_finds_every_kernel_module():
         [s.name for s in kernels.KERNEL_SPECS]
 
 
+def test_registration_hook_finds_operator_folder_kernels():
+    """``deformconv.ops.<op>.triton`` modules are reported too (the operator-folder layout)."""
+    from deformconv.ops.ms_deform_attn.triton import kernels as msda
+    from deformconv.ops.triton import report
+
+    assert "deformconv.ops.ms_deform_attn.triton.kernels" in report.kernel_modules()
+    assert {s.name for s in msda.KERNEL_SPECS} == {"ms_deform_attn_fwd", "ms_deform_attn_bwd"}
+    assert {s.name for s in msda.KERNEL_SPECS} <= {s.name for s in report.kernel_specs()}
+
+
 def _constexprs(fn):
     """Names of the ``tl.constexpr`` parameters of a JIT (or interpreted) kernel."""
     params = inspect.signature(fn.fn).parameters.values()

@@ -107,14 +107,14 @@ def nd_r2_function():
         def forward(ctx, x, off, w, b, m, s, p, d):
             ctx.save_for_backward(x, off, w, b, m)
             ctx.geometry = (s, p, d)
-            return launch_nd.deform_conv_nd_fwd(input=x, weight=w, offset=off, mask=m, bias=b,
+            return launch_nd.deform_conv_fwd(input=x, weight=w, offset=off, mask=m, bias=b,
                                                 stride=s, padding=p, dilation=d)
 
         @staticmethod
         def backward(ctx, go):
             x, off, w, b, m = ctx.saved_tensors
             s, p, d = ctx.geometry
-            gi, gw, goff, gm, gb = launch_nd.deform_conv_nd_bwd(
+            gi, gw, goff, gm, gb = launch_nd.deform_conv_bwd(
                 grad_out=go, input=x, weight=w, offset=off, mask=m, bias=b, stride=s,
                 padding=p, dilation=d, output_mask=[True] * 4)
             return gi, goff, gw, gb, gm, None, None, None

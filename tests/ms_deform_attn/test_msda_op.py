@@ -9,21 +9,16 @@ import torch
 from deformconv import ms_deform_attn
 from deformconv.ops.ms_deform_attn import torch_kernels
 from deformconv.ops.ms_deform_attn.reference import (
+    ARGS,
+    CASES,
+    GRAD_ARGS,
     make_inputs,
     ms_deform_attn_grads_ref,
     ms_deform_attn_ref,
 )
 from deformconv.testing import assert_close
 
-ARGS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-        "attention_weights")
-GRADS = ("value", "sampling_locations", "attention_weights")
-CASES = [
-    dict(),
-    dict(N=1, Q=7, M=3, D=5, shapes=((4, 4),), P=1),
-    dict(N=3, Q=2, M=1, D=1, shapes=((2, 9), (6, 1), (1, 1), (3, 3)), P=4),
-    dict(N=2, Q=4, M=4, D=8, shapes=((8, 11), (4, 6)), P=2, margin=0.6),
-]
+GRADS = GRAD_ARGS
 
 
 def _call(t):

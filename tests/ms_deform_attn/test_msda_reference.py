@@ -20,7 +20,7 @@ SHAPES = [((5, 7), (3, 2), (1, 1)), ((4, 4),), ((2, 9), (6, 1))]
 
 @pytest.mark.parametrize("shapes", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_oracle_matches_ms_deform_attn_grid_sample(shapes, seed):
+def test_oracle_matches_grid_sample_formula(shapes, seed):
     t = make_inputs(shapes=shapes, seed=seed, requires_grad=True)
     args = (t["value"], t["spatial_shapes"], t["sampling_locations"], t["attention_weights"])
     expected = ms_deform_attn_grid_sample(*args)

@@ -139,6 +139,19 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attent
     return out.view(N, M * D, Q).transpose(1, 2)
 
 
+# The op's arguments in order, the ones with gradients, and the problems (``make_inputs``
+# keywords) the kernels' tests run: several levels, single pixels and rows, one point, one
+# channel, locations far outside.
+ARGS = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+        "attention_weights")
+GRAD_ARGS = ("value", "sampling_locations", "attention_weights")
+CASES = (
+    dict(),
+    dict(N=1, Q=7, M=3, D=5, shapes=((4, 4),), P=1),
+    dict(N=3, Q=2, M=1, D=1, shapes=((2, 9), (6, 1), (1, 1), (3, 3)), P=4),
+    dict(N=2, Q=4, M=4, D=8, shapes=((8, 11), (4, 6)), P=2, margin=0.6),
+)
+
 # Deformable DETR's four encoder levels at its usual input size (H, W).
 DETR_LEVELS = ((100, 134), (50, 67), (25, 34), (13, 17))
 

@@ -15,6 +15,7 @@ gather) instead.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence, Tuple
 
 import torch
@@ -121,17 +122,6 @@ def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
     return gv, gl, ga
 
 
-class _device:
+def _device(t: Tensor):
     """``torch.cuda.device(t.device)`` for CUDA tensors, nothing for CPU ones."""
-
-    def __init__(self, t: Tensor):
-        self.guard = torch.cuda.device(t.device) if t.is_cuda else None
-
-    def __enter__(self):
-        if self.guard is not None:
-            self.guard.__enter__()
-
-    def __exit__(self, *exc):
-        if self.guard is not None:
-            return self.guard.__exit__(*exc)
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
