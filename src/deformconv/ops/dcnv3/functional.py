@@ -82,6 +82,15 @@ def check_per_position(name: str, t, input: Tensor, out, channels: int, what: st
                          f"{tuple(t.shape)}")
 
 
+def check_call(input, offset, mask, *params) -> Geometry:
+    """All of ``dcnv3``'s checks (also run by the registered op, for direct calls)."""
+    g = geometry(*params)
+    out = check_input(input, g)
+    check_per_position("offset", offset, input, out, g.group * g.points * 2, "group*P*2")
+    check_per_position("mask", mask, input, out, g.group * g.points, "group*P")
+    return g
+
+
 def dcnv3(input: Tensor, offset: Tensor, mask: Tensor, kernel_h: int, kernel_w: int,
           stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
           dilation_w: int, group: int, group_channels: int, offset_scale: float,
@@ -127,11 +136,9 @@ def dcnv3(input: Tensor, offset: Tensor, mask: Tensor, kernel_h: int, kernel_w: 
         >>> torch.allclose(y, box.permute(0, 2, 3, 1), atol=1e-5)
         True
     """
-    g = geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                 group, group_channels, offset_scale, remove_center, im2col_step)
-    out = check_input(input, g)
-    check_per_position("offset", offset, input, out, g.group * g.points * 2, "group*P*2")
-    check_per_position("mask", mask, input, out, g.group * g.points, "group*P")
+    g = check_call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                   dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
+                   im2col_step)
     check_not_functorch_autodiff("dcnv3", input, offset, mask)
     if onnx.exporting():
         return onnx.dcnv3_decomposed(input, offset, mask, *g)

@@ -14,6 +14,7 @@ in every kernel. float64 arguments are never cast.
 
 from __future__ import annotations
 
+import importlib
 from typing import List, Tuple
 
 import torch
@@ -44,7 +45,8 @@ def define(name: str, tensors: Tuple[str, ...], torch_module, triton_module: str
     """Define and register ``deformconv::<name>`` and ``deformconv::<name>_backward``.
 
     The forward takes ``tensors`` (the input first, channels last, then its per-position
-    tensors) and ``PARAMS``; it returns (N, oH, oW, C) with oH, oW from the second tensor.
+    tensors) and ``PARAMS``, checks them with ``deformconv.ops.<name>.functional.check_call``
+    and returns (N, oH, oW, C) with oH, oW from the second tensor.
     The backward takes the output gradient, the same arguments and ``output_mask`` = [input,
     the per-position tensors] and returns one gradient per tensor (empty when not asked for).
     Kernels: ``<name>_fwd``/``<name>_bwd`` of ``torch_module`` or of the Triton launcher
@@ -54,6 +56,16 @@ def define(name: str, tensors: Tuple[str, ...], torch_module, triton_module: str
     grads = ", ".join("Tensor" for _ in tensors)
 
     def forward(*a):
+        # A direct torch.ops.deformconv call gets the public function's clear errors too. The
+        # autocast rule's mixed dtypes (positions in float32) are the op's to accept: checked
+        # as stand-ins of the input's dtype (same shapes and devices, one element each).
+        k = len(tensors)
+        ts = a[:k]
+        if {t.dtype for t in ts} <= set(_LOW) and len({t.dtype for t in ts}) > 1:
+            ts = [torch.empty_strided(t.shape, (0,) * t.dim(), dtype=a[0].dtype,
+                                      device=t.device) for t in ts]
+        importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.{name}.functional"
+                                ).check_call(*ts, *a[k:])
         return run(name, "forward", f"{name}_fwd", torch_module, triton_module, a[0], *a)
 
     fwd = torch.library.custom_op(f"deformconv::{name}", forward, mutates_args=(),

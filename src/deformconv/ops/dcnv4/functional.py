@@ -20,6 +20,15 @@ def offset_mask_width(group: int, points: int) -> int:
     return math.ceil(group * 3 * points / 8) * 8
 
 
+def check_call(input, offset_mask, *params):
+    """All of ``dcnv4``'s checks (also run by the registered op, for direct calls)."""
+    g = geometry(*params)
+    out = check_input(input, g)
+    check_per_position("offset_mask", offset_mask, input, out,
+                       offset_mask_width(g.group, g.points), "ceil(group*3*P/8)*8")
+    return g
+
+
 def dcnv4(input: Tensor, offset_mask: Tensor, kernel_h: int, kernel_w: int, stride_h: int,
           stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
           group: int, group_channels: int, offset_scale: float, remove_center: bool = False,
@@ -50,11 +59,9 @@ def dcnv4(input: Tensor, offset_mask: Tensor, kernel_h: int, kernel_w: int, stri
         >>> dcnv4(x, om, 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0).abs().max().item()
         0.0
     """
-    g = geometry(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                 group, group_channels, offset_scale, remove_center, im2col_step)
-    out = check_input(input, g)
-    check_per_position("offset_mask", offset_mask, input, out,
-                       offset_mask_width(g.group, g.points), "ceil(group*3*P/8)*8")
+    g = check_call(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                   dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
+                   im2col_step)
     check_not_functorch_autodiff("dcnv4", input, offset_mask)
     if onnx.exporting():
         return onnx.dcnv4_decomposed(input, offset_mask, *g)
