@@ -95,7 +95,7 @@ def test_64bit_indices(monkeypatch):
 
 def test_hostile_offsets():
     prob = CASES["3d"]
-    t = prob.tensors(device=DEV)
+    t = prob.tensors(torch.float32, device=DEV)  # the launchers take no float64
     off = t["offset"].clone()
     off.view(-1)[::7] = float("nan")
     off.view(-1)[1::11] = float("inf")
@@ -106,7 +106,8 @@ def test_hostile_offsets():
     want = deform_conv_ref(t["input"].double(), off.double(), t["weight"].double(),
                               t["bias"].double(), *params, t["mask"].double())
     assert_close(out, want, torch.float32, "output", TOL[torch.float32])
-    grads = nd_launch.deform_conv_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    grads = nd_launch.deform_conv_bwd(prob.grad_out(torch.float32, device=DEV), *args,
+                                      [True] * 4)
     for g in grads:
         assert torch.isfinite(g).all()
     g_off = grads[2]
@@ -115,9 +116,10 @@ def test_hostile_offsets():
 
 def test_batch_zero():
     prob = CASES["1d"].with_(N=0)
-    t = prob.tensors(device=DEV)
+    t = prob.tensors(torch.float32, device=DEV)  # the launchers take no float64
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
     assert nd_launch.deform_conv_fwd(*args).shape == (0, prob.O, *prob.out)
-    grads = nd_launch.deform_conv_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    grads = nd_launch.deform_conv_bwd(prob.grad_out(torch.float32, device=DEV), *args,
+                                      [True] * 4)
     assert grads[1].shape == t["weight"].shape and not grads[1].any()
