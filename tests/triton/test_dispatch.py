@@ -151,7 +151,8 @@ def test_compile_failure_falls_back_with_one_warning(tmp_path, monkeypatch):
     t = PROBLEM.tensors(torch.float32, DEVICE)
     args = [t[n] for n in ("input", "offset", "weight", "bias")]
     with deformconv.use_backend("triton"):
-        with pytest.warns(RuntimeWarning, match="Triton forward kernel failed .*planted"):
+        with pytest.warns(RuntimeWarning,
+                          match="Triton deform_conv2d forward kernel failed .*planted"):
             out = deform_conv2d(*args, padding=1, mask=t["mask"])
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # one warning only

@@ -45,15 +45,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _nan_fill(monkeypatch):
-    monkeypatch.setattr(nd_launch, "DEBUG_FILL_NAN", True)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 def _check(prob: Problem, dtype=torch.float32, tensors=None):
     t = tensors or prob.tensors(dtype, device=DEV)
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
@@ -89,13 +80,19 @@ def test_half_precision(dtype):
 
 
 def test_64bit_indices(monkeypatch):
-    monkeypatch.setattr(nd_launch, "_INT32_LIMIT", 0)
+    from deformconv.ops.triton import spec
+
+    seen = []
+    real = spec.index_64
+    monkeypatch.setattr(spec, "INDEX_64_FROM", 1)
+    monkeypatch.setattr(spec, "index_64", lambda *s: seen.append(real(*s)) or seen[-1])
     _check(CASES["3d"])
+    assert seen and all(seen)
 
 
 def test_hostile_offsets():
     prob = CASES["3d"]
-    t = prob.tensors(device=DEV)
+    t = prob.tensors(torch.float32, device=DEV)
     off = t["offset"].clone()
     off.view(-1)[::7] = float("nan")
     off.view(-1)[1::11] = float("inf")
@@ -106,7 +103,8 @@ def test_hostile_offsets():
     want = deform_conv_ref(t["input"].double(), off.double(), t["weight"].double(),
                               t["bias"].double(), *params, t["mask"].double())
     assert_close(out, want, torch.float32, "output", TOL[torch.float32])
-    grads = nd_launch.deform_conv_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    grads = nd_launch.deform_conv_bwd(prob.grad_out(torch.float32, device=DEV), *args,
+                                      [True] * 4)
     for g in grads:
         assert torch.isfinite(g).all()
     g_off = grads[2]
@@ -115,9 +113,10 @@ def test_hostile_offsets():
 
 def test_batch_zero():
     prob = CASES["1d"].with_(N=0)
-    t = prob.tensors(device=DEV)
+    t = prob.tensors(torch.float32, device=DEV)
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)
     assert nd_launch.deform_conv_fwd(*args).shape == (0, prob.O, *prob.out)
-    grads = nd_launch.deform_conv_bwd(prob.grad_out(device=DEV), *args, [True] * 4)
+    grads = nd_launch.deform_conv_bwd(prob.grad_out(torch.float32, device=DEV), *args,
+                                      [True] * 4)
     assert grads[1].shape == t["weight"].shape and not grads[1].any()

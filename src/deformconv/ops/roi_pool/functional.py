@@ -84,9 +84,10 @@ def _real(name: str, v) -> float:
     return v
 
 
-def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
+def check_deform_roi_pool(input, rois, offset, ph: int, pw: int, values: bool = True) -> None:
     """Validate one call; ``ph``/``pw`` already parsed. The batch-index check reads the rois
-    (a device sync), so it runs in eager mode only, never inside a compiled graph."""
+    (a device sync), so it runs in eager mode only, never inside a compiled graph, and only
+    with ``values``."""
     _check_tensor("input", input, 4, None)
     _check_tensor("rois", rois, 2, input)
     if offset is not None:
@@ -101,7 +102,7 @@ def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
     if offset is not None and tuple(offset.shape) != (R, 2, ph, pw):
         raise ValueError(f"offset must have shape (R, 2, ph, pw) = {(R, 2, ph, pw)}, got "
                          f"{tuple(offset.shape)}")
-    if R and not _tracing():
+    if R and values and not _tracing():
         b = torch.trunc(rois[:, 0].detach())
         bad = ~((b >= 0) & (b < N))               # NaN is bad too
         if bool(bad.any()):
