@@ -168,15 +168,15 @@ def test_nd_launcher_runs_the_reported_blocks_on_a_gpu():
     from deformconv.ops.deform_conv.triton import launch_nd as nd_launch
 
     half = SimpleNamespace(is_cuda=True, dtype=torch.float16)
-    got = nd_launch._blocks("fwd", half, dict(R=1, IDX64=True, INPUT_PRECISION="ieee"))
+    got = nd_launch._blocks("fwd", half, dict(R=1, INDEX_64=True, INPUT_PRECISION="ieee"))
     assert got == nd_kernels.gpu_blocks("fwd", 1, "fp16", True) != nd_kernels.GPU_BLOCKS["fwd"]
     single = SimpleNamespace(is_cuda=True, dtype=torch.float32)
     for precision, label in (("tf32", "tf32"), ("ieee", "fp32")):
         got = nd_launch._blocks("bwd_weight", single,
-                                dict(R=3, IDX64=False, INPUT_PRECISION=precision))
+                                dict(R=3, INDEX_64=False, INPUT_PRECISION=precision))
         assert got == nd_kernels.gpu_blocks("bwd_weight", 3, label, False)
-    assert nd_launch._blocks("bwd_weight", single, dict(R=3, IDX64=False,
+    assert nd_launch._blocks("bwd_weight", single, dict(R=3, INDEX_64=False,
                                                         INPUT_PRECISION="tf32")) != \
-        nd_launch._blocks("bwd_weight", single, dict(R=3, IDX64=False, INPUT_PRECISION="ieee"))
+        nd_launch._blocks("bwd_weight", single, dict(R=3, INDEX_64=False, INPUT_PRECISION="ieee"))
     cpu = SimpleNamespace(is_cuda=False, dtype=torch.float16)
     assert nd_launch._blocks("fwd", cpu, {}) == nd_launch.INTERPRETER_BLOCKS["fwd"]

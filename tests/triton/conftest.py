@@ -44,12 +44,12 @@ def pytest_collection_modifyitems(config, items):
 def nan_fill(monkeypatch):
     if _SKIP is not None:
         return
-    from deformconv.ops.deform_conv.triton import launch
+    from deformconv.ops.triton import spec
 
     def empty(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(launch, "empty", empty)
+    monkeypatch.setattr(spec, "empty", empty)  # every launcher's one allocation
 
 
 @pytest.fixture(autouse=True)
@@ -61,13 +61,12 @@ def blocks(monkeypatch):
         return
     from deformconv.ops.deform_conv.triton import launch
 
-    small = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_O=16, BLOCK_C=16)
-    names = {k: set(launch.interpreter_config(k)) for k in ("fwd", "bwd_data", "bwd_weight")}
-    monkeypatch.setattr(launch, "interpreter_config",
-                        lambda kernel: {n: small[n] for n in names[kernel]})
+    blocks = {k: dict(v) for k, v in launch.INTERPRETER_BLOCKS.items()}
+    monkeypatch.setattr(launch, "INTERPRETER_BLOCKS", blocks)
 
     def override(**sizes):
-        small.update(sizes)
+        for table in blocks.values():
+            table.update({n: v for n, v in sizes.items() if n in table})
 
     yield override
 

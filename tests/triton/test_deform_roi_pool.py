@@ -5,8 +5,9 @@ Runs compiled on a GPU, or in the Triton interpreter on CPU tensors without one:
     TRITON_INTERPRET=1 python -m pytest -q tests/triton/test_deform_roi_pool.py
 
 (the variable must be set before Triton is imported; without it and without CUDA this module
-skips). Outputs are allocated NaN-filled (``DEBUG_FILL_NAN``), so a tile the kernel leaves
-unwritten fails. Interpreter channel blocks are 4 wide, so every case spans several blocks.
+skips). Outputs are allocated NaN-filled (``conftest.py``'s ``nan_fill``), so a tile the
+kernel leaves unwritten fails. Interpreter channel blocks are 4 wide, so every case spans
+several blocks.
 """
 
 from __future__ import annotations
@@ -30,11 +31,6 @@ from deformconv.testing import RoIProblem, assert_close  # noqa: E402
 DEV = "cuda" if HAS_CUDA else "cpu"
 # Small problems: the interpreter runs each program in Python. Seven regions, one of each kind.
 SMALL = dict(H=5, W=6, R=7, output_size=(2, 2))
-
-
-@pytest.fixture(autouse=True)
-def _nan_fill(monkeypatch):
-    monkeypatch.setattr(launch, "DEBUG_FILL_NAN", True)
 
 
 def _both(p: RoIProblem, dtype, seed=0):
@@ -131,7 +127,9 @@ def test_index_64_path(monkeypatch):
     go = p.grad_out(torch.float32, DEV)
     a = launch.deform_roi_pool_fwd(*args)
     ga = launch.deform_roi_pool_bwd(go, *args, True, True)
-    monkeypatch.setattr(launch, "INT32_MAX", 0)
+    from deformconv.ops.triton import spec
+
+    monkeypatch.setattr(spec, "INDEX_64_FROM", 1)
     assert launch._index_64(1, 1, 1, 1, 1, 1, 1)
     b = launch.deform_roi_pool_fwd(*args)
     gb = launch.deform_roi_pool_bwd(go, *args, True, True)

@@ -45,15 +45,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _nan_fill(monkeypatch):
-    monkeypatch.setattr(nd_launch, "DEBUG_FILL_NAN", True)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 def _check(prob: Problem, dtype=torch.float32, tensors=None):
     t = tensors or prob.tensors(dtype, device=DEV)
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
@@ -89,8 +80,14 @@ def test_half_precision(dtype):
 
 
 def test_64bit_indices(monkeypatch):
-    monkeypatch.setattr(nd_launch, "_INT32_LIMIT", 0)
+    from deformconv.ops.triton import spec
+
+    seen = []
+    real = spec.index_64
+    monkeypatch.setattr(spec, "INDEX_64_FROM", 1)
+    monkeypatch.setattr(spec, "index_64", lambda *s: seen.append(real(*s)) or seen[-1])
     _check(CASES["3d"])
+    assert seen and all(seen)
 
 
 def test_hostile_offsets():

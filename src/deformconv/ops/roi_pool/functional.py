@@ -96,10 +96,11 @@ def _real(name: str, v) -> float:
     return v
 
 
-def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
+def check_deform_roi_pool(input, rois, offset, ph: int, pw: int, values: bool = True) -> None:
     """Validate one call; ``ph``/``pw`` already parsed. The batch-index check reads the rois
-    (a device sync), so it runs on real tensors in eager mode only: not inside a compiled or
-    traced graph, not on meta or fake tensors (which have shapes, no values)."""
+    (a device sync), so it runs on real tensors in eager mode only, and only with ``values``:
+    not inside a compiled or traced graph, not on meta or fake tensors (which have shapes, no
+    values), not in the registered op (whose kernels pool an out-of-range region to 0)."""
     _check_tensor("input", input, 4, None)
     # float32 boxes with float16/bfloat16 features keep their precision: the positions are
     # computed in float32 either way, and rounding coordinates to the low dtype moves them.
@@ -125,7 +126,7 @@ def check_deform_roi_pool(input, rois, offset, ph: int, pw: int) -> None:
     if offset is not None and tuple(offset.shape) != (R, 2, ph, pw):
         raise ValueError(f"offset must have shape (R, 2, ph, pw) = {(R, 2, ph, pw)}, got "
                          f"{tuple(offset.shape)}")
-    if R and not _tracing() and _has_values(rois):
+    if R and values and not _tracing() and _has_values(rois):
         b = torch.trunc(rois[:, 0].detach())
         bad = ~((b >= 0) & (b < N))               # NaN is bad too
         if bool(bad.any()):

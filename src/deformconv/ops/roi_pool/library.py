@@ -80,11 +80,13 @@ for _device_type in autocast.DEVICE_TYPES:  # float32 (see autocast.py)
 
 
 def check_args(input, rois, offset, pooled_h: int, pooled_w: int) -> None:
-    """The public function's checks, for direct calls of the registered op (real tensors)."""
+    """The public function's checks of arguments and shapes, for direct calls of the registered
+    op. Not the batch indices' values: the kernels pool a region whose index is out of range,
+    or NaN, to 0 without reading out of bounds, which the hostile-input checks exercise."""
     from .functional import check_deform_roi_pool  # noqa: PLC0415 (it imports this module)
 
     ph, pw = checks.int_tuple("output_size", (pooled_h, pooled_w), 2, 1)
-    check_deform_roi_pool(input, rois, offset, ph, pw)
+    check_deform_roi_pool(input, rois, offset, ph, pw, values=False)
 
 
 def _run(direction: str, fn: str, input: Tensor, *args):

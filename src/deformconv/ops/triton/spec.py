@@ -15,8 +15,28 @@ from typing import Callable, Dict, Sequence, Tuple
 # "tf32" is float32 data with TF32 dots.
 DTYPES = ("fp32", "tf32", "fp16", "bf16")
 ELEMENT = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
-# Names of the constexpr index-width switch (64-bit address arithmetic) the kernels use.
-INDEX_SWITCHES = ("INDEX_64", "IDX64")
+# The constexpr index-width switch of every kernel: 64-bit address arithmetic.
+INDEX_SWITCHES = ("INDEX_64",)
+# The one index-width rule of every launcher (``index_64``): 64-bit addresses from tensors of
+# this many elements. Half the int32 range: masked lanes of a last tile and address sums
+# formed before masking may pass a tensor's end, by less than its size.
+INDEX_64_FROM = (2 ** 31 - 1) // 2
+
+
+def empty(shape, dtype, device):
+    """The one allocation of every launcher for the buffers its kernels write completely
+    (``torch.empty``). Tests replace this function to fill them with NaN, so a tile a kernel
+    forgot fails loudly; product code has no switch for it."""
+    import torch  # noqa: PLC0415
+
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def index_64(*sizes) -> bool:
+    """Whether a kernel addressing tensors (or element counts) ``sizes`` needs
+    ``INDEX_64=True``: some count reaches ``INDEX_64_FROM``. Registers are the scarce resource
+    of the kernels and 64-bit address tiles cost twice as many, so smaller calls stay 32-bit."""
+    return any((s if isinstance(s, int) else s.numel()) >= INDEX_64_FROM for s in sizes)
 
 
 def input_precision(dtype) -> str:

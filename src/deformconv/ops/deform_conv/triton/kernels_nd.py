@@ -16,8 +16,8 @@ Layouts (all contiguous):
 
 Positions are flattened over ``(n, oz, oy, ox)`` into ``P``. Channel blocks run inside the
 intersection of one conv group and one offset group, so every row of a gathered tile uses one
-offset. ``IDX64`` selects 64-bit address arithmetic; the launcher sets it only when some tensor
-has ``2**31`` elements or more, otherwise indices stay 32-bit.
+offset. ``INDEX_64`` selects 64-bit address arithmetic; the launcher sets it by the one rule of
+``spec.index_64``, otherwise indices stay 32-bit.
 
 Hostile offsets: a position is inside only when ``-1 <= p_d < S_d`` in every dimension (False
 for NaN); outside positions are replaced by 0 before the float -> int conversion, corner
@@ -44,7 +44,7 @@ GPU_BLOCKS = {
 }
 # Where ptxas spilled a few bytes with GPU_BLOCKS (its register targets move with the dtype,
 # dimension and index width), other blocks or warps, found with ``deformconv kernels``:
-# (role, R, dtype label of ``spec.DTYPES``, IDX64) -> changes to GPU_BLOCKS[role].
+# (role, R, dtype label of ``spec.DTYPES``, INDEX_64) -> changes to GPU_BLOCKS[role].
 GPU_BLOCKS_OVERRIDES = {
     ("fwd", 1, "fp32", False): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
     ("fwd", 1, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
@@ -72,12 +72,12 @@ def gpu_blocks(role, R, label, idx64):
 
 
 @triton.jit
-def _program_ids(IDX64: tl.constexpr):
-    """The three program ids, as int64 when IDX64 (addresses may pass 2**31)."""
+def _program_ids(INDEX_64: tl.constexpr):
+    """The three program ids, as int64 when INDEX_64 (addresses may pass 2**31)."""
     p0 = tl.program_id(0)
     p1 = tl.program_id(1)
     p2 = tl.program_id(2)
-    if IDX64:
+    if INDEX_64:
         p0 = p0.to(tl.int64)
         p1 = p1.to(tl.int64)
         p2 = p2.to(tl.int64)
@@ -234,13 +234,13 @@ def _deform_conv_nd_fwd_kernel(
         out_ptr,   # output (N, O, oD, oH, oW), every element written
         P, C, D, H, W, oD, oH, oW, Cg, Og, Cpg, G, O, sd, sh, sw, pd, ph, pw, dd, dh, dw,
         KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, R: tl.constexpr,
-        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, IDX64: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
         INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Implicit GEMM: output tile [BLOCK_M positions, BLOCK_N channels of conv group pid 2]."""
     K = KD * KH * KW
     NCORNER: tl.constexpr = 2 ** R
-    pid_m, pid_n, grp = _program_ids(IDX64)
+    pid_m, pid_n, grp = _program_ids(INDEX_64)
     o_vol = oD * oH * oW
     pos_ok, n, rem, oz, oy, ox = _positions(pid_m, P, oD, oH, oW, BLOCK_M)
     c_begin = grp * Cg
@@ -282,7 +282,7 @@ def _deform_conv_nd_bwd_data_kernel(
         P, C, D, H, W, oD, oH, oW, Cg, Og, Cpg, G, O, sd, sh, sw, pd, ph, pw, dd, dh, dw,
         KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, R: tl.constexpr,
         HAS_MASK: tl.constexpr, NEED_IN: tl.constexpr, NEED_OM: tl.constexpr,
-        IDX64: tl.constexpr, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        INDEX_64: tl.constexpr, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
     """Input, offset and mask gradients of a tile of BLOCK_M positions.
 
@@ -293,7 +293,7 @@ def _deform_conv_nd_bwd_data_kernel(
     """
     K = KD * KH * KW
     NCORNER: tl.constexpr = 2 ** R
-    pid_m, _, _ = _program_ids(IDX64)
+    pid_m, _, _ = _program_ids(INDEX_64)
     o_vol = oD * oH * oW
     pos_ok, n, rem, oz, oy, ox = _positions(pid_m, P, oD, oH, oW, BLOCK_M)
     go_base = n * O * o_vol + rem
@@ -362,7 +362,7 @@ def _deform_conv_nd_bwd_weight_kernel(
         P, C, D, H, W, oD, oH, oW, Cg, Og, Cpg, G, O, groups, SPLIT, sd, sh, sw, pd, ph, pw,
         dd, dh, dw,
         KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, R: tl.constexpr,
-        HAS_MASK: tl.constexpr, IDX64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        HAS_MASK: tl.constexpr, INDEX_64: tl.constexpr, INPUT_PRECISION: tl.constexpr,
         DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Weight gradient of tap ``k`` of conv group ``grp`` (pid 0 = grp*K + k), output
@@ -370,7 +370,7 @@ def _deform_conv_nd_bwd_weight_kernel(
     its own partial sums (no atomics, deterministic), which the launcher adds."""
     K = KD * KH * KW
     NCORNER: tl.constexpr = 2 ** R
-    pid0, pid_n, split = _program_ids(IDX64)
+    pid0, pid_n, split = _program_ids(INDEX_64)
     grp = pid0 // K
     k = pid0 % K
     oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -408,7 +408,7 @@ def _report_signature(R, kd, kh, kw, flags):
         types = dict.fromkeys(("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr",
                                "gout_ptr", "goff_ptr", "gmask_ptr"), e)
         types.update(gin_ptr="*fp32", gw_ptr="*fp32")
-        consts = dict(KD=kd, KH=kh, KW=kw, R=R, HAS_MASK=True, IDX64=index_64,
+        consts = dict(KD=kd, KH=kh, KW=kw, R=R, HAS_MASK=True, INDEX_64=index_64,
                       INPUT_PRECISION=dot_precision(label), DOT_UPCAST=False, **flags)
         return types, consts
     return build

@@ -35,29 +35,22 @@ from ... import geometry
 from ...triton import spec
 from . import kernels
 
-INT32_LIMIT = 2 ** 31
 # Functions whose results depend on the order of atomic additions (see dispatch).
 NONDETERMINISTIC = ("deform_conv_bwd",)
 PARTIAL_BYTES = 16 << 20  # cap of the float32 split-sum buffers (forward and weight gradient)
 _AUTOTUNE_KEY = ["C", "Cg", "Og", "G", "KH", "KW", "HAS_MASK", "SIZE_BUCKET"]
 
 
-def index_64(*tensors: Tensor) -> bool:
-    """Whether any tensor is too large for 32-bit element offsets."""
-    return any(t.numel() >= INT32_LIMIT for t in tensors)
+index_64 = spec.index_64  # the one rule (tests replace it here to force a width)
 
 
-def interpreter_config(kernel: str) -> Dict[str, int]:
-    """Block sizes of ``kernel`` (``"fwd"``, ``"bwd_data"``, ``"bwd_weight"``) for CPU tensors
-    in the interpreter, which does not autotune: small, as the shapes it runs are."""
-    return {"fwd": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16),
-            "bwd_data": dict(BLOCK_M=16, BLOCK_O=16, BLOCK_C=16),
-            "bwd_weight": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16)}[kernel]
-
-
-def empty(shape, dtype: torch.dtype, device) -> Tensor:
-    """Allocation of the buffers a kernel writes completely (the tests fill them with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+# Block sizes per kernel on CPU tensors (the interpreter does not autotune): small, as the
+# shapes it runs are. Every launcher module names them so; tests may change them.
+INTERPRETER_BLOCKS: Dict[str, Dict[str, int]] = {
+    "fwd": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16),
+    "bwd_data": dict(BLOCK_M=16, BLOCK_O=16, BLOCK_C=16),
+    "bwd_weight": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_C=16),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +87,7 @@ def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs)
             key = spec.family(kwargs["x_ptr"].dtype, kwargs["INDEX_64"])
             _tuned(name, key)[grid](**kwargs)
     else:
-        blocks = interpreter_config(name)
+        blocks = dict(INTERPRETER_BLOCKS[name])
         fn[grid(blocks)](**kwargs, **blocks, num_warps=warps)
 
 
@@ -150,7 +143,7 @@ def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optio
     nominal = triton.cdiv(P, 64) * triton.cdiv(gr.out_per_group, 64) * gr.groups
     split = _tap_splits(input, nominal, gr.taps, P * O) if input.is_cuda else \
         min(2, gr.taps)
-    out = empty((split, N, O, oH, oW), input.dtype if split == 1 else torch.float32,
+    out = spec.empty((split, N, O, oH, oW), input.dtype if split == 1 else torch.float32,
                 input.device)
     x, w = _layouts(input, weight, gr.groups)
     off = offset.contiguous()
@@ -206,8 +199,8 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
     empty0 = input.new_empty(0)
     gi, gw, g_off, g_mask = empty0, empty0, empty0, empty0
     if need_om:
-        g_off = empty(offset.shape, offset.dtype, dev)
-        g_mask = empty(mask.shape, mask.dtype, dev) if mask is not None else empty0
+        g_off = spec.empty(offset.shape, offset.dtype, dev)
+        g_mask = spec.empty(mask.shape, mask.dtype, dev) if mask is not None else empty0
     if need_in:
         gi = torch.zeros(input.shape, dtype=dt, device=dev)  # stays so when P == 0
     if need_w:
@@ -233,11 +226,11 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
                 del g_in
         if need_w:
             block_c = (kernels.WEIGHT_BLOCK_C if dev.type == "cuda"
-                       else interpreter_config("bwd_weight")["BLOCK_C"])
+                       else INTERPRETER_BLOCKS["bwd_weight"]["BLOCK_C"])
             blocks = _channel_blocks(C, Cg, gr.in_per_offset_group, block_c, dev)
             nominal = blocks.shape[0] * K * triton.cdiv(Og, 64)
             split = _pixel_splits(P, nominal, weight.numel(), dev)
-            part = empty((split, gr.groups, K, Cg, Og), torch.float32, dev)
+            part = spec.empty((split, gr.groups, K, Cg, Og), torch.float32, dev)
             grid = lambda m: (blocks.shape[0] * K, triton.cdiv(Og, m["BLOCK_N"]), split)
             _launch("bwd_weight", kernels._deform_conv2d_bwd_weight_kernel, grid, dev,
                     x_ptr=x, off_ptr=off, mask_ptr=msk, gout_ptr=go, blk_ptr=blocks,

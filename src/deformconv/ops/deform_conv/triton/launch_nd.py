@@ -32,9 +32,6 @@ INTERPRETER_BLOCKS: Dict[str, Dict[str, int]] = {
     "bwd_data": {"BLOCK_M": 16, "BLOCK_O": 16, "BLOCK_C": 16},
     "bwd_weight": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_C": 16},
 }
-# Fill outputs that kernels must write completely with NaN first (tests set it).
-DEBUG_FILL_NAN = False
-_INT32_LIMIT = 2 ** 31 - 1
 # Functions whose results depend on the order of atomic additions (see dispatch).
 NONDETERMINISTIC = ("deform_conv_bwd",)
 
@@ -47,12 +44,11 @@ def _blocks(name: str, t: Tensor, consts: Dict) -> Dict[str, int]:
     if not t.is_cuda:
         return dict(INTERPRETER_BLOCKS[name])
     label = _LABELS.get(t.dtype, "tf32" if consts["INPUT_PRECISION"] == "tf32" else "fp32")
-    return gpu_blocks(name, consts["R"], label, consts["IDX64"])
+    return gpu_blocks(name, consts["R"], label, consts["INDEX_64"])
 
 
 def _new(shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-    return t.fill_(float("nan")) if DEBUG_FILL_NAN else t
+    return spec.empty(shape, dtype or like.dtype, like.device)
 
 
 def _as_3d(v: Sequence[int], fill: int) -> List[int]:
@@ -78,8 +74,8 @@ def _setup(input: Tensor, weight: Tensor, offset: Tensor, stride, padding, dilat
     sizes = dict(P=N * oD * oH * oW, C=C, D=D, H=H, W=W, oD=oD, oH=oH, oW=oW, Cg=Cg,
                  Og=grp.out_per_group, Cpg=grp.in_per_offset_group, G=grp.offset_groups, O=O,
                  sd=sd, sh=sh, sw=sw, pd=pd, ph=ph, pw=pw, dd=dd, dh=dh, dw=dw)
-    biggest = max(x.numel(), offset.numel(), N * O * oD * oH * oW, w.numel())
-    consts = dict(KD=kD, KH=kH, KW=kW, R=R, IDX64=biggest > _INT32_LIMIT // 2,
+    consts = dict(KD=kD, KH=kH, KW=kW, R=R,
+                  INDEX_64=spec.index_64(x, offset, N * O * oD * oH * oW, w),
                   INPUT_PRECISION=spec.input_precision(input.dtype),
                   DOT_UPCAST=not input.is_cuda and input.dtype == torch.bfloat16)
     return x, w, grp, tuple(out), sizes, consts

@@ -24,34 +24,30 @@ from torch import Tensor
 
 import triton
 
+from ...triton import spec
 from . import kernels
 from .kernels import GPU_BLOCKS_C, num_warps
 
-# Channel block on CPU tensors (the interpreter): small, so tiny test shapes still run several
-# channel blocks. Tests may change it.
-INTERPRETER_BLOCK_C = 4
-# Fill outputs the kernels must write completely with NaN first (tests set it), so a tile a
-# kernel forgot fails loudly.
-DEBUG_FILL_NAN = False
+# Block sizes on CPU tensors (the interpreter): small, so tiny test shapes still run several
+# channel blocks. Tests may change them.
+INTERPRETER_BLOCKS = {"roi_pool": dict(BLOCK_C=4)}
 # Functions whose results depend on the order of atomic additions (see dispatch).
 NONDETERMINISTIC = ("deform_roi_pool_bwd",)
-INT32_MAX = 2**31 - 1
 
 
 def _block_c(C: int, cuda: bool) -> int:
     if not cuda:
-        return INTERPRETER_BLOCK_C
+        return INTERPRETER_BLOCKS["roi_pool"]["BLOCK_C"]
     return max(GPU_BLOCKS_C[0], min(GPU_BLOCKS_C[-1], triton.next_power_of_2(C)))
 
 
 def _index_64(N: int, C: int, H: int, W: int, R: int, ph: int, pw: int) -> bool:
-    """64-bit addresses only when an element index can pass 2**31 - 1."""
-    return max(N * H * W * C, R * C * ph * pw, R * 2 * ph * pw * max(1, C)) > INT32_MAX
+    """The one rule (``spec.index_64``) on the element counts the kernels address."""
+    return spec.index_64(N * H * W * C, R * C * ph * pw, R * 2 * ph * pw * max(1, C))
 
 
 def _new(shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-    return t.fill_(float("nan")) if DEBUG_FILL_NAN else t
+    return spec.empty(shape, dtype or like.dtype, like.device)
 
 
 def _common(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int, pw: int):
