@@ -116,9 +116,9 @@ def test_deterministic_mode_takes_the_sorted_scatter():
 
 
 def test_64_bit_indices(monkeypatch):
-    from deformconv.ops.dcnv3.triton import launch
+    from deformconv.ops.triton import spec
 
-    monkeypatch.setattr(launch, "_INT32_LIMIT", 16)
+    monkeypatch.setattr(spec, "INDEX_64_FROM", 1)
     got, want = run_both(CASES["asym"], torch.float32, DEVICE)
     check(got, want, torch.float32, "asym i64")
 

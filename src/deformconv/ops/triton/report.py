@@ -38,11 +38,11 @@ COLUMNS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "sha
            "tensor_cores")
 
 
-def kernel_specs() -> List[KernelSpec]:
-    """``KERNEL_SPECS`` of every module of every operator's ``triton`` package
-    (``deformconv.ops.<op>.triton``), in operator then module-name order."""
+def kernel_modules() -> List[str]:
+    """Every module of every operator's ``triton`` package (``deformconv.ops.<op>.triton``),
+    in operator then module-name order."""
     ops = importlib.import_module(__package__.rsplit(".", 1)[0])
-    specs: List[KernelSpec] = []
+    names: List[str] = []
     for op in sorted(pkgutil.iter_modules(ops.__path__), key=lambda m: m.name):
         if not op.ispkg or op.name == "triton":
             continue
@@ -50,9 +50,16 @@ def kernel_specs() -> List[KernelSpec]:
             pkg = importlib.import_module(f"{ops.__name__}.{op.name}.triton")
         except ModuleNotFoundError:
             continue
-        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-            specs.extend(getattr(module, "KERNEL_SPECS", ()))
+        names += [f"{pkg.__name__}.{info.name}" for info in
+                  sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name)]
+    return names
+
+
+def kernel_specs() -> List[KernelSpec]:
+    """``KERNEL_SPECS`` of every module of :func:`kernel_modules`."""
+    specs: List[KernelSpec] = []
+    for name in kernel_modules():
+        specs.extend(getattr(importlib.import_module(name), "KERNEL_SPECS", ()))
     return specs
 
 

@@ -17,7 +17,7 @@ Layouts (channels last; no GEMM: a group's channels are sampled with the group's
 Sampling is the shared ``corners_2d`` with the strict cut-off (``-1 < y < H``): non-finite
 positions are outside and every load and atomic is masked by its corner's validity, so no
 offset addresses memory outside the input. Positions are computed in float32 as the CUDA kernel
-does: ``(wo*stride - pad + c - c*s) + (i*dil + dx)*s``. ``IDX64`` switches address arithmetic
+does: ``(wo*stride - pad + c - c*s) + (i*dil + dx)*s``. ``INDEX_64`` switches address arithmetic
 to 64 bits.
 """
 
@@ -65,11 +65,11 @@ def _tap_corners(off_ptr, mask_ptr, rows, g, p, row_ok, H, W, C, oH, oW, KH, KW,
 
 
 @triton.jit
-def _block_rows(M, oH, oW, IDX64: tl.constexpr, BLOCK_M: tl.constexpr):
-    """This program's output positions (flat over N, oH, oW; int64 with IDX64), their
+def _block_rows(M, oH, oW, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's output positions (flat over N, oH, oW; int64 with INDEX_64), their
     validity and their sample index ``n``."""
     pid = tl.program_id(0)
-    if IDX64:
+    if INDEX_64:
         pid = pid.to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     return rows, rows < M, rows // (oH * oW)
@@ -94,11 +94,11 @@ def _dcnv3_fwd_kernel(
     out_ptr,   # output (N, oH, oW, C)
     M, H, W, C, Cg, oH, oW, KH, KW, P, sh, sw, ph, pw, dh, dw, offset_scale,
     OFF_ROW, OFF_GROUP, MASK_ROW, MASK_GROUP,
-    REMOVE_CENTER: tl.constexpr, IDX64: tl.constexpr,
+    REMOVE_CENTER: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One program: BLOCK_M output positions x BLOCK_C channels of group ``program_id(1)``."""
-    rows, row_ok, n = _block_rows(M, oH, oW, IDX64, BLOCK_M)
+    rows, row_ok, n = _block_rows(M, oH, oW, INDEX_64, BLOCK_M)
     g = tl.program_id(1)
     ch = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     ch_ok = ch < Cg
@@ -130,12 +130,12 @@ def _dcnv3_bwd_kernel(
     M, H, W, C, Cg, oH, oW, KH, KW, P, sh, sw, ph, pw, dh, dw, offset_scale,
     OFF_ROW, OFF_GROUP, MASK_ROW, MASK_GROUP,
     REMOVE_CENTER: tl.constexpr, NEED_IN: tl.constexpr, NEED_OM: tl.constexpr,
-    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One program: BLOCK_M output positions of group ``program_id(1)``, all its channels in
     blocks of BLOCK_C (the offset and mask gradients sum over them, written once, no
     atomics)."""
-    rows, row_ok, n = _block_rows(M, oH, oW, IDX64, BLOCK_M)
+    rows, row_ok, n = _block_rows(M, oH, oW, INDEX_64, BLOCK_M)
     g = tl.program_id(1)
     for p in range(P):
         y0, x0, dx, dy, ok00, ok01, ok10, ok11, ly, lx, m = _tap_corners(
@@ -202,7 +202,7 @@ def _report_signature(pointers, flags):
         types = {p: e for p in pointers}
         types.update(off_ptr="*fp32", mask_ptr="*fp32", gin_ptr="*fp32", goff_ptr="*fp32",
                      gmask_ptr="*fp32", offset_scale="fp32")
-        return types, dict(REMOVE_CENTER=False, IDX64=index_64, **flags)
+        return types, dict(REMOVE_CENTER=False, INDEX_64=index_64, **flags)
     return build
 
 

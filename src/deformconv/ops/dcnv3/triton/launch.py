@@ -23,6 +23,7 @@ from torch import Tensor
 import triton
 
 from ... import dispatch
+from ...triton import spec
 from .. import torch_kernels
 from ..torch_kernels import Geometry
 from . import kernels
@@ -32,7 +33,6 @@ from .kernels import BLOCK_M_GPU, BLOCK_M_GPU_BWD, GPU_BLOCKS_C, GPU_BWD_BLOCK_C
 INTERPRETER_BLOCKS = {"BLOCK_M": 8, "BLOCK_C": 4}
 # Fill outputs that kernels must write completely with NaN first (tests set it).
 DEBUG_FILL_NAN = False
-_INT32_LIMIT = 2 ** 31 - 1
 
 
 def _blocks(t: Tensor, Cg: int, backward: bool = False):
@@ -67,7 +67,7 @@ def _args(input: Tensor, off: Tensor, msk: Tensor, g: Geometry):
                 ph=g.pad_h, pw=g.pad_w, dh=g.dilation_h, dw=g.dilation_w,
                 offset_scale=float(g.offset_scale), OFF_ROW=off.stride(2),
                 OFF_GROUP=off.stride(3), MASK_ROW=msk.stride(2), MASK_GROUP=msk.stride(3),
-                REMOVE_CENTER=g.remove_center, IDX64=biggest > _INT32_LIMIT // 2)
+                REMOVE_CENTER=g.remove_center, INDEX_64=spec.index_64(biggest))
 
 
 def _layout_ok(off: Tensor, msk: Tensor) -> bool:
