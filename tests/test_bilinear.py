@@ -120,3 +120,58 @@ def test_base_and_rows_per_cell_address_groups_and_images():
 def test_index_dtype_rule():
     assert bilinear.index_dtype(2 ** 31 - 2) == torch.int32
     assert bilinear.index_dtype(2 ** 31 - 1) == torch.int64
+
+
+@pytest.mark.parametrize("R", [1, 2, 3])
+@pytest.mark.parametrize("ratio", [0, 10 ** 9])  # always / never the sparse row update
+def test_per_sample_scatter_and_blended_gradients_match_the_oracle(R, ratio, monkeypatch):
+    monkeypatch.setattr(bilinear, "SPARSE_BAND_RATIO", ratio)
+    gen = torch.Generator().manual_seed(100 + R)
+    S = [5, 4, 3][:R]
+    C, M, per_row = 3, 40, 4
+    x = torch.randn(1, *S, C, dtype=torch.float64, generator=gen)
+    pos = _positions(R, S, M, gen)
+    scale = torch.rand(M, dtype=torch.float64, generator=gen) + 0.5
+    src = bilinear.bordered_source(x)
+    plan = bilinear.corner_plan(pos, S, scale=scale, strict=True)
+    # One gradient row per ``per_row`` consecutive samples.
+    gout = torch.randn(M // per_row, C, dtype=torch.float64, generator=gen)
+    xr = x.clone().requires_grad_()
+    pr = [p.clone().requires_grad_() for p in pos]
+    sr = scale.clone().requires_grad_()
+    (_oracle(xr, pr, True, sr) * gout.repeat_interleave(per_row, 0)).sum().backward()
+    g_src = torch.zeros_like(src)
+    bilinear.scatter_samples(g_src, gout, plan, per_row)
+    torch.testing.assert_close(bilinear.bordered_interior(g_src, 1, S), xr.grad,
+                               rtol=1e-12, atol=1e-12)
+    assert xr.grad.abs().sum() > 1
+    grads, g_scale = bilinear.sample_grads(gout, src, plan, per_row)
+    for d, g in enumerate(grads):
+        ref_g = torch.nan_to_num(pr[d].grad) if pr[d].grad is not None else torch.zeros(M)
+        torch.testing.assert_close(g, ref_g.to(g.dtype), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_scale, sr.grad, rtol=1e-10, atol=1e-12)
+    assert sr.grad.abs().sum() > 1
+
+
+@pytest.mark.parametrize("ratio", [0, 10 ** 9])  # always / never the sparse row update
+def test_per_sample_scatter_is_bitwise_repeatable_across_threads(ratio, monkeypatch):
+    monkeypatch.setattr(bilinear, "SPARSE_BAND_RATIO", ratio)
+    gen = torch.Generator().manual_seed(7)
+    S, M, per_row = (6, 7), 20000, 9  # many samples per row: collisions in every row
+    pos = [torch.rand(M, generator=gen) * (s + 1) - 1 for s in S]
+    plan = bilinear.corner_plan(pos, S, scale=torch.rand(M, generator=gen), strict=True,
+                                index_dtype=torch.int32)
+    gout = torch.randn(-(-M // per_row), 16, generator=gen)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 1, 2):
+            torch.set_num_threads(t)
+            g_src = torch.zeros((S[0] + 2) * (S[1] + 2), 16)
+            bilinear.scatter_samples(g_src, gout, plan, per_row)
+            results.append(g_src)
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0].abs().sum() > 1
+    for r in results[1:]:
+        assert torch.equal(r, results[0])

@@ -12,9 +12,10 @@ The design of the deformable convolution's CPU path (``torch_impl``), for DCNv3'
   InternImage's ``(N*G, Cg, oH*oW, P)`` sample tensor is built: work runs in chunks of
   ``torch_impl.COLUMN_BUDGET_BYTES`` of plan.
 - Backward: the output gradient is scattered to the source by a stably sorted gather
-  (deterministic, no atomics); the offset and mask gradients
-  come from the ``4*P`` dot products ``<grad_out row, corner row>`` (the gradient of
-  ``embedding_bag`` in its weights), with the floor held constant: the one-sided derivative.
+  (``bilinear.scatter_samples``: one sort key per tap, deterministic, no atomics); the offset
+  and mask gradients are the output gradient row dotted with blends of each tap's four
+  corners (``bilinear.sample_grads``), with the floor held constant: the one-sided
+  derivative.
 
 The kernels take the offsets as a (N, oH, oW, G, P, 2) and the mask as a (N, oH, oW, G, P)
 view of any strides, so ``dcnv4`` runs them on its fused tensor without copies. Arguments are
@@ -148,16 +149,15 @@ def backward(grad_out: Tensor, input: Tensor, off: Tensor, msk: Tensor, g: Geome
         src = bilinear.bordered_source(input, ct).view(-1, Cg)
         it = bilinear.index_dtype(src.shape[0])
         for n0, n1, r0, r1 in _chunks(N, oH, _row_bytes(oW, g, ct)):
-            plan, bags = _plan(off, msk, n0, n1, r0, r1, H, W, g, ct, it)
+            plan, _ = _plan(off, msk, n0, n1, r0, r1, H, W, g, ct, it)
             rows = grad_out[n0:n1, r0:r1].to(ct).reshape(-1, Cg)
             if need_input:
-                bilinear.scatter_rows(g_src, rows, bags)
+                bilinear.scatter_samples(g_src, rows, plan, g.points)
             if need_offset_mask:
-                dots = bilinear.corner_dots(rows, src, bags).view(-1, 4)
-                gy, gx = bilinear.position_grad(dots, plan)
+                (gy, gx), gm = bilinear.sample_grads(rows, src, plan, g.points)
                 g_off[n0:n1, r0:r1, ..., 0] = gx * g.offset_scale
                 g_off[n0:n1, r0:r1, ..., 1] = gy * g.offset_scale
-                g_msk[n0:n1, r0:r1] = bilinear.scale_grad(dots, plan)
+                g_msk[n0:n1, r0:r1] = gm
     g_in = None
     if need_input:
         g_in = bilinear.bordered_interior(g_src.view(-1, C), N, (H, W)).to(input.dtype)

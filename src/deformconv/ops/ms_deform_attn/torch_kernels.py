@@ -19,11 +19,11 @@ level:
 2. Forward: the levels' plans side by side, one ``embedding_bag`` whose bags are the
    ``(query, head)`` pairs gathers and blends the ``L*P*4`` corners of each; its
    ``(rows * M, D)`` result is the output's head-major channels as they lie in memory.
-3. Backward, per level: the value gradient is a deterministic scatter (``_scatter``: a
-   stably sorted gather, no atomics); the location and attention-weight gradients come from
-   the four dot products ``<output gradient, corner value>`` (``_corner_dots``), through
-   ``position_grad`` (floor-based one-sided derivative, times the level's size for the
-   normalised coordinates) and ``scale_grad``.
+3. Backward, per level: the value gradient is a deterministic scatter
+   (``bilinear.scatter_samples``: a stably sorted gather on each sample's first corner, no
+   atomics); the location and attention-weight gradients are the output gradient rows
+   dotted with blends of each sample's four corners (``bilinear.sample_grads``: floor-based
+   one-sided derivative, times the level's size for the normalised coordinates).
 
 Arguments are assumed valid (``functional.py`` checks them). float16 and bfloat16 are computed
 in float32; results come back in each argument's dtype.
@@ -159,49 +159,6 @@ def ms_deform_attn_fwd(value: Tensor, spatial_shapes: Tensor, level_start_index:
     return out.to(value.dtype)
 
 
-def _scatter(g_src: Tensor, gcol: Tensor, p: bilinear.Corners, P: int, W: int,
-             M: int) -> None:
-    """``g_src[index[s, c]] += weight[s, c] * gcol[s // P]`` for one level, without atomics.
-
-    ``bilinear.scatter_rows`` sorts every corner and needs one gradient row per sample; here
-    the samples are sorted stably by their first corner's row (a quarter of the sort keys; a
-    fixed summation order, bitwise repeatable), and for each of the four corners one
-    ``embedding_bag`` sums, for every row of the level's band, the gradient rows of the
-    (query, head) bags whose corner ``c`` falls there; the band is then added at that corner's
-    row offset (the plan's steps: ``0``, ``M``, ``(W+2)*M``, ``(W+3)*M``).
-    """
-    # Only samples inside: a skipped one sits at position 0 and would widen the band to the
-    # level's first rows.
-    live = p.inside.reshape(-1).nonzero().squeeze(1)
-    if live.numel() == 0:
-        return
-    keys, order = torch.sort(p.index[live, 0], stable=True)
-    order = live[order]
-    lo, hi = int(keys[0]), int(keys[-1]) + 1
-    bounds = torch.searchsorted(keys, torch.arange(lo, hi + 1, dtype=keys.dtype,
-                                                   device=keys.device))
-    owner = torch.div(order, P, rounding_mode="floor")
-    weight = p.weight[order]
-    for c, step in enumerate((0, M, (W + 2) * M, (W + 3) * M)):
-        g_src[lo + step:hi + step] += F.embedding_bag(
-            owner, gcol, bounds, mode="sum", per_sample_weights=weight[:, c],
-            include_last_offset=True)
-
-
-def _corner_dots(gcol: Tensor, src: Tensor, p: bilinear.Corners, P: int) -> Tensor:
-    """(samples, 4): ``<gcol[s // P], src[index[s, c]]>`` (``bilinear.corner_dots`` with the
-    gradient row of each sample's (query, head) bag instead of one row per sample)."""
-    lin = p.index.reshape(-1)
-    E = lin.shape[0]
-    per_bag = P * 4
-    bags = torch.arange(0, E, per_bag, dtype=lin.dtype, device=lin.device)
-    owner = torch.div(torch.arange(E, dtype=lin.dtype, device=lin.device), per_bag,
-                      rounding_mode="floor")
-    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        gcol, src, lin, bags, owner, 0, -1)
-    return dots.view(-1, 4)
-
-
 def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
                        level_start_index: Tensor, sampling_locations: Tensor,
                        attention_weights: Tensor, output_mask: Sequence[bool]
@@ -226,18 +183,18 @@ def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
                 p = _plan(sampling_locations, attention_weights, n, q0, q1, lvl, shapes,
                           pstarts, M, ct, it)
                 if need_v:
-                    _scatter(g_src, gcol, p, P, W, M)
+                    bilinear.scatter_samples(g_src, gcol, p, P)
                 if not (need_loc or need_att):
                     continue
-                dots = _corner_dots(gcol, src, p, P)
+                (gy, gx), ga = bilinear.sample_grads(gcol, src, p, P)
                 if need_att:
-                    g_att[n, q0:q1, :, lvl] = bilinear.scale_grad(dots, p)
+                    g_att[n, q0:q1, :, lvl] = ga
                 if need_loc:
-                    gy, gx = bilinear.position_grad(dots, p)
                     # Through h = y*H - 0.5, w = x*W - 0.5; a skipped sample has none (an
                     # infinite attention weight times 0 would be NaN).
                     g_loc[n, q0:q1, :, lvl, :, 0] = torch.where(p.inside, gx * W, 0.0)
                     g_loc[n, q0:q1, :, lvl, :, 1] = torch.where(p.inside, gy * H, 0.0)
+    del src  # not needed past here: the value gradient's copy below then needs no more peak
     gv = _unpad(g_src, shapes, pstarts, N, M, D).to(value.dtype) if need_v else empty
     gl = g_loc.to(sampling_locations.dtype) if need_loc else empty
     ga = g_att.to(attention_weights.dtype) if need_att else empty
