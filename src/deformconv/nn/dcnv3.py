@@ -7,6 +7,8 @@ CUDA kernel, ``docs/dcnv3.md``).
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -40,12 +42,61 @@ def norm_layer_nchw_to_nhwc(channels: int, norm_layer: str) -> nn.Sequential:
     raise ValueError(f"norm_layer must be 'LN' or 'BN', got {norm_layer!r}")
 
 
-def check_groups(channels: int, group: int, kernel_size: int, remove_center: bool) -> int:
-    """Channels per group, after checking the constructor arguments both layers share."""
-    if group < 1 or channels % group:
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_int(name: str, v, minimum: int) -> int:
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def _check_flag(name: str, v) -> None:
+    if not (isinstance(v, bool) or (_is_int(v) and int(v) in (0, 1))):
+        raise TypeError(f"{name} must be a bool, got {v!r}")
+
+
+def check_layer_args(channels, kernel_size, dw_kernel_size, stride, pad, dilation, group,
+                     offset_scale, center_feature_scale, remove_center) -> int:
+    """Check the constructor arguments both layers share; returns the channels per group.
+
+    The offsets are predicted at the input's resolution, so the op's output must keep the
+    input's size: stride 1 and ``2 * pad == dilation * (kernel_size - 1)``; the depthwise conv
+    keeps the size only with an odd kernel."""
+    _check_int("channels", channels, 1)
+    _check_int("group", group, 1)
+    if channels % group:
         raise ValueError(f"channels ({channels}) must be divisible by group ({group})")
+    _check_int("kernel_size", kernel_size, 1)
+    _check_flag("center_feature_scale", center_feature_scale)
+    _check_flag("remove_center", remove_center)
     if remove_center and kernel_size % 2 == 0:
         raise ValueError(f"remove_center needs an odd kernel_size, got {kernel_size}")
+    if remove_center and kernel_size == 1:
+        raise ValueError("remove_center needs kernel_size >= 3 (a 1x1 kernel has only the "
+                         "centre tap), got kernel_size=1")
+    if dw_kernel_size is not None:
+        _check_int("dw_kernel_size", dw_kernel_size, 1)
+        if dw_kernel_size % 2 == 0:
+            raise ValueError(f"dw_kernel_size must be odd (the depthwise conv keeps the input's "
+                             f"size), got {dw_kernel_size}")
+    _check_int("stride", stride, 1)
+    if stride != 1:
+        raise ValueError(f"stride must be 1 (offsets are predicted at the input's resolution, "
+                         f"so the output keeps the input's size), got {stride}")
+    _check_int("dilation", dilation, 1)
+    _check_int("pad", pad, 0)
+    if 2 * pad != dilation * (kernel_size - 1):
+        raise ValueError(f"pad must be dilation*(kernel_size-1)/2 = {dilation}*"
+                         f"({kernel_size}-1)/2 so the output keeps the input's size, got "
+                         f"pad={pad}")
+    if not isinstance(offset_scale, numbers.Real) or isinstance(offset_scale, bool):
+        raise TypeError(f"offset_scale must be a float, got {offset_scale!r}")
+    if not -math.inf < offset_scale < math.inf:
+        raise ValueError(f"offset_scale must be finite, got {offset_scale!r}")
     return channels // group
 
 
@@ -81,8 +132,10 @@ class DCNv3(nn.Module):
     Args:
         channels (int): C.
         kernel_size (int): the op's square kernel (odd with ``remove_center``).
-        dw_kernel_size (int, optional): the depthwise conv's kernel (default ``kernel_size``).
-        stride, pad, dilation (int): the op's.
+        dw_kernel_size (int, optional): the depthwise conv's kernel, odd (default
+            ``kernel_size``).
+        stride (int): must be 1 (the offsets are predicted at the input's resolution).
+        pad, dilation (int): the op's; ``2 * pad == dilation * (kernel_size - 1)``.
         group (int): groups; ``channels`` must be divisible by it (any group channels).
         offset_scale (float): the op's.
         act_layer (str): ``'GELU'``, ``'ReLU'`` or ``'SiLU'``.
@@ -100,9 +153,13 @@ class DCNv3(nn.Module):
                  offset_scale: float = 1.0, act_layer: str = "GELU", norm_layer: str = "LN",
                  center_feature_scale: bool = False, remove_center: bool = False):
         super().__init__()
-        self.group_channels = check_groups(channels, group, kernel_size, remove_center)
-        if act_layer not in _ACTS:
+        self.group_channels = check_layer_args(channels, kernel_size, dw_kernel_size, stride,
+                                               pad, dilation, group, offset_scale,
+                                               center_feature_scale, remove_center)
+        if not isinstance(act_layer, str) or act_layer not in _ACTS:
             raise ValueError(f"act_layer must be one of {sorted(_ACTS)}, got {act_layer!r}")
+        if not isinstance(norm_layer, str) or norm_layer not in ("LN", "BN"):
+            raise ValueError(f"norm_layer must be 'LN' or 'BN', got {norm_layer!r}")
         if self.group_channels & (self.group_channels - 1):
             warnings.warn(f"channels per group ({self.group_channels}) is not a power of 2: "
                           f"fine here, though InternImage's CUDA kernel is slower so",
@@ -138,6 +195,11 @@ class DCNv3(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         """(N, H, W, C) -> (N, H, W, C)."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() != 4 or input.shape[-1] != self.channels:
+            raise ValueError(f"input must be channels last (N, H, W, C) with C = channels = "
+                             f"{self.channels}, got shape {tuple(input.shape)}")
         N, H, W, _ = input.shape
         x = self.input_proj(input)
         x_proj = x

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 from torch import Tensor, nn
 
 from ..ops.dcnv4.functional import dcnv4, offset_mask_width
-from .dcnv3 import add_center_feature_scale, check_groups
+from .dcnv3 import _check_flag, _is_int, add_center_feature_scale, check_layer_args
 
 
 class DCNv4(nn.Module):
@@ -21,8 +21,11 @@ class DCNv4(nn.Module):
     softmax); optional centre-feature scaling computed from the op's output; output projection.
 
     Args:
-        channels, kernel_size, stride, pad, dilation, group, offset_scale: as ``DCNv3``.
-        dw_kernel_size (int, optional): a depthwise conv before the offset/mask predictor.
+        channels, kernel_size, stride, pad, dilation, group, offset_scale: as ``DCNv3``
+            (stride 1, ``2 * pad == dilation * (kernel_size - 1)``: the output keeps the
+            input's size).
+        dw_kernel_size (int, optional): a depthwise conv (odd kernel) before the offset/mask
+            predictor.
         center_feature_scale (bool): centre-feature scaling.
         remove_center (bool): drop the centre tap.
         output_bias (bool): bias of ``output_proj``.
@@ -39,7 +42,11 @@ class DCNv4(nn.Module):
                  remove_center: bool = False, output_bias: bool = True,
                  without_pointwise: bool = False):
         super().__init__()
-        self.group_channels = check_groups(channels, group, kernel_size, remove_center)
+        self.group_channels = check_layer_args(channels, kernel_size, dw_kernel_size, stride,
+                                               pad, dilation, group, offset_scale,
+                                               center_feature_scale, remove_center)
+        _check_flag("output_bias", output_bias)
+        _check_flag("without_pointwise", without_pointwise)
         self.channels, self.kernel_size, self.stride = channels, kernel_size, stride
         self.pad, self.dilation, self.group = pad, dilation, group
         self.offset_scale, self.dw_kernel_size = offset_scale, dw_kernel_size
@@ -71,10 +78,25 @@ class DCNv4(nn.Module):
 
     def forward(self, input: Tensor, shape: Optional[Tuple[int, int]] = None) -> Tensor:
         """(N, L, C) -> (N, L, C); ``shape`` is (H, W), default a square of side sqrt(L)."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() != 3 or input.shape[-1] != self.channels:
+            raise ValueError(f"input must be (N, L, C) with L = H*W and C = channels = "
+                             f"{self.channels}, got shape {tuple(input.shape)}")
         N, L, C = input.shape
-        H, W = shape if shape is not None else (math.isqrt(L),) * 2
-        if H * W != L:
-            raise ValueError(f"shape (H, W) = ({H}, {W}) must have H*W = L = {L}")
+        if shape is None:
+            H = W = math.isqrt(L)
+            if H * W != L:
+                raise ValueError(f"input's L = {L} is not a square: pass shape=(H, W) with "
+                                 f"H*W = {L}")
+        else:
+            if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+                    or not all(_is_int(v) for v in shape)):
+                raise TypeError(f"shape must be a pair of ints (H, W), got {shape!r}")
+            H, W = shape
+            if H < 1 or W < 1 or H * W != L:
+                raise ValueError(f"shape (H, W) = ({H}, {W}) must have H*W = L = {L}, H >= 1 "
+                                 f"and W >= 1")
         x = input if self.without_pointwise else self.value_proj(input)
         x = x.reshape(N, H, W, -1)
         om_in = input

@@ -20,6 +20,50 @@ from torch import Tensor, nn
 
 from ..ops.ms_deform_attn import ms_deform_attn
 
+# Argument names of each module's forward, by role (query, value, reference_points,
+# spatial_shapes, level_start_index, padding mask), so errors name what the caller passed.
+_MMCV_NAMES = ("query", "value", "reference_points", "spatial_shapes", "level_start_index",
+               "key_padding_mask")
+_DETR_NAMES = ("query", "input_flatten", "reference_points", "input_spatial_shapes",
+               "input_level_start_index", "input_padding_mask")
+_HF_NAMES = ("hidden_states", "encoder_hidden_states", "reference_points", "spatial_shapes",
+             "level_start_index", "attention_mask")
+
+
+def _check_tensor(name: str, t, what: str) -> None:
+    if t is None:
+        raise TypeError(f"{name} is required: {what}, got None")
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor ({what}), got {type(t).__name__}")
+
+
+def _check_sequence(name: str, t, layout: str, dims: int) -> None:
+    """``t`` a 3-D Tensor laid out as ``layout`` whose last dimension is ``dims``."""
+    what = f"{layout} with E = embed_dims = {dims}"
+    _check_tensor(name, t, what)
+    if t.dim() != 3 or t.shape[-1] != dims:
+        raise ValueError(f"{name} must be {what}, got shape {tuple(t.shape)}")
+
+
+def _possessive(name: str) -> str:
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def _check_broadcast(name: str, t, target: str, shape: torch.Size) -> None:
+    """``t`` a Tensor that broadcasts to ``shape`` (that of ``target``) without changing it."""
+    ok = isinstance(t, Tensor) and t.dim() <= len(shape) and all(
+        a in (1, b) for a, b in zip(t.shape[::-1], shape[::-1]))
+    if not ok:
+        got = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a Tensor of {_possessive(target)} shape "
+                         f"{tuple(shape)} (or one broadcasting to it), got {got}")
+
+
+def _start_index(spatial_shapes: Tensor) -> Tensor:
+    """The running sum of H*W over the levels, starting at 0 (``level_start_index``)."""
+    sizes = spatial_shapes.prod(1)
+    return torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+
 
 class _MSDeformAttnBase(nn.Module):
     """The four projections, their initialisation and the attention core."""
@@ -66,11 +110,53 @@ class _MSDeformAttnBase(nn.Module):
     def reset_parameters(self) -> None:
         self.init_weights()
 
+    def _check_inputs(self, names: Tuple[str, ...], query: Tensor, value: Tensor,
+                      reference_points, spatial_shapes, level_start_index, mask,
+                      mask_dtype: Optional[torch.dtype] = torch.bool) -> None:
+        """Check the batch-first ``query (N, Q, E)`` and ``value (N, S, E)`` (their rank and
+        channels checked already) and the other inputs against them and the module's sizes;
+        ``names`` are the caller's argument names. Shapes only: nothing reads a tensor's
+        values, so this stays out of a compiled graph's way."""
+        q_name, v_name, r_name, s_name, i_name, m_name = names
+        N, Q, _ = query.shape
+        S = value.shape[1]
+        L = self.num_levels
+        if value.shape[0] != N:
+            raise ValueError(f"{_possessive(v_name)} batch size must be "
+                             f"{_possessive(q_name)}, {N}, got {value.shape[0]}")
+        want = (f"(N, Q, num_levels, 2) points or (N, Q, num_levels, 4) boxes = ({N}, {Q}, {L}, "
+                f"2 or 4); a size 1 in the first three broadcasts")
+        _check_tensor(r_name, reference_points, want)
+        if (reference_points.dim() != 4 or reference_points.shape[3] not in (2, 4)
+                or not all(a in (1, b) for a, b in zip(reference_points.shape[:3], (N, Q, L)))):
+            raise ValueError(f"{r_name} must be {want}, got shape "
+                             f"{tuple(reference_points.shape)}")
+        want = f"(num_levels, 2) = ({L}, 2) of (H, W) rows"
+        _check_tensor(s_name, spatial_shapes, want)
+        if tuple(spatial_shapes.shape) != (L, 2):
+            raise ValueError(f"{s_name} must be {want}, got shape {tuple(spatial_shapes.shape)}")
+        if level_start_index is not None:
+            want = f"(num_levels,) = ({L},) (the first row of each level in {v_name})"
+            _check_tensor(i_name, level_start_index, want)
+            if tuple(level_start_index.shape) != (L,):
+                raise ValueError(f"{i_name} must be {want}, got shape "
+                                 f"{tuple(level_start_index.shape)}")
+        if mask is not None:
+            want = f"(N, S) = ({N}, {S}) (one flag per row of {v_name})"
+            _check_tensor(m_name, mask, want)
+            if tuple(mask.shape) != (N, S):
+                raise ValueError(f"{m_name} must be {want}, got shape {tuple(mask.shape)}")
+            if mask_dtype is not None and mask.dtype != mask_dtype:
+                raise TypeError(f"{m_name} must be a {mask_dtype} Tensor, got {mask.dtype}")
+
     def _attend(self, query: Tensor, value: Tensor, reference_points: Tensor,
-                spatial_shapes: Tensor, level_start_index: Tensor,
+                spatial_shapes: Tensor, level_start_index: Optional[Tensor],
                 drop: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Batch-first ``query (N, Q, E)``, ``value (N, S, E)``; ``drop (N, S)`` True where a
-        value row is zeroed. Returns ``(output_proj(out), attention_weights)``."""
+        value row is zeroed; ``level_start_index`` None: computed from ``spatial_shapes``.
+        Returns ``(output_proj(out), attention_weights)``."""
+        if level_start_index is None:
+            level_start_index = _start_index(spatial_shapes)
         N, Q, _ = query.shape
         S = value.shape[1]
         M, L, P = self.num_heads, self.num_levels, self.num_points
@@ -141,15 +227,26 @@ class MultiScaleDeformableAttention(_MSDeformAttnBase):
         """mmcv's forward: ``value`` and ``identity`` default to ``query``, ``query_pos`` is
         added to the query only, ``key_padding_mask`` True marks padded value rows (zeroed),
         ``reference_points`` ``(N, Q, L, 2)`` points or ``(N, Q, L, 4)`` boxes (cx, cy, w, h),
-        normalised. ``key`` is unused. Returns ``dropout(output_proj(out)) + identity``."""
+        normalised; ``level_start_index`` defaults to the running sum of H*W over
+        ``spatial_shapes``. ``key`` is unused. Returns ``dropout(output_proj(out)) +
+        identity``."""
+        layout = "(N, Q, E)" if self.batch_first else "(Q, N, E)"
+        _check_sequence("query", query, layout, self.embed_dims)
         if value is None:
             value = query
+        else:
+            _check_sequence("value", value, layout.replace("Q", "S"), self.embed_dims)
         if identity is None:
             identity = query
+        else:
+            _check_broadcast("identity", identity, "query", query.shape)
         if query_pos is not None:
+            _check_broadcast("query_pos", query_pos, "query", query.shape)
             query = query + query_pos
         if not self.batch_first:
             query, value = query.permute(1, 0, 2), value.permute(1, 0, 2)
+        self._check_inputs(_MMCV_NAMES, query, value, reference_points, spatial_shapes,
+                           level_start_index, key_padding_mask)
         out, _ = self._attend(query, value, reference_points, spatial_shapes,
                               level_start_index, key_padding_mask)
         if not self.batch_first:
@@ -175,6 +272,13 @@ class MSDeformAttn(_MSDeformAttnBase):
                 input_padding_mask: Optional[Tensor] = None) -> Tensor:
         """``query (N, Q, E)``, ``input_flatten (N, S, E)``; ``input_padding_mask`` True marks
         padding. Returns ``output_proj(out)`` of shape ``(N, Q, E)``."""
+        _check_sequence("query", query, "(N, Q, E)", self.embed_dims)
+        _check_sequence("input_flatten", input_flatten, "(N, S, E)", self.embed_dims)
+        if input_level_start_index is None:
+            raise TypeError("input_level_start_index is required: a Tensor (n_levels,), got "
+                            "None")
+        self._check_inputs(_DETR_NAMES, query, input_flatten, reference_points,
+                           input_spatial_shapes, input_level_start_index, input_padding_mask)
         return self._attend(query, input_flatten, reference_points, input_spatial_shapes,
                             input_level_start_index, input_padding_mask)[0]
 
@@ -197,9 +301,19 @@ class DeformableDetrMultiscaleDeformableAttention(_MSDeformAttnBase):
                 reference_points: Optional[Tensor] = None,
                 spatial_shapes: Optional[Tensor] = None, spatial_shapes_list=None,
                 level_start_index: Optional[Tensor] = None, **kwargs) -> Tuple[Tensor, Tensor]:
+        _check_sequence("hidden_states", hidden_states, "(N, Q, E)", self.embed_dims)
+        if encoder_hidden_states is not None:
+            _check_sequence("encoder_hidden_states", encoder_hidden_states, "(N, S, E)",
+                            self.embed_dims)
         if position_embeddings is not None:
+            _check_broadcast("position_embeddings", position_embeddings, "hidden_states",
+                             hidden_states.shape)
             hidden_states = hidden_states + position_embeddings
         value = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        names = _HF_NAMES if encoder_hidden_states is not None else \
+            ("hidden_states", "hidden_states") + _HF_NAMES[2:]
+        self._check_inputs(names, hidden_states, value, reference_points, spatial_shapes,
+                           level_start_index, attention_mask, mask_dtype=None)
         drop = None if attention_mask is None else ~attention_mask.bool()
         return self._attend(hidden_states, value, reference_points, spatial_shapes,
                             level_start_index, drop)
