@@ -31,11 +31,18 @@ from ...triton.spec import ELEMENT, KernelSpec
 
 
 @triton.jit
-def _tile(pid_q, n, Q, BLOCK_Q: tl.constexpr, INDEX_64: tl.constexpr):
-    """Queries of tile ``pid_q``: validity and the flat (batch, query) row ``n*Q + q``."""
+def _tile(Q, D, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INDEX_64: tl.constexpr):
+    """This program's batch element ``n``, head ``m``, tile of queries (validity and the flat
+    (batch, query) row ``n*Q + q``) and channels ``d`` (validity); grid (query tiles, N, M)."""
+    pid_q = tl.program_id(0)
+    n = tl.program_id(1)
+    m = tl.program_id(2)
+    if INDEX_64:
+        n = n.to(tl.int64)
     q = tl.zeros((BLOCK_Q,), dtype=tl.int64 if INDEX_64 else tl.int32) + pid_q
     q = q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    return q < Q, n * Q + q
+    d = tl.arange(0, BLOCK_D)
+    return n, m, q < Q, n * Q + q, d, d < D
 
 
 @triton.jit
@@ -82,14 +89,7 @@ def _ms_deform_attn_fwd_kernel(
         Q, S,
         M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INDEX_64: tl.constexpr):
-    pid_q = tl.program_id(0)
-    n = tl.program_id(1)
-    m = tl.program_id(2)
-    if INDEX_64:
-        n = n.to(tl.int64)
-    q_ok, nq = _tile(pid_q, n, Q, BLOCK_Q, INDEX_64)
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < D
+    n, m, q_ok, nq, d, d_ok = _tile(Q, D, BLOCK_Q, BLOCK_D, INDEX_64)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
         for p in range(P):
@@ -126,14 +126,7 @@ def _ms_deform_attn_bwd_kernel(
         M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
         NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INDEX_64: tl.constexpr):
-    pid_q = tl.program_id(0)
-    n = tl.program_id(1)
-    m = tl.program_id(2)
-    if INDEX_64:
-        n = n.to(tl.int64)
-    q_ok, nq = _tile(pid_q, n, Q, BLOCK_Q, INDEX_64)
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < D
+    n, m, q_ok, nq, d, d_ok = _tile(Q, D, BLOCK_Q, BLOCK_D, INDEX_64)
     o = (nq * M + m) * D
     g = tl.load(gout_ptr + o[:, None] + d[None, :], mask=q_ok[:, None] & d_ok[None, :],
                 other=0.0).to(tl.float32)
