@@ -35,7 +35,7 @@ def main(path: str) -> None:
               f"(input + output)")
     m = res["machine"]
     print(f"- machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, onnxruntime "
-          f"{m.get('onnxruntime', '-')}, commit {m['commit']}, {res['date']}")
+          f"{m.get('onnxruntime') or '-'}, commit {m['commit']}, {res['date']}")
 
 
 if __name__ == "__main__":

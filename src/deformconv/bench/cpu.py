@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
 from ..testing import Problem
 from .contenders import CONTENDERS, bench_tensors, label, problem
+from .timing import is_provisional, load_average, machine_info, medians, time_contenders
+
+__all__ = ["run", "machine_info", "time_contenders"]  # the last two: older scripts import them
 
 # The DCN layers of a detector at 800x1333 (strides 8, 16, 32) and a few-channel shape where
 # sampling dominates; then the sweep's variants.
@@ -29,63 +30,6 @@ VARIANTS = [problem(2, 256, 50, 84, 256, offset_groups=4),
             problem(2, 256, 50, 84, 256, stride=2),
             problem(2, 256, 50, 84, 256, dilation=2, padding=2)]
 QUICK = [problem(1, 32, 20, 24, 32), problem(2, 16, 12, 12, 16, offset_groups=2)]
-
-
-def machine_info() -> Dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    vector = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.readlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
-        flags = set(next(line.split(":", 1)[1].split() for line in lines
-                         if line.startswith("flags")))
-        # the widest x86 vector extension: CPU kernels' speed differs between them
-        vector = ("avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else
-                  "avx" if "avx" in flags else "none")
-    except (OSError, StopIteration):
-        pass
-    info: Dict[str, object] = {
-        "cpu": cpu, "vector_isa": vector, "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    try:
-        import onnxruntime
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    from .. import __version__
-    info["deformconv"] = __version__
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        info["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-            timeout=5).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=5).stdout
-        if dirty.strip():
-            info["commit"] += "-dirty"
-    except (OSError, subprocess.SubprocessError):
-        info["commit"] = "unknown"
-    return info
-
-
-def time_contenders(fns: Dict[str, callable], repeats: int, warmup: int) -> Dict[str, List[float]]:
-    """Run every contender ``warmup`` times, then ``repeats`` rounds, alternating in each."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]  # alternate, so drift hits all alike
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def peak_extra_forward_bytes(p: Problem) -> int:
@@ -103,22 +47,16 @@ def peak_extra_forward_bytes(p: Problem) -> int:
         "from deformconv.bench.contenders import bench_tensors\n"
         "from deformconv.testing import Problem\n"
         "from deformconv import deform_conv2d\n"
-        "def status(key):\n"
-        "    with open('/proc/self/status') as f:\n"
-        "        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))\n"
+        "from deformconv.bench.timing import peak_extra_bytes\n"
         f"p = Problem(**{fields!r})\n"
         "x, off, w, b, m, _ = bench_tensors(p)\n"
         "small = p.with_(N=1, size=(8,) * p.ndim, stride=1, dilation=1)\n"
         "deform_conv2d(**small.tensors(torch.float32), **small.kwargs())\n"
-        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM)\n"
-        "before = status('VmRSS:')\n"
-        "y = deform_conv2d(x, off, w, b, mask=m, **p.kwargs())\n"
-        "after = status('VmHWM:')\n"
-        "print(json.dumps([before, after, y.numel() * y.element_size()]))\n")
+        "grown, y = peak_extra_bytes(lambda: deform_conv2d(x, off, w, b, mask=m, **p.kwargs()))\n"
+        "print(json.dumps(grown - y.numel() * y.element_size()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=dict(os.environ))
-    before, after, out_bytes = json.loads(out.stdout.strip().splitlines()[-1])
-    return max(0, after - before - out_bytes)
+    return max(0, json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def run_problem(p: Problem, names: List[str], repeats: int, warmup: int) -> List[dict]:
@@ -128,13 +66,10 @@ def run_problem(p: Problem, names: List[str], repeats: int, warmup: int) -> List
         fns = {k: v[mode] for k, v in built.items() if v[mode] is not None}
         with torch.set_grad_enabled(mode == "train"):
             times = time_contenders(fns, repeats, warmup)
-        floor = statistics.median(times["conv2d"])
-        for k, ts in times.items():
-            med = statistics.median(ts)
+        for k, (med, low, ratio) in medians(times, "conv2d").items():
             rows.append({"shape": label(p), "mode": mode, "contender": k,
-                         "median_ms": round(med * 1e3, 3),
-                         "min_ms": round(min(ts) * 1e3, 3),
-                         "ratio_to_conv2d": round(med / floor, 3), "repeats": len(ts)})
+                         "median_ms": round(med * 1e3, 3), "min_ms": round(low * 1e3, 3),
+                         "ratio_to_conv2d": round(ratio, 3), "repeats": len(times[k])})
     return rows
 
 
@@ -157,6 +92,7 @@ def summarize(rows: List[dict], shapes: List[Problem]) -> List[dict]:
 
 def run(shapes: List[Problem], variants: List[Problem], names: List[str], repeats: int,
         warmup: int, memory: bool, out_path: Optional[str], log=print) -> dict:
+    load = load_average()
     info = machine_info()
     log(f"# {info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
         f"commit {info['commit']}")
@@ -172,7 +108,9 @@ def run(shapes: List[Problem], variants: List[Problem], names: List[str], repeat
         log(f"geomean over main shapes: {s['mode']:<8} {s['contender']:<20} "
             f"x{s['geomean_ratio']:.2f}")
     result = {"machine": info, "rows": rows, "summary": summary,
-              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "load_average_before": load, "load_average_after": load_average(),
+              "provisional": is_provisional(load)}
     if memory and shapes:
         p = shapes[0]
         extra = peak_extra_forward_bytes(p)
