@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import pathlib
 import re
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -32,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import deformconv
-from deformconv.bench.cpu import machine_info, time_contenders
+from deformconv.bench import is_provisional, load_average, machine_info, medians, time_contenders
 from deformconv.testing import Problem
 
 SHAPES = [Problem(N=4, C=128, O=128, size=(2048,), kernel=(3,), padding=1, offset_scale=1.0),
@@ -93,22 +91,19 @@ def _contenders(p: Problem, mode: str, old) -> dict:
 
 
 def run(shapes, repeats: int, warmup: int, old, log=print) -> dict:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    load = load_average()
     rows = []
     for p in shapes:
         for mode in ("forward", "train"):
             times = time_contenders(_contenders(p, mode, old), repeats, warmup)
-            floor = statistics.median(times[f"conv{p.ndim}d"])
-            for name, ts in times.items():
-                med = statistics.median(ts)
+            for name, (med, low, ratio) in medians(times, f"conv{p.ndim}d").items():
                 rows.append(dict(shape=p.name, mode=mode, contender=name,
-                                 median_ms=round(1e3 * med, 3), min_ms=round(1e3 * min(ts), 3),
-                                 ratio_to_conv=round(med / floor, 3), repeats=repeats))
-                log(f"{p.name:40s} {mode:8s} {name:8s} {1e3 * med:10.2f} ms x{med / floor:.2f}")
-    after_load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {"machine": machine_info(), "load_average_before": list(load),
-            "load_average_after": list(after_load),
-            "provisional": load[0] > 0.5 * (os.cpu_count() or 1), "rows": rows}
+                                 median_ms=round(1e3 * med, 3), min_ms=round(1e3 * low, 3),
+                                 ratio_to_conv=round(ratio, 3), repeats=repeats))
+                log(f"{p.name:40s} {mode:8s} {name:8s} {1e3 * med:10.2f} ms x{ratio:.2f}")
+    return {"machine": machine_info(), "load_average_before": load,
+            "load_average_after": load_average(),
+            "provisional": is_provisional(load), "rows": rows}
 
 
 def main(argv=None) -> None:

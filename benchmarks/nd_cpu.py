@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from deformconv import deform_conv1d, deform_conv3d
-from deformconv.bench.cpu import machine_info, time_contenders
+from deformconv.bench import is_provisional, load_average, machine_info, medians, time_contenders
 from deformconv.testing import Problem
 
 SHAPES = [Problem(N=8, C=256, O=256, size=(4096,), kernel=(3,), padding=1, offset_scale=1.0),
@@ -63,13 +62,11 @@ def _contenders(p: Problem, mode: str):
 _CHILD = r"""
 import json, sys, torch, torch.nn.functional as F
 from deformconv import deform_conv1d, deform_conv3d
+from deformconv.bench import peak_extra_bytes
 from deformconv.testing import Problem
 p = Problem(**json.loads(sys.argv[1]))
 which = sys.argv[2]
 t = p.tensors(torch.float32)
-def rss(key):
-    with open('/proc/self/status') as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
 def call(q, s):
     fn = {(1, 'deform'): deform_conv1d, (3, 'deform'): deform_conv3d}.get((q.ndim, which))
     if fn is None:
@@ -79,10 +76,8 @@ def call(q, s):
 tiny = p.__class__(**{**json.loads(sys.argv[1]), 'N': 1, 'size': [6] * p.ndim})
 with torch.no_grad():
     call(tiny, tiny.tensors(torch.float32))  # warm up (libraries, allocator)
-    open('/proc/self/clear_refs', 'w').write('5')
-    before = rss('VmRSS:')
-    y = call(p, t)
-    print(json.dumps(rss('VmHWM:') - before - y.numel() * y.element_size()))
+    grown, y = peak_extra_bytes(lambda: call(p, t))
+    print(json.dumps(grown - y.numel() * y.element_size()))
 """
 
 
@@ -99,26 +94,23 @@ def peak_extra_bytes(p: Problem, which: str) -> int:
 
 def run(shapes, repeats: int, warmup: int, memory: bool, log=print) -> dict:
     # the machine's load over the minute before the run (the run's own threads would count)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = load_average()
     rows = []
     for p in shapes:
         for mode in ("forward", "train"):
             times = time_contenders(_contenders(p, mode), repeats, warmup)
-            floor = statistics.median(times[f"conv{p.ndim}d"])
-            for name, ts in times.items():
-                med = statistics.median(ts)
+            for name, (med, low, ratio) in medians(times, f"conv{p.ndim}d").items():
                 rows.append(dict(shape=p.name, mode=mode, contender=name,
-                                 median_ms=round(1e3 * med, 3), min_ms=round(1e3 * min(ts), 3),
-                                 ratio_to_conv=round(med / floor, 3), repeats=repeats))
-                log(f"{p.name:40s} {mode:8s} {name:11s} {1e3 * med:10.2f} ms "
-                    f"x{med / floor:.2f}")
+                                 median_ms=round(1e3 * med, 3), min_ms=round(1e3 * low, 3),
+                                 ratio_to_conv=round(ratio, 3), repeats=repeats))
+                log(f"{p.name:40s} {mode:8s} {name:11s} {1e3 * med:10.2f} ms x{ratio:.2f}")
         if memory:
             extra = {w: peak_extra_bytes(p, w) for w in ("conv", "deform")}
             rows.append(dict(shape=p.name, mode="forward-peak-extra-bytes", **extra))
             log(f"{p.name:40s} peak extra memory of a forward: deform "
                 f"{extra['deform'] / 2**20:.1f} MiB, conv {extra['conv'] / 2**20:.1f} MiB")
     return {"machine": machine_info(), "load_average_before": load,
-            "provisional": load > 0.5 * (os.cpu_count() or 1), "rows": rows}
+            "provisional": is_provisional(load), "rows": rows}
 
 
 def main(argv=None) -> None:

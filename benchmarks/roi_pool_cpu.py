@@ -5,7 +5,8 @@
 Shape: one FPN level of an 800x1344 image at stride 16 (2 x 256 x 50 x 84), 512 regions of
 32 to 320 pixels, 7x7 bins, ``spatial_scale=1/16``, ``sampling_ratio`` 0 (adaptive) and 2.
 
-Contenders, timed alternately (each repeat runs every contender once, so drift and the other
+Contenders, timed alternately (``deformconv.bench.time_contenders``: each repeat runs every
+contender and mode once, in an order reversed every other repeat, so drift and the other
 processes on the machine hit all of them alike), medians reported:
 
 - ``deform_roi_pool``: the op with offsets (the public function, default kernel of the device);
@@ -23,12 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,76 +72,34 @@ def contenders(torch, shape, sampling_ratio, device, dtype):
     return res
 
 
-def _timer(torch, device):
-    def run(fn):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return 1e3 * (time.perf_counter() - t)
-    return run
-
-
-def meta(torch, device):
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "device": device}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if "model name" in l)
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor() or platform.machine()
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        try:
-            import triton
-            info["triton"] = triton.__version__
-        except ImportError:
-            info["triton"] = "not installed"
-    try:
-        import torchvision
-        info["torchvision"] = torchvision.__version__
-    except Exception:  # noqa: BLE001
-        info["torchvision"] = None
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                        capture_output=True, text=True,
-                                        timeout=5).stdout.strip() or "unknown"
-    except OSError:
-        info["commit"] = "unknown"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    info["load_average"] = load
-    info["provisional"] = load > 0.5 * (os.cpu_count() or 1)
-    return info
-
-
 def run(torch, shape, reps, device="cpu", dtype=None, warmup=2):
+    from deformconv.bench import (
+        is_provisional,
+        load_average,
+        machine_info,
+        medians,
+        time_contenders,
+    )
+
     dtype = dtype or torch.float32
-    timer = _timer(torch, device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
     rows = []
-    m = meta(torch, device)
+    load = load_average()
+    m = dict(machine_info(device), load_average=load, provisional=is_provisional(load))
     for sr in (0, 2):
         cons = contenders(torch, shape, sr, device, dtype)
-        for fwd, fb in cons.values():
-            for _ in range(warmup):
-                with torch.no_grad():
-                    fwd()
-                fb()
-        times = {(n, mode): [] for n in cons for mode in ("fwd", "fwd+bwd")}
-        for _ in range(reps):
-            for n, (fwd, fb) in cons.items():
-                with torch.no_grad():
-                    times[(n, "fwd")].append(timer(fwd))
-                times[(n, "fwd+bwd")].append(timer(fb))
-        for (n, mode), ts in times.items():
-            base = statistics.median(times[("deform_roi_pool_no_offset", mode)])
-            med = statistics.median(ts)
-            rows.append({**m, "shape": shape, "sampling_ratio": sr, "dtype": str(dtype),
-                         "contender": n, "mode": mode, "median_ms": med, "reps": reps,
-                         "ratio_to_no_offset": med / base})
-            print(f"sr={sr} {n:26s} {mode:8s} {med:10.2f} ms  x{med / base:5.2f} no-offset")
+        fns = {}
+        for n, (fwd, fb) in cons.items():
+            fns[n, "fwd"] = torch.no_grad()(fwd)
+            fns[n, "fwd+bwd"] = fb
+        times = time_contenders(fns, reps, warmup, sync=sync)
+        for mode in ("fwd", "fwd+bwd"):
+            of_mode = {n: times[n, mode] for n in cons}
+            for n, (med, _, ratio) in medians(of_mode, "deform_roi_pool_no_offset").items():
+                rows.append({**m, "shape": shape, "sampling_ratio": sr, "dtype": str(dtype),
+                             "contender": n, "mode": mode, "median_ms": 1e3 * med,
+                             "reps": reps, "ratio_to_no_offset": ratio})
+                print(f"sr={sr} {n:26s} {mode:8s} {1e3 * med:10.2f} ms  x{ratio:5.2f} no-offset")
     return rows
 
 
