@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -53,26 +52,20 @@ def contenders(N: int, H: int, C: int, G: int):
     return bench_contenders(DCNProblem(N=N, H=H, W=H, group=G, group_channels=C // G))
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-
 def peak_child(N: int, H: int, C: int, G: int, name: str, mode: str, threads: int) -> None:
     """In this (fresh) process: the peak extra bytes of one call, printed as JSON."""
     import torch
+
+    from deformconv.bench import peak_extra_bytes
 
     torch.set_num_threads(threads)
     fn = contenders(1, 6, 2 * G, G)[name][mode]
     fn()  # warm up code paths on a tiny shape
     fn = contenders(N, H, C, G)[name][mode]
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM)
-    before = _status("VmRSS:")
-    out = fn()
-    after = _status("VmHWM:")
+    grown, out = peak_extra_bytes(fn)
     out_bytes = sum(o.numel() * o.element_size() for o in
                     (out if isinstance(out, (tuple, list)) else [out]))
-    print(json.dumps(max(0, after - before - out_bytes)))
+    print(json.dumps(max(0, grown - out_bytes)))
 
 
 def peak_bytes(shape, name: str, mode: str, threads: int) -> int:
@@ -99,24 +92,29 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from deformconv.bench.cpu import machine_info, time_contenders
+    from deformconv.bench import (
+        is_provisional,
+        load_average,
+        machine_info,
+        medians,
+        time_contenders,
+    )
 
     torch.set_num_threads(a.threads)
-    load = os.getloadavg()[0]
+    load = load_average()
     info = dict(machine_info(), threads=a.threads, load_average=round(load, 2),
-                provisional=load > (os.cpu_count() or 1) / 2, dtype="float32")
+                provisional=is_provisional(load), dtype="float32")
     rows = []
     for shape in shapes(a.quick):
         N, H, C, G = shape
         built = contenders(*shape)
         for mode in ("forward", "train"):
             times = time_contenders({k: v[mode] for k, v in built.items()}, a.reps, 1)
-            floor = statistics.median(times["dwconv3x3"])
-            for name, ts in times.items():
+            for name, (med, low, ratio) in medians(times, "dwconv3x3").items():
                 row = dict(info, shape=f"{N}x{H}x{H}x{C}", group=G, mode=mode,
-                           contender=name, median_ms=round(statistics.median(ts) * 1e3, 3),
-                           min_ms=round(min(ts) * 1e3, 3), reps=len(ts),
-                           ratio_to_dwconv=round(statistics.median(ts) / floor, 2))
+                           contender=name, median_ms=round(med * 1e3, 3),
+                           min_ms=round(low * 1e3, 3), reps=len(times[name]),
+                           ratio_to_dwconv=round(ratio, 2))
                 if not a.no_memory:
                     row["peak_extra_mb"] = round(peak_bytes(shape, name, mode, a.threads)
                                                  / 2 ** 20, 2)

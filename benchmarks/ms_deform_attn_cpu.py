@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from deformconv import ms_deform_attn  # noqa: E402
-from deformconv.bench.cpu import machine_info, time_contenders  # noqa: E402
+from deformconv.bench import load_average, machine_info, medians, time_contenders  # noqa: E402
 from deformconv.ops.ms_deform_attn.reference import (  # noqa: E402
     DETR_LEVELS,
     make_inputs,
@@ -91,17 +90,12 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 sys.argv = sys.argv[1:]
 from ms_deform_attn_cpu import contenders, inputs
-def status(key):
-    with open('/proc/self/status') as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+from deformconv.bench import peak_extra_bytes
 scale, name, mode, quick = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == '1'
 small = contenders(inputs('decoder', quick=True, requires_grad=True))[name]
 small[0](); small[1]()  # warm up (libraries, allocator)
 fns = contenders(inputs(scale, quick, requires_grad=True))[name]
-open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM)
-before = status('VmRSS:')
-fns[0 if mode == 'fwd' else 1]()
-print(json.dumps(status('VmHWM:') - before))
+print(json.dumps(peak_extra_bytes(fns[0 if mode == 'fwd' else 1])[0]))
 """
 
 
@@ -125,25 +119,23 @@ def run(repeats: int, warmup: int, threads, quick: bool, memory: bool, log=print
                     peaks[name, mode] = peak_extra_bytes(scale, name, mode, quick)
         for n_threads in threads:
             torch.set_num_threads(n_threads)
-            load = os.getloadavg()[0]
+            load = load_average()
             info = machine_info()
             for i, mode in enumerate(("fwd", "fwd+bwd")):
                 times = time_contenders({k: v[i] for k, v in fns.items()}, repeats, warmup)
-                base = statistics.median(times["grid_sample"])
-                for name, ts in times.items():
-                    med = statistics.median(ts)
+                for name, (med, _, ratio) in medians(times, "grid_sample").items():
                     row = {**info, "scale": scale, "queries": t["sampling_locations"].shape[1],
                            "levels": t["spatial_shapes"].tolist(), "heads": 8, "head_dim": 32,
                            "points": 4, "batch": 2, "dtype": "float32", "contender": name,
-                           "mode": mode, "median_s": med, "times_s": ts,
-                           "speedup_vs_grid_sample": base / med,
+                           "mode": mode, "median_s": med, "times_s": times[name],
+                           "speedup_vs_grid_sample": 1 / ratio,
                            "peak_extra_MiB": (peaks[name, mode] / 2 ** 20 if memory
                                               else None),
                            "load_average_before": load, "repeats": repeats}
                     rows.append(row)
                     peak = f"{row['peak_extra_MiB']:8.1f} MiB" if memory else ""
                     log(f"{scale:8s} threads={n_threads} {mode:8s} {name:12s} "
-                        f"{med * 1e3:9.1f} ms  x{base / med:5.2f}  {peak}  load {load:.2f}")
+                        f"{med * 1e3:9.1f} ms  x{1 / ratio:5.2f}  {peak}  load {load:.2f}")
     return rows
 
 
