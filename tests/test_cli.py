@@ -178,7 +178,7 @@ def test_image_keeps_its_aspect_ratio(tiny_models, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resized 60x20 to 32x11 (aspect ratio kept), padded with background to 32x32" in out
     assert (tmp_path / "o" / "visualize-wide.png").read_bytes()[:8] == PNG
-    from deformconv.demo.visualize import load_image
+    from deformconv.demo.data import load_image
     x, _ = load_image(str(tmp_path / "wide.png"), 32)
     rows = x[0, 0].amax(1) > 0.5
     cols = x[0, 0].amax(0) > 0.5
@@ -308,7 +308,7 @@ def test_image_on_grey_paper_pads_with_its_page(tiny_models, tmp_path):
     the padding, the stroke's peak 1, and the ink's centre stays where the stroke is."""
     pytest.importorskip("matplotlib.image")
     from deformconv.demo.figures import centre_of_mass
-    from deformconv.demo.visualize import load_image
+    from deformconv.demo.data import load_image
     img = torch.full((30, 60), 2 / 3)
     img[5:25, 48:52] = 0.0  # near the right edge
     _save(tmp_path / "paper.png", img)
@@ -324,7 +324,7 @@ def test_image_on_grey_paper_pads_with_its_page(tiny_models, tmp_path):
 
 def test_transparent_and_blank_images(tiny_models, tmp_path, capsys):
     pytest.importorskip("matplotlib.image")
-    from deformconv.demo.visualize import load_image
+    from deformconv.demo.data import load_image
     rgba = torch.zeros(32, 32, 4)
     rgba[8:24, 14:18, 3] = 1  # black strokes, opaque; transparent elsewhere
     _save(tmp_path / "rgba.png", rgba)

@@ -1,11 +1,23 @@
-"""Sampling locations: regular grid at zero offsets, agreement with the op, composition, plots."""
+"""Sampling locations of 1-, 2- and 3-D layers: regular grid at zero offsets, agreement with the
+op, layers, composition, plots."""
 
+import doctest
 import itertools
+import math
 
 import pytest
 import torch
+from torch import nn
 
-from deformconv import DeformConv2dPack, ModulatedDeformConv2dPack, deform_conv2d
+import deformconv.viz.sampling
+from deformconv import (
+    DeformConv2dPack,
+    DeformConv3dPack,
+    ModulatedDeformConv2dPack,
+    ModulatedDeformConv3dPack,
+    deform_conv2d,
+    deform_conv3d,
+)
 from deformconv.viz import (
     LayerSampling,
     effective_sampling,
@@ -18,16 +30,74 @@ from deformconv.viz import (
 
 
 @pytest.mark.parametrize("k,s,p,d", [((3, 3), (1, 1), (1, 1), (1, 1)),
-                                     ((3, 2), (2, 1), (0, 2), (2, 3))])
+                                     ((3, 2), (2, 1), (0, 2), (2, 3)),
+                                     ((3,), (2,), (1,), (2,)),
+                                     ((2, 3, 2), (1, 2, 1), (0, 1, 1), (2, 1, 3))])
 def test_zero_offsets_give_the_regular_dilated_grid(k, s, p, d):
-    G, oH, oW = 2, 4, 5
-    loc = sampling_locations(torch.zeros(1, 2 * G * k[0] * k[1], oH, oW), kernel_size=k,
-                             stride=s, padding=p, dilation=d)
-    assert loc.shape == (1, G, k[0] * k[1], oH, oW, 2)
-    for g, oy, ox, (i, j) in itertools.product(range(G), range(oH), range(oW),
-                                               itertools.product(range(k[0]), range(k[1]))):
-        want = [oy * s[0] - p[0] + i * d[0], ox * s[1] - p[1] + j * d[1]]
-        assert loc[0, g, i * k[1] + j, oy, ox].tolist() == want
+    R, G, out = len(k), 2, (4, 5, 3)[:len(k)]
+    K = math.prod(k)
+    loc = sampling_locations(torch.zeros(1, R * G * K, *out), kernel_size=k, stride=s,
+                             padding=p, dilation=d)
+    assert loc.shape == (1, G, K, *out, R)
+    for g, o, (t, tap) in itertools.product(range(G), itertools.product(*map(range, out)),
+                                            enumerate(itertools.product(*map(range, k)))):
+        want = [o[r] * s[r] - p[r] + tap[r] * d[r] for r in range(R)]
+        assert loc[(0, g, t, *o)].tolist() == want
+
+
+def test_3d_locations_follow_the_depth_first_layout():
+    off = torch.zeros(1, 3 * 2 * 8, 2, 3, 2)
+    off[0, 3 * (8 + 5) + 0, 1, 2, 0] = 0.5  # group 1, tap 5 = (1, 0, 1): dz
+    off[0, 3 * (8 + 5) + 2, 1, 2, 0] = -0.25  # its dx
+    loc = sampling_locations(off, kernel_size=2, stride=(1, 2, 1), padding=(0, 1, 0),
+                             dilation=2)
+    assert loc.shape == (1, 2, 8, 2, 3, 2, 3)
+    # output (1, 2, 0), tap (1, 0, 1): z = 1 + 2 + 0.5, y = 4 - 1 + 0, x = 0 + 2 - 0.25
+    assert loc[0, 1, 5, 1, 2, 0].tolist() == [3.5, 3.0, 1.75]
+    assert loc[0, 0, 5, 1, 2, 0].tolist() == [3.0, 3.0, 2.0]
+
+
+def test_3d_locations_are_where_the_op_samples():
+    # A one-hot input reveals the sampled position: kernel 1, one tap, integer offsets.
+    x = torch.zeros(1, 1, 4, 4, 4)
+    x[0, 0, 2, 1, 3] = 1
+    off = torch.tensor([1.0, -1.0, 2.0]).view(1, 3, 1, 1, 1).expand(1, 3, 4, 4, 4)
+    y = deform_conv3d(x, off, torch.ones(1, 1, 1, 1, 1))
+    loc = sampling_locations(off, kernel_size=1)
+    hit = (y[0, 0] == 1).nonzero().tolist()
+    assert len(hit) == 1 and loc[0, 0, 0][tuple(hit[0])].tolist() == [2.0, 1.0, 3.0]
+
+
+def test_1d_and_3d_layer_locations():
+    layer = ModulatedDeformConv3dPack(2, 3, 3, padding=1)
+    torch.nn.init.normal_(layer.conv_offset.weight, std=0.5)
+    conv = nn.Conv3d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 3, 4, 5)
+    s = layer_sampling(layer, x)
+    assert s.offset.shape == (1, 81, 3, 4, 5) and s.mask.shape == (1, 27, 3, 4, 5)
+    torch.testing.assert_close(sampling_locations(layer, x) - sampling_locations(conv, x),
+                               s.offset.reshape(1, 1, 27, 3, 3, 4, 5).movedim(3, -1))
+    assert torch.equal(sampling_locations(DeformConv3dPack(2, 3, 3, padding=1), x),
+                       sampling_locations(conv, x))
+    one = sampling_locations(nn.Conv1d(2, 3, 3, stride=2), torch.randn(1, 2, 9))
+    assert one[0, 0, :, 1, 0].tolist() == [2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="2-D layers"):
+        effective_sampling([s], (1, 1))
+
+
+def test_offset_shape_errors():
+    with pytest.raises(ValueError, match=r"offset must be \(N, 2\*G\*9"):
+        sampling_locations(torch.zeros(1, 17, 4, 4), kernel_size=3)
+    with pytest.raises(ValueError, match="R = 1, 2 or 3"):
+        sampling_locations(torch.zeros(1, 2), kernel_size=1)
+    with pytest.raises(TypeError, match=r"kernel_size must be an int or a tuple of 3 ints, got \(1, 1\)"):
+        sampling_locations(torch.zeros(1, 3, 2, 2, 2), kernel_size=(1, 1))
+    with pytest.raises(ValueError, match="kernel_size is required"):
+        sampling_locations(torch.zeros(1, 3, 2))
+
+
+def test_docstring_examples():
+    assert doctest.testmod(deformconv.viz.sampling).failed == 0
 
 
 def test_locations_are_where_the_op_reads():

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo.visualize import load_image, load_model, visualize
+    from ..demo.figures import visualize_files
 
     parser = args.parser
     if args.image is not None and not os.path.isfile(args.image):
@@ -60,26 +60,12 @@ def run(args: argparse.Namespace) -> int:
                      f"feature pixel p at 4p + 1.5), got {args.pixel[0]:g} {args.pixel[1]:g}")
     make_folder(parser, "--out", args.out)
     try:
-        model = load_model(args.model)
-        if args.image is not None:
-            image, note = load_image(args.image, canvas)
-            title = os.path.basename(args.image)
-            name = os.path.splitext(title)[0]
-            print(f"{title}: {note}")
-        else:
-            from ..demo import demo_test_set
-            placed = demo_test_set()
-            if not args.index < len(placed.labels):
-                parser.error(f"--index: expected an index in [0, {len(placed.labels)}), got "
-                             f"{args.index}")
-            image = placed.images[args.index:args.index + 1]
-            title = (f"demo test image {args.index}: a {placed.labels[args.index].item()}, "
-                     f"{8 * placed.scale[args.index].item():.0f} px")
-            name = f"index{args.index}"
-    except ValueError as e:
+        result = visualize_files(args.model, args.out, args.image, args.index, args.pixel,
+                                 canvas)
+    except ValueError as e:  # names the argument
         parser.error(str(e))
-    path = os.path.join(args.out, f"visualize-{name}.png")
-    result = visualize(model, image, path, title, args.pixel)
+    if result["note"] is not None:
+        print(result["note"])
     y, x = result["traced"]
     print(f"traced at ({y:g}, {x:g}), the nearest feature pixel to "
           + ("the ink's centre of mass" if args.pixel is None else
@@ -87,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
     if result["background"] is None:
         print("no background location (no feature pixel far enough from the ink): drew the "
               "traced location only")
-    print(f"wrote {path}")
+    print(f"wrote {result['path']}")
     return 0

@@ -83,3 +83,67 @@ def place_on_canvas(digits: Digits, generator: torch.Generator, canvas: int = 32
                            padding_mode="zeros", align_corners=False)
     centre = torch.stack((t[:, 1], t[:, 0]), -1) + (canvas - 1) / 2
     return Placed(images, digits.labels, s, centre)
+
+
+#: Below this contrast (the ink's peak above the page, on a 0-1 scale) an image has no ink.
+MIN_CONTRAST = 0.05
+
+
+def load_image(path: str, canvas: int) -> Tuple[Tensor, str]:
+    """A grey image file as Tensor[1, 1, canvas, canvas] in [0, 1] with a dark background,
+    like the demo's digits, keeping its aspect ratio: the longer side is resized to ``canvas``
+    and the shorter one padded with background, centred. Transparent pixels count as page;
+    the page's level (the median of the border pixels) becomes 0 and the ink's peak 1, so the
+    padding matches the page. Returns the image and a sentence saying what was done;
+    ``ValueError`` naming ``--image`` when the file is no image or holds no ink."""
+    try:
+        import matplotlib.image as mpimg
+    except ImportError as e:
+        raise ImportError("reading images needs matplotlib: pip install 'deformconv[plots]'") \
+            from e
+    try:
+        a = torch.tensor(mpimg.imread(path), dtype=torch.float32)
+    except Exception as e:  # not an image matplotlib can read
+        raise ValueError(f"--image: expected an image file (PNG, ...), got {path!r}, which "
+                         f"cannot be read ({type(e).__name__}: {e})") from None
+    if a.dim() == 3 and a.shape[-1] in (1, 2, 3, 4):
+        if a.max() > 1:
+            a = a / 255.0
+        colour = a.shape[-1] in (3, 4)
+        grey = a[..., :3].mean(-1) if colour else a[..., 0]
+        if a.shape[-1] in (2, 4):  # alpha: composite onto the page the opaque pixels show
+            alpha = a[..., -1]
+            opaque = grey[alpha > 0.5]
+            page = 1.0 if opaque.numel() == 0 or opaque.mean() < 0.5 else 0.0
+            grey = alpha * grey + (1 - alpha) * page
+        a = grey
+    elif a.max() > 1:
+        a = a / 255.0
+    if a.dim() != 2 or min(a.shape) < 1:
+        raise ValueError(f"--image: expected a 2-D image, got {path!r} of shape "
+                         f"{tuple(a.shape)}")
+    border = torch.cat((a[0], a[-1], a[:, 0], a[:, -1]))
+    page = border.median()
+    inverted = bool(page > 0.5)
+    if inverted:  # dark strokes on a light page: invert, the demo's digits are light
+        a, page = 1 - a, 1 - page
+    peak = a.max() - page
+    if peak < MIN_CONTRAST:
+        raise ValueError(f"--image: expected strokes that stand out from the page, got "
+                         f"{path!r}, whose pixels differ from its border's level by at most "
+                         f"{peak.item():.3f} (of 1): no ink found")
+    a = ((a - page) / peak).clamp(0, 1)
+    H, W = a.shape
+    h, w = max(1, round(canvas * H / max(H, W))), max(1, round(canvas * W / max(H, W)))
+    small = F.interpolate(a[None, None], size=(h, w), mode="bilinear", antialias=True,
+                          align_corners=False).clamp(0, 1)
+    top, left = (canvas - h) // 2, (canvas - w) // 2
+    out = F.pad(small, (left, canvas - w - left, top, canvas - h - top))
+    note = f"resized {W}x{H} to {w}x{h} (aspect ratio kept)"
+    if (h, w) != (canvas, canvas):
+        note += f", padded with background to {canvas}x{canvas}"
+    if inverted:
+        note += ", light background inverted"
+    if page > 0.02:
+        note += f", page level {page.item():.2f} taken as background"
+    return out, note

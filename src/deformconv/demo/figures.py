@@ -1,4 +1,5 @@
-"""Pictures of where the demo network's deformable layers read, and of how far they reach.
+"""Pictures of where the demo network's deformable layers read, and of how far they reach:
+the demo's figures and ``deformconv visualize``'s (drawn by ``deformconv.viz``).
 
 For one location of the last stage, the three 3x3 layers read 9 x 9 x 9 = 729 points of the
 second stage's output (composed through the layers), each scaled by the product of the three
@@ -10,6 +11,7 @@ network reads the fixed 9x9 grid with stride 4 at every location: spread 8.0 px.
 from __future__ import annotations
 
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -17,16 +19,16 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..viz import (
-    MARK_COLOUR,
-    RING_COLOUR,
+    Cell,
     LayerSampling,
-    _pyplot,
-    draw_sampling,
+    comparison_figure,
     effective_sampling_batch,
     layer_sampling,
+    plots,
     weighted_spread,
 )
-from .model import OFFSET, STRIDE, DigitNet
+from .data import load_image
+from .model import OFFSET, STRIDE, DigitNet, load_model
 
 #: Spread of the fixed 3x3x3 grid at stride 4: a plain network's receptive field here.
 PLAIN_SPREAD = 8.0
@@ -159,117 +161,92 @@ def survey(model: DigitNet, images: Tensor, locations: Sequence[Tensor],
     return (torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)), cat
 
 
+#: What the heat map of the demo's figures shows.
+POINTS_LABEL = ("where the layers read: brighter = counts more (729 points, each weighted by "
+                "the product of the three v2 masks on its path)")
+
+
 def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Point, str]]],
                      path, title: str, note: str = "") -> Dict[str, list]:
     """Draw, for each cell ``(image Tensor[S, S], location (y, x), caption)`` of each row,
     where the trained deformable layers read for that location (top) above the fixed grid a
-    plain network reads there (below), at the same scale; write a PNG with a legend.
+    plain network reads there (below), at the same scale; write a PNG with a legend
+    (``viz.comparison_figure``).
 
     Returns ``{"cells": [...]}``: per cell its caption, the points off the canvas and the
     spreads (for the report's text).
     """
-    plt = _pyplot()
-    ncol = max(len(r) for r in rows)
-    legend_h = 1.0 + (0.5 if note else 0)
-    fig, axes = plt.subplots(2 * len(rows), ncol,
-                             figsize=(max(2.6 * ncol, 7.2), 6.6 * len(rows) + legend_h),
-                             squeeze=False)
     cells = []
-    for r, row in enumerate(rows):
+    for row in rows:
         images = torch.stack([im for im, _, _ in row])[:, None]
         locs = [loc for _, loc, _ in row]
-        learned = composed(model, images, locs)
-        fixed = composed(model, images, locs, plain=True)
-        for c, (image, loc, caption) in enumerate(row):
-            mark = traced_location(loc, image.shape[-1])
-            top, bottom = axes[2 * r][c], axes[2 * r + 1][c]
-            d = draw_sampling(top, image, learned[0][c], learned[1][c], mark=mark, margin=8)
-            f = draw_sampling(bottom, image, fixed[0][c], fixed[1][c], mark=mark, margin=8)
-            off = (f"{d['off_image']} of {d['points']} points off the canvas "
-                   f"({100 * d['off_weight']:.0f}% of weight)" if d["off_image"] else
-                   f"all {d['points']} points on the canvas")
-            top.set_title(f"{caption}\nDEFORMABLE: size {d['spread']:.1f} px\n{off}",
-                          fontsize=7.5)
-            plain_off = (f"\n{f['off_image']} of {f['points']} points off the canvas "
-                         f"({100 * f['off_weight']:.0f}% of weight)" if f["off_image"] else "")
-            bottom.set_title(f"PLAIN network, same place: size {f['spread']:.1f} px{plain_off}",
-                             fontsize=7.5)
-            cells.append({"caption": caption, "spread": d["spread"],
-                          "off_canvas": d["off_image"], "points": d["points"],
-                          "off_canvas_weight": d["off_weight"],
-                          "plain_off_canvas": f["off_image"]})
-        for c in range(len(row), ncol):
-            axes[2 * r][c].axis("off")
-            axes[2 * r + 1][c].axis("off")
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    handles = [
-        Patch(color="#ffb020", label="where the layers read: brighter = counts more (729 "
-              "points, each weighted by the product of the three v2 masks on its path)"),
-        Line2D([], [], marker="x", linestyle="", color=MARK_COLOUR, markeredgewidth=2,
-               label="the location whose receptive field is drawn"),
-        Line2D([], [], linestyle="--", color=RING_COLOUR,
-               label="receptive field size: circle with radius = weighted spread (the 'size')"),
-        Line2D([], [], linestyle="-", color="white", label="canvas border (outside it: off "
-               "the image, reads zeros)")]
-    fig.suptitle(title, fontsize=10)
-    total_h = fig.get_size_inches()[1]
-    leg = fig.legend(handles=handles, loc="lower center", fontsize=7, ncol=1, frameon=True,
-                     facecolor="#505050", labelcolor="white",
-                     bbox_to_anchor=(0.5, (0.5 if note else 0.05) / total_h))
-    leg.get_frame().set_edgecolor("none")
-    if note:
-        import textwrap
-        fig.text(0.5, 0.05 / total_h, "\n".join(textwrap.wrap(note, 125)), ha="center",
-                 va="bottom", fontsize=7)
-    fig.tight_layout(rect=(0, (legend_h + 0.1) / total_h, 1, 1 - 0.35 / total_h), h_pad=2.5)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return {"cells": cells}
+        (pts, w), (plain, plain_w) = (composed(model, images, locs, plain=p)
+                                      for p in (False, True))
+        cells.append([Cell(image, traced_location(loc, image.shape[-1]), caption, pts[c], w[c],
+                           plain[c], plain_w[c])
+                      for c, (image, loc, caption) in enumerate(row)])
+    return comparison_figure(cells, path, title, note, POINTS_LABEL)
 
 
 def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
                 background: Sequence[float], path,
                 seeds: Optional[Sequence[int]] = None) -> str:
-    """Receptive field size against digit size: one thin line per seed, their mean with the
-    seeds' standard deviation, the plain network's constant, and the mean over background
-    locations. ``per_seed[s][b]`` is seed ``s``'s mean spread of size bin ``b`` (NaN when the
-    bin is empty); ``background[s]`` seed ``s``'s mean spread at background locations;
-    ``seeds`` name the thin lines (default 0, 1, ...)."""
-    plt = _pyplot()
-    seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
-    t = torch.tensor(per_seed, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    labels = []  # (y at the line's right end, x there, seed)
-    for s, ys in enumerate(t):
-        ax.plot(sizes, ys.tolist(), color="#ff7f0e", alpha=0.35, linewidth=1,
-                label="deformable, each seed (labelled at its right end)" if s == 0 else None)
-        ends = [i for i in range(len(sizes)) if ys[i] == ys[i]]  # bins that are not NaN
-        if ends:
-            labels.append((ys[ends[-1]].item(), sizes[ends[-1]], seeds[s]))
-    mean = t.nanmean(0)
-    sd = (t - mean).square().nansum(0).div(max(len(t) - 1, 1)).sqrt()
-    ax.errorbar(sizes, mean.tolist(), yerr=sd.tolist(), color="#d95f02", linewidth=2,
-                capsize=3, marker="o", label=f"deformable, mean ± sd over {len(t)} seeds")
-    ax.axhline(PLAIN_SPREAD, color="grey", linestyle="--",
-               label=f"plain network (fixed grid): {PLAIN_SPREAD:.1f} px everywhere")
-    if len(background):
-        bg = sum(background) / len(background)
-        ax.axhline(bg, color="#7570b3", linestyle=":",
-                   label=f"deformable, at background locations: {bg:.1f} px (mean)")
-    ax.set_xlim(right=sizes[-1] + 0.12 * (sizes[-1] - sizes[0]))  # room for the seed labels
-    lo, hi = ax.get_ylim()
-    gap, last = 0.045 * (hi - lo), -float("inf")
-    for y, x, seed in sorted(labels):  # bottom to top, each label at least `gap` above the last
-        last = max(y, last + gap)
-        ax.annotate(f"seed {seed}", (x, y), xytext=(x + 0.015 * (sizes[-1] - sizes[0]), last),
-                    fontsize=6.5, color="#b35900", va="center")
-    ax.set_xlabel("digit size on the canvas (px)")
-    ax.set_ylabel("receptive field size (weighted spread, px)")
-    ax.set_title("Does the receptive field grow with the digit?", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    """``viz.spread_plot`` of the demo: against digit size, the plain network's
+    ``PLAIN_SPREAD``."""
+    return plots.spread_plot(sizes, per_seed, background, path, seeds, PLAIN_SPREAD, "digit")
+
+
+def visualize(model, image: Tensor, path: str, title: str,
+              pixel: Optional[Tuple[float, float]] = None) -> dict:
+    """Draw where ``model``'s deformable layers read for one location of ``image``
+    (Tensor[1, 1, S, S]), beside the plain grid, and at a background location when the image
+    has one; write the PNG ``path``. ``pixel``: the canvas location (y, x) traced (default:
+    the ink's centre of mass). Returns the figure's per-cell numbers."""
+    img = image[0, 0]
+    asked = tuple(pixel) if pixel is not None else centre_of_mass(img)
+    # the layers' output lives on the feature grid: the location traced is its nearest pixel
+    traced = traced_location(asked, img.shape[-1])
+    with torch.no_grad():
+        pred = model(image).argmax(1).item()
+    where = ("the ink's centre of mass" if pixel is None else
+             f"asked ({asked[0]:g}, {asked[1]:g})")
+    cells = [(img, traced, f"{title}\ndeformable network predicts {pred}\ntraced at "
+                           f"({traced[0]:g}, {traced[1]:g}): nearest feature pixel to {where}")]
+    bg = background_location(img)
+    if bg is not None:
+        cells.append((img, bg, "background location\n(farthest from the ink)"))
+    result = attention_figure(model, [cells], path, "Where the deformable layers read (x)")
+    result["traced"] = traced
+    result["background"] = bg
+    return result
+
+
+def visualize_files(model_path: str, out: str, image_path: Optional[str] = None,
+                    index: int = 0, pixel: Optional[Point] = None, canvas: int = 32) -> dict:
+    """``deformconv visualize`` without its command line: the demo network saved at
+    ``model_path`` traced on the image file ``image_path`` (fitted to a ``canvas``-pixel
+    square, see ``load_image``) or else on demo test image ``index``, drawn by ``visualize``
+    into ``out/visualize-<name>.png``.
+
+    Returns ``visualize``'s numbers plus ``path`` (the PNG) and ``note`` (what was done to the
+    image file, None for a demo image). Bad input is a ``ValueError`` naming ``--model``,
+    ``--image`` or ``--index``.
+    """
+    model = load_model(model_path)
+    if image_path is not None:
+        image, note = load_image(image_path, canvas)
+        title = os.path.basename(image_path)
+        name, note = os.path.splitext(title)[0], f"{title}: {note}"
+    else:
+        from . import demo_test_set
+
+        placed = demo_test_set()
+        if not 0 <= index < len(placed.labels):
+            raise ValueError(f"--index: expected an index in [0, {len(placed.labels)}), got "
+                             f"{index}")
+        image = placed.images[index:index + 1]
+        title = (f"demo test image {index}: a {placed.labels[index].item()}, "
+                 f"{8 * placed.scale[index].item():.0f} px")
+        name, note = f"index{index}", None
+    path = os.path.join(out, f"visualize-{name}.png")
+    return dict(visualize(model, image, path, title, pixel), path=path, note=note)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import List, Tuple
 
 import torch
@@ -68,3 +69,29 @@ def model_from_state_dict(state: dict) -> DigitNet:
         net, _ = build_model(False, 2, width)
     net.load_state_dict(state)
     return net
+
+
+def load_model(path: str):
+    """The demo network saved at ``path``; ``ValueError`` naming ``--model`` otherwise."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--model: no model at {path!r}; run `deformconv demo` first or pass "
+                         f"--model")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or pickles more than tensors
+        raise ValueError(f"--model: expected a state dict saved by `deformconv demo`, got "
+                         f"{path!r}, which torch.load cannot read ({type(e).__name__})") \
+            from None
+    if not isinstance(state, dict) or "head.weight" not in state:
+        raise ValueError(f"--model: expected a state dict saved by `deformconv demo`, got "
+                         f"{path!r}, which holds a {type(state).__name__} without "
+                         f"'head.weight'")
+    if not any(k.endswith("conv_offset.weight") for k in state):
+        raise ValueError(f"--model: {path!r} is a plain demo network without deformable "
+                         f"layers (it samples the regular grid); pass a deformable_seedN.pt")
+    try:
+        return model_from_state_dict(state)
+    except Exception as e:  # right keys, wrong shapes
+        raise ValueError(f"--model: expected a state dict saved by `deformconv demo`, got "
+                         f"{path!r}, which does not load into the demo network "
+                         f"({type(e).__name__})") from None
