@@ -67,7 +67,7 @@ def test_commands_do_not_import_the_cli_back():
                 seen += 1
                 assert not name.startswith(("deformconv.cli", "deformconv.commands")), (f, name)
     assert seen > 20  # the walk really found the imports
-    assert "deformconv.demo.figures.survey" in _imports(root / "demo" / "__init__.py")
+    assert "deformconv.demo.figures.survey" in _imports(root / "demo" / "pipeline.py")
     mods = {n.split(".")[0] for n in _imports(root / "commands" / "_args.py")}
     assert mods <= {"__future__", "argparse", "os", "typing", "torch"}, mods
 
@@ -307,8 +307,8 @@ def test_image_on_grey_paper_pads_with_its_page(tiny_models, tmp_path):
     """A dark stroke on a grey page (0.67): after inversion the page level becomes 0 like
     the padding, the stroke's peak 1, and the ink's centre stays where the stroke is."""
     pytest.importorskip("matplotlib.image")
-    from deformconv.demo.figures import centre_of_mass
     from deformconv.demo.data import load_image
+    from deformconv.demo.figures import centre_of_mass
     img = torch.full((30, 60), 2 / 3)
     img[5:25, 48:52] = 0.0  # near the right edge
     _save(tmp_path / "paper.png", img)

@@ -24,7 +24,6 @@ from ..viz import (
     comparison_figure,
     effective_sampling_batch,
     layer_sampling,
-    plots,
     weighted_spread,
 )
 from .data import load_image
@@ -188,14 +187,6 @@ def attention_figure(model: DigitNet, rows: Sequence[Sequence[Tuple[Tensor, Poin
     return comparison_figure(cells, path, title, note, POINTS_LABEL)
 
 
-def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
-                background: Sequence[float], path,
-                seeds: Optional[Sequence[int]] = None) -> str:
-    """``viz.spread_plot`` of the demo: against digit size, the plain network's
-    ``PLAIN_SPREAD``."""
-    return plots.spread_plot(sizes, per_seed, background, path, seeds, PLAIN_SPREAD, "digit")
-
-
 def visualize(model, image: Tensor, path: str, title: str,
               pixel: Optional[Tuple[float, float]] = None) -> dict:
     """Draw where ``model``'s deformable layers read for one location of ``image``
@@ -238,7 +229,7 @@ def visualize_files(model_path: str, out: str, image_path: Optional[str] = None,
         title = os.path.basename(image_path)
         name, note = os.path.splitext(title)[0], f"{title}: {note}"
     else:
-        from . import demo_test_set
+        from .pipeline import demo_test_set
 
         placed = demo_test_set()
         if not 0 <= index < len(placed.labels):
