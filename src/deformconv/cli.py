@@ -25,11 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(
         m.NAME for m in COMMANDS) + "}")
     for module in COMMANDS:
-        s = sub.add_parser(module.NAME, help=module.HELP,
-                           description=getattr(module, "DESCRIPTION", module.HELP))
+        s = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         module.add_arguments(s)
         s.set_defaults(run=module.run, parser=s,
-                       uses_backend=getattr(module, "USES_BACKEND", False))
+                       uses_backend=getattr(module, "USES_BACKEND", True))
     return p
 
 

@@ -1,4 +1,8 @@
-"""``deformconv bench``: the CPU benchmark (method in benchmarks/README.md)."""
+"""Times deformconv's forward and forward+backward on the CPU against nn.Conv2d of the same shape
+(the floor every ratio is taken against), onnxruntime, torchvision and a grid_sample baseline,
+alternating in one process, and measures forward peak memory; prints medians and ratios and,
+with --out, writes them as JSON. A contender named in --contenders that cannot run here is an
+error; one left out by default is skipped with a note."""
 
 from __future__ import annotations
 
@@ -9,17 +13,10 @@ from typing import Optional
 
 from ._args import make_folder, non_negative_int, positive_int
 
-USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "bench"
 HELP = ("CPU benchmark: deformconv against nn.Conv2d (the floor), onnxruntime, torchvision "
         "and a grid_sample baseline, alternating in one process; medians and ratios, "
         "optionally saved as JSON")
-DESCRIPTION = ("Times deformconv's forward and forward+backward on the CPU against nn.Conv2d "
-               "of the same shape (the floor every ratio is taken against), onnxruntime, "
-               "torchvision and a grid_sample baseline, alternating in one process, and "
-               "measures forward peak memory; prints medians and ratios and, with --out, "
-               "writes them as JSON. A contender named in --contenders that cannot run here "
-               "is an error; one left out by default is skipped with a note.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,16 +1,14 @@
-"""``deformconv check``: one v2 layer forward and backward against the float64 oracle."""
+"""Runs a v2 deformable layer forward and backward on random float64 data and compares the op's
+output and the gradients of all five inputs with the float64 loop reference; prints the relative
+errors and OK or MISMATCH (exit code 1)."""
 
 from __future__ import annotations
 
 import argparse
 
-USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "check"
 HELP = ("run a deformable layer forward and backward on random data and compare it with the "
         "float64 reference")
-DESCRIPTION = ("Runs a v2 deformable layer forward and backward on random float64 data and "
-               "compares the op's output and the gradients of all five inputs with the float64 "
-               "loop reference; prints the relative errors and OK or MISMATCH (exit code 1).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

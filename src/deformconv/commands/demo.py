@@ -1,4 +1,10 @@
-"""``deformconv demo``: train a plain and a deformable CNN; write a report with pictures."""
+"""Trains a small CNN twice per seed on scikit-learn's digits placed on a 32x32 canvas under random
+geometry: plain, and with its last three 3x3 convolutions deformable. Prints both test
+accuracies and the receptive field sizes, and writes report.md, results.json, figures and state
+dicts to --out. Presets: --quick (2 seeds x 3 epochs, a check that it runs), default (3 seeds x
+12 epochs, about 3 minutes of CPU time on 2 cores), --full (5 seeds x 30 epochs). Under
+`torchrun --nproc_per_node=N -m deformconv demo` it trains with DistributedDataParallel (gloo on
+CPU, NCCL on GPU)."""
 
 from __future__ import annotations
 
@@ -7,19 +13,9 @@ import os
 
 from ._args import check_device, make_folder, positive_float, positive_int
 
-USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "demo"
 HELP = ("train a plain and a deformable CNN on digits under random scale, rotation and shear; "
         "write pictures of where the deformable layers look, accuracies and a report")
-DESCRIPTION = ("Trains a small CNN twice per seed on scikit-learn's digits placed on a 32x32 "
-               "canvas under random geometry: plain, and with its last three 3x3 convolutions "
-               "deformable. Prints both test accuracies and the receptive field sizes, and "
-               "writes report.md, results.json, figures and state dicts to --out. Presets: "
-               "--quick (2 seeds x 3 epochs, a check that it runs), default (3 seeds x 12 "
-               "epochs, about 3 minutes of CPU time on 2 cores), --full (5 seeds x 30 "
-               "epochs). Under "
-               "`torchrun --nproc_per_node=N -m deformconv demo` it trains with "
-               "DistributedDataParallel (gloo on CPU, NCCL on GPU).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,15 +1,14 @@
-"""``deformconv info``: versions, and which kernel each device would run here."""
+"""Prints the versions of deformconv, Python and torch, the CPU thread count, which kernel the CPU
+and the GPU (if any) would run, and the versions of the optional packages."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+USES_BACKEND = False  # runs no op: the CLI need not check the kernel backend setting
 NAME = "info"
 HELP = "versions and available kernels"
-DESCRIPTION = ("Prints the versions of deformconv, Python and torch, the CPU thread count, "
-               "which kernel the CPU and the GPU (if any) would run, and the versions of the "
-               "optional packages.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
-"""``deformconv kernels``: registers, spills, shared memory and tensor-core use of every shipped
-Triton kernel, configuration and dtype, compiled offline for a GPU architecture (no GPU
-needed; Triton's wheel brings the compiler and ``ptxas``)."""
+"""Registers, spills, shared memory and tensor-core use of every shipped Triton kernel,
+configuration and dtype, compiled offline for a GPU architecture (no GPU needed; Triton's wheel
+brings the compiler and `ptxas`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+USES_BACKEND = False  # runs no op: the CLI need not check the kernel backend setting
 NAME = "kernels"
 HELP = "resource report of the Triton kernels (registers, spills, shared memory), offline"
 ARCHS = ("sm_90a", "sm_80")

@@ -1,4 +1,7 @@
-"""``deformconv visualize``: where a trained demo model's deformable layers read, as a PNG."""
+"""Loads a state dict saved by `deformconv demo` and draws, for one location, the 729 input
+positions its three last 3x3 layers read (composed, weighted by their masks) beside the plain
+network's fixed grid, and the same at a background location when the image has one. Writes
+visualize-<image>.png into --out."""
 
 from __future__ import annotations
 
@@ -7,15 +10,9 @@ import os
 
 from ._args import make_folder, non_negative_int, positive_int
 
-USES_BACKEND = True  # the CLI checks the kernel backend setting before running
 NAME = "visualize"
 HELP = ("draw where a demo model's deformable layers read on an image (a PNG in the output "
         "folder)")
-DESCRIPTION = ("Loads a state dict saved by `deformconv demo` and draws, for one location, "
-               "the 729 input positions its three last 3x3 layers read (composed, weighted by "
-               "their masks) beside the plain network's fixed grid, and the same at a "
-               "background location when the image has one. Writes "
-               "visualize-<image>.png into --out.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
