@@ -275,8 +275,8 @@ class RoIProblem:
     C: int = 3
     H: int = 7
     W: int = 9
-    R: int = 14
     output_size: Tuple[int, int] = (3, 2)
+    R: int = 14
     spatial_scale: float = 0.5
     sampling_ratio: int = 0
     gamma: float = 0.1
