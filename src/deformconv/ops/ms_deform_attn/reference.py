@@ -35,15 +35,27 @@ def _levels(spatial_shapes: Tensor) -> List[Tuple[int, int, int]]:
     return out
 
 
+def _samples(spatial_shapes: Tensor, sampling_locations: Tensor):
+    """Every sampling point that lies on its level's map (``_corners``), as
+    ``(n, q, m, level, p, start, H, W, h0, w0, lh, lw)``, in loop order."""
+    levels = _levels(spatial_shapes)
+    for n, per_n in enumerate(sampling_locations.double().tolist()):
+        for q, per_q in enumerate(per_n):
+            for m, per_m in enumerate(per_q):
+                for li, (start, H, W) in enumerate(levels):
+                    for p, (x, y) in enumerate(per_m[li]):
+                        c = _corners(x, y, H, W)
+                        if c is not None:
+                            yield (n, q, m, li, p, start, H, W, *c)
+
+
 def ms_deform_attn_ref(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
                        attention_weights: Tensor) -> Tensor:
     """Output (N, Q, M*D) in float64."""
     v = value.double()
-    loc = sampling_locations.double().tolist()
     aw = attention_weights.double().tolist()
     N, S, M, D = v.shape
     Q = sampling_locations.shape[1]
-    levels = _levels(spatial_shapes)
     out = torch.zeros(N, Q, M, D, dtype=torch.float64)
 
     def read(n, start, W, H, hh, ww, m):
@@ -51,22 +63,13 @@ def ms_deform_attn_ref(value: Tensor, spatial_shapes: Tensor, sampling_locations
             return v[n, start + hh * W + ww, m]
         return torch.zeros(D, dtype=torch.float64)
 
-    for n in range(N):
-        for q in range(Q):
-            for m in range(M):
-                acc = torch.zeros(D, dtype=torch.float64)
-                for li, (start, H, W) in enumerate(levels):
-                    for p, (x, y) in enumerate(loc[n][q][m][li]):
-                        c = _corners(x, y, H, W)
-                        if c is None:
-                            continue
-                        h0, w0, lh, lw = c
-                        s = ((1 - lh) * (1 - lw) * read(n, start, W, H, h0, w0, m)
-                             + (1 - lh) * lw * read(n, start, W, H, h0, w0 + 1, m)
-                             + lh * (1 - lw) * read(n, start, W, H, h0 + 1, w0, m)
-                             + lh * lw * read(n, start, W, H, h0 + 1, w0 + 1, m))
-                        acc += aw[n][q][m][li][p] * s
-                out[n, q, m] = acc
+    for n, q, m, li, p, start, H, W, h0, w0, lh, lw in _samples(spatial_shapes,
+                                                                 sampling_locations):
+        s = ((1 - lh) * (1 - lw) * read(n, start, W, H, h0, w0, m)
+             + (1 - lh) * lw * read(n, start, W, H, h0, w0 + 1, m)
+             + lh * (1 - lw) * read(n, start, W, H, h0 + 1, w0, m)
+             + lh * lw * read(n, start, W, H, h0 + 1, w0 + 1, m))
+        out[n, q, m] += aw[n][q][m][li][p] * s
     return out.view(N, Q, M * D)
 
 
@@ -78,42 +81,31 @@ def ms_deform_attn_grads_ref(grad_out: Tensor, value: Tensor, spatial_shapes: Te
     N, S, M, D = v.shape
     Q = sampling_locations.shape[1]
     g = grad_out.double().view(N, Q, M, D)
-    loc = sampling_locations.double().tolist()
     aw = attention_weights.double().tolist()
-    levels = _levels(spatial_shapes)
     gv = torch.zeros_like(v)
     gl = torch.zeros(sampling_locations.shape, dtype=torch.float64)
     ga = torch.zeros(attention_weights.shape, dtype=torch.float64)
-    for n in range(N):
-        for q in range(Q):
-            for m in range(M):
-                go = g[n, q, m]
-                for li, (start, H, W) in enumerate(levels):
-                    for p, (x, y) in enumerate(loc[n][q][m][li]):
-                        c = _corners(x, y, H, W)
-                        if c is None:
-                            continue
-                        h0, w0, lh, lw = c
-                        a = aw[n][q][m][li][p]
-                        corner = {}
-                        for dh in (0, 1):
-                            for dw in (0, 1):
-                                hh, ww = h0 + dh, w0 + dw
-                                if 0 <= hh < H and 0 <= ww < W:
-                                    row = start + hh * W + ww
-                                    wt = (lh if dh else 1 - lh) * (lw if dw else 1 - lw)
-                                    gv[n, row, m] += a * wt * go
-                                    corner[dh, dw] = float(go @ v[n, row, m])
-                                else:
-                                    corner[dh, dw] = 0.0
-                        s00, s01, s10, s11 = (corner[0, 0], corner[0, 1], corner[1, 0],
-                                              corner[1, 1])
-                        ga[n, q, m, li, p] = ((1 - lh) * (1 - lw) * s00 + (1 - lh) * lw * s01
-                                              + lh * (1 - lw) * s10 + lh * lw * s11)
-                        d_h = (1 - lw) * (s10 - s00) + lw * (s11 - s01)
-                        d_w = (1 - lh) * (s01 - s00) + lh * (s11 - s10)
-                        gl[n, q, m, li, p, 0] = a * d_w * W
-                        gl[n, q, m, li, p, 1] = a * d_h * H
+    for n, q, m, li, p, start, H, W, h0, w0, lh, lw in _samples(spatial_shapes,
+                                                                 sampling_locations):
+        go, a = g[n, q, m], aw[n][q][m][li][p]
+        corner = {}
+        for dh in (0, 1):
+            for dw in (0, 1):
+                hh, ww = h0 + dh, w0 + dw
+                if 0 <= hh < H and 0 <= ww < W:
+                    row = start + hh * W + ww
+                    wt = (lh if dh else 1 - lh) * (lw if dw else 1 - lw)
+                    gv[n, row, m] += a * wt * go
+                    corner[dh, dw] = float(go @ v[n, row, m])
+                else:
+                    corner[dh, dw] = 0.0
+        s00, s01, s10, s11 = corner[0, 0], corner[0, 1], corner[1, 0], corner[1, 1]
+        ga[n, q, m, li, p] = ((1 - lh) * (1 - lw) * s00 + (1 - lh) * lw * s01
+                              + lh * (1 - lw) * s10 + lh * lw * s11)
+        d_h = (1 - lw) * (s10 - s00) + lw * (s11 - s01)
+        d_w = (1 - lh) * (s01 - s00) + lh * (s11 - s10)
+        gl[n, q, m, li, p, 0] = a * d_w * W
+        gl[n, q, m, li, p, 1] = a * d_h * H
     return gv, gl, ga
 
 

@@ -113,11 +113,7 @@ def _scatter(gval_ptr, addr, ok, d, d_ok, wg):
 
 @triton.jit
 def _ms_deform_attn_bwd_kernel(
-        value_ptr,   # value (N, S, M, D)
-        shapes_ptr,  # spatial_shapes (L, 2)
-        starts_ptr,  # level_start_index (L,)
-        loc_ptr,     # sampling_locations (N, Q, M, L, P, 2)
-        att_ptr,     # attention_weights (N, Q, M, L, P)
+        value_ptr, shapes_ptr, starts_ptr, loc_ptr, att_ptr,  # the forward kernel's inputs
         gout_ptr,    # output gradient (N, Q, M*D)
         gval_ptr,    # value gradient, float32 (N, S, M, D), zeroed; unused without NEED_VALUE
         gloc_ptr,    # location gradient, float32 (N, Q, M, L, P, 2); unused without NEED_LOC
