@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import pathlib
 import re
 import subprocess
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import deformconv
-from deformconv.bench import is_provisional, load_average, machine_info, medians, time_contenders
+from deformconv import bench
 from deformconv.testing import Problem
 
 SHAPES = [Problem(N=4, C=128, O=128, size=(2048,), kernel=(3,), padding=1, offset_scale=1.0),
@@ -91,19 +90,19 @@ def _contenders(p: Problem, mode: str, old) -> dict:
 
 
 def run(shapes, repeats: int, warmup: int, old, log=print) -> dict:
-    load = load_average()
+    load = bench.load_average()
     rows = []
     for p in shapes:
         for mode in ("forward", "train"):
-            times = time_contenders(_contenders(p, mode, old), repeats, warmup)
-            for name, (med, low, ratio) in medians(times, f"conv{p.ndim}d").items():
+            times = bench.time_contenders(_contenders(p, mode, old), repeats, warmup)
+            for name, (med, low, ratio) in bench.medians(times, f"conv{p.ndim}d").items():
                 rows.append(dict(shape=p.name, mode=mode, contender=name,
                                  median_ms=round(1e3 * med, 3), min_ms=round(1e3 * low, 3),
                                  ratio_to_conv=round(ratio, 3), repeats=repeats))
                 log(f"{p.name:40s} {mode:8s} {name:8s} {1e3 * med:10.2f} ms x{ratio:.2f}")
-    return {"machine": machine_info(), "load_average_before": load,
-            "load_average_after": load_average(),
-            "provisional": is_provisional(load), "rows": rows}
+    return {"machine": bench.machine_info(), "load_average_before": load,
+            "load_average_after": bench.load_average(),
+            "provisional": bench.is_provisional(load), "rows": rows}
 
 
 def main(argv=None) -> None:
@@ -120,9 +119,7 @@ def main(argv=None) -> None:
     result["before_commit"] = subprocess.run(["git", "rev-parse", a.before], text=True,
                                              capture_output=True).stdout.strip()
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        bench.write_json(a.out, result)
 
 
 if __name__ == "__main__":

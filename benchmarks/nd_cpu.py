@@ -23,8 +23,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from deformconv import deform_conv1d, deform_conv3d
-from deformconv.bench import is_provisional, load_average, machine_info, medians, time_contenders
+from deformconv import bench, deform_conv1d, deform_conv3d
 from deformconv.testing import Problem
 
 SHAPES = [Problem(N=8, C=256, O=256, size=(4096,), kernel=(3,), padding=1, offset_scale=1.0),
@@ -94,12 +93,12 @@ def peak_extra_bytes(p: Problem, which: str) -> int:
 
 def run(shapes, repeats: int, warmup: int, memory: bool, log=print) -> dict:
     # the machine's load over the minute before the run (the run's own threads would count)
-    load = load_average()
+    load = bench.load_average()
     rows = []
     for p in shapes:
         for mode in ("forward", "train"):
-            times = time_contenders(_contenders(p, mode), repeats, warmup)
-            for name, (med, low, ratio) in medians(times, f"conv{p.ndim}d").items():
+            times = bench.time_contenders(_contenders(p, mode), repeats, warmup)
+            for name, (med, low, ratio) in bench.medians(times, f"conv{p.ndim}d").items():
                 rows.append(dict(shape=p.name, mode=mode, contender=name,
                                  median_ms=round(1e3 * med, 3), min_ms=round(1e3 * low, 3),
                                  ratio_to_conv=round(ratio, 3), repeats=repeats))
@@ -109,8 +108,8 @@ def run(shapes, repeats: int, warmup: int, memory: bool, log=print) -> dict:
             rows.append(dict(shape=p.name, mode="forward-peak-extra-bytes", **extra))
             log(f"{p.name:40s} peak extra memory of a forward: deform "
                 f"{extra['deform'] / 2**20:.1f} MiB, conv {extra['conv'] / 2**20:.1f} MiB")
-    return {"machine": machine_info(), "load_average_before": load,
-            "provisional": is_provisional(load), "rows": rows}
+    return {"machine": bench.machine_info(), "load_average_before": load,
+            "provisional": bench.is_provisional(load), "rows": rows}
 
 
 def main(argv=None) -> None:
@@ -123,9 +122,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     result = run(QUICK if a.quick else SHAPES, a.repeats, a.warmup, not a.no_memory)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        bench.write_json(a.out, result)
 
 
 if __name__ == "__main__":

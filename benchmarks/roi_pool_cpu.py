@@ -23,7 +23,6 @@ the run exceeds half the cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -114,7 +113,8 @@ def main():
     import torch
     rows = run(torch, QUICK if a.quick else SHAPE, a.reps, a.device)
     if a.out:
-        Path(a.out).write_text(json.dumps(rows, indent=1))
+        from deformconv.bench import write_json
+        write_json(a.out, rows)
         print(f"wrote {len(rows)} rows to {a.out}")
 
 

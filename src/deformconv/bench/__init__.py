@@ -16,7 +16,8 @@ from .timing import (
     medians,
     peak_extra_bytes,
     time_contenders,
+    write_json,
 )
 
 __all__ = ["Problem", "CONTENDERS", "machine_info", "load_average", "is_provisional",
-           "time_contenders", "medians", "peak_extra_bytes"]
+           "time_contenders", "medians", "peak_extra_bytes", "write_json"]

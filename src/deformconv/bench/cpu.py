@@ -18,7 +18,14 @@ import torch
 
 from ..testing import Problem
 from .contenders import CONTENDERS, bench_tensors, label, problem
-from .timing import is_provisional, load_average, machine_info, medians, time_contenders
+from .timing import (
+    is_provisional,
+    load_average,
+    machine_info,
+    medians,
+    time_contenders,
+    write_json,
+)
 
 __all__ = ["run", "machine_info", "time_contenders"]  # the last two: older scripts import them
 
@@ -121,8 +128,6 @@ def run(shapes: List[Problem], variants: List[Problem], names: List[str], repeat
         log(f"peak extra memory of a forward on {label(p)}: {extra / 2**20:.1f} MiB = "
             f"{extra / io:.2f} x (input + output = {io / 2**20:.1f} MiB)")
     if out_path:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        with open(out_path, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(out_path, result)
         log(f"wrote {out_path}")
     return result

@@ -11,6 +11,7 @@ load average of the minute before the run; a run under load above half the cores
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -21,7 +22,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 import torch
 
 __all__ = ["machine_info", "load_average", "is_provisional", "time_contenders", "medians",
-           "peak_extra_bytes"]
+           "peak_extra_bytes", "write_json"]
 
 
 def _cpu() -> Tuple[str, str]:
@@ -151,3 +152,11 @@ def peak_extra_bytes(fn: Callable[[], object]) -> Tuple[int, object]:
     before = _status("VmRSS:")
     out = fn()
     return _status("VmHWM:") - before, out
+
+
+def write_json(path: str, result: object) -> None:
+    """Write a benchmark's ``result`` as indented JSON to ``path`` (its folder created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
