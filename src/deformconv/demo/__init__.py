@@ -4,19 +4,6 @@
 and ``report`` are its parts, and ``figures.visualize_files`` is ``deformconv visualize``.
 """
 
-from .pipeline import (
-    DEFAULTS,
-    LARGE,
-    PRESETS,
-    SCALE,
-    SIZE_BINS,
-    SMALL,
-    TEST_SEED,
-    demo_test_set,
-    pick_examples,
-    run,
-    size_bins,
-)
+from .pipeline import DEFAULTS, LARGE, PRESETS, SMALL, demo_test_set, pick_examples, run
 
-__all__ = ["run", "demo_test_set", "pick_examples", "size_bins", "DEFAULTS", "PRESETS", "SCALE",
-           "SMALL", "LARGE", "TEST_SEED", "SIZE_BINS"]
+__all__ = ["run", "demo_test_set", "pick_examples", "DEFAULTS", "PRESETS", "SMALL", "LARGE"]
