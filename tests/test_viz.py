@@ -90,7 +90,8 @@ def test_offset_shape_errors():
         sampling_locations(torch.zeros(1, 17, 4, 4), kernel_size=3)
     with pytest.raises(ValueError, match="R = 1, 2 or 3"):
         sampling_locations(torch.zeros(1, 2), kernel_size=1)
-    with pytest.raises(TypeError, match=r"kernel_size must be an int or a tuple of 3 ints, got \(1, 1\)"):
+    with pytest.raises(TypeError, match=r"kernel_size must be an int or a tuple of 3 ints, got "
+                                        r"\(1, 1\)"):
         sampling_locations(torch.zeros(1, 3, 2, 2, 2), kernel_size=(1, 1))
     with pytest.raises(ValueError, match="kernel_size is required"):
         sampling_locations(torch.zeros(1, 3, 2))
