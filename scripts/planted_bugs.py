@@ -42,8 +42,8 @@ BUGS = {
 
 # The tests that exercise the kernels directly (the property test is left out: hypothesis
 # shrinking a failure takes minutes).
-TESTS = ["tests/test_ops.py", "tests/test_deform_conv_nd.py", "tests/test_determinism.py",
-         "-k", "not property"]
+TESTS = ["tests/deform_conv/test_deform_conv.py", "tests/deform_conv/test_deform_conv_nd.py",
+         "tests/deform_conv/test_deform_conv_determinism.py", "-k", "not property"]
 ENV = "DEFORMCONV_PLANTED_BUG"
 
 
