@@ -276,7 +276,7 @@ def test_pytest_step_is_interrupted_at_its_timeout_and_keeps_its_counts(tmp_path
                           "--pytest-workers", "0", "--pytest-args",
                           "tests/deform_conv/test_deform_conv.py "
                           "tests/deform_conv/test_deform_conv_layers.py "
-                          "tests/deform_conv/test_deform_conv_nd.py"])
+                          "tests/deform_conv/test_deform_conv_validation.py"])
     ctx = run_gpu.Context(None, args, ["pytest"])
     ctx.dry = False
     rec = run_gpu.run_step("pytest", gpu_checks.step_pytest, tmp_path, META, ctx)
