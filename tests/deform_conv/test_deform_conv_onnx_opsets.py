@@ -9,6 +9,7 @@ import torch
 
 import deformconv
 from deformconv import DeformConv2dPack, ModulatedDeformConv2dPack
+from deformconv.testing import assert_close
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -33,8 +34,7 @@ def _run(path, model, x):
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         want = model(x)
-    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5,
-                               atol=1e-5 * want.abs().max().item())
+    assert_close(torch.from_numpy(got), want, name="onnxruntime output")
 
 
 def _layer(cls=ModulatedDeformConv2dPack):
