@@ -21,6 +21,7 @@ from deformconv.ops.deform_conv.reference import deform_conv_ref, sample
 from deformconv.testing import CASES, Problem, assert_close, compare_with_oracle
 
 R_ALL = [1, 2, 3]
+DIMS = ["1d", "2d", "3d"]  # test ids name the dimensionality (scripts/planted_bugs.py counts them)
 FUNCS = {1: deform_conv1d, 2: deform_conv2d, 3: deform_conv3d}
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 P1 = Problem(N=2, C=4, O=6, size=(9,), kernel=(3,))
@@ -73,7 +74,7 @@ CHUNKED = {1: P1.with_(N=3, size=(11,), stride=2, offset_groups=2),
 
 
 @pytest.mark.parametrize("chunks", ["slabs", "two-samples", "whole-batch"])
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_chunking_does_not_matter(monkeypatch, R, chunks):
     # The pure-PyTorch kernel's column budget: 1 byte gives one slab of the first output
     # dimension per chunk; two samples' columns give whole samples, two per chunk, over a batch
@@ -116,7 +117,7 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(f, [t[k] for k in names], eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_double_backward_is_a_clear_error(R):
     t = P[R].tensors(requires_grad=True)
     y = _call(R, t, P[R])
@@ -133,7 +134,7 @@ ZERO = {1: P1.with_(C=6, O=4, groups=2, offset_groups=3, size=(12,), stride=2, d
                     padding=(2, 1, 0))}
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_zero_offsets_equal_conv(R, device):
     prob = ZERO[R]
     t = prob.tensors(device=device)
@@ -149,7 +150,7 @@ def test_zero_offsets_equal_conv(R, device):
 
 @pytest.mark.parametrize("padding", [0, 1])
 @pytest.mark.parametrize("shift", [(2,), (-1,), (2, -1), (-1, 3), (1, -1, 2), (0, 2, -1)],
-                         ids=str)
+                         ids=lambda s: f"{len(s)}d-shift{','.join(map(str, s))}")
 def test_integer_offsets_equal_conv_of_shifted_input(shift, padding, device):
     # The same integer shift for every tap equals a plain convolution (no padding) of the
     # zero-padded input shifted by it, zeros coming in from beyond its border.
@@ -172,7 +173,7 @@ def test_integer_offsets_equal_conv_of_shifted_input(shift, padding, device):
     assert_close(y, want, name="output")
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_mask_scales_each_tap(R, device):
     t = P[R].tensors(device=device)
     half = _call(R, t, P[R], bias=None, mask=torch.full_like(t["mask"], 0.25))
@@ -195,7 +196,7 @@ def test_border_rule_matches_conventions_2d():
 SIZES = {1: (5,), 2: (3, 4), 3: (2, 3, 4)}
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_offset_gradient_at_integer_positions_is_one_sided(R, device):
     # At zero offsets d sample/dp_d = I[p + e_d] - I[p]; the missing neighbour beyond the last
     # index counts as 0.
@@ -211,7 +212,7 @@ def test_offset_gradient_at_integer_positions_is_one_sided(R, device):
         assert torch.equal(off.grad[0, d], want), d
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_offset_gradient_on_the_padding_border_is_one_sided(R, device):
     # Zero offsets with padding 1 put the first taps along each dimension d at exactly -1,
     # where the sample is 0 but the floor-based derivative is the neighbour inside: along d,
@@ -297,7 +298,7 @@ def test_pinned_depth_derivative_at_minus_one_3d():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e30, -1e30])
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_hostile_offsets_contribute_nothing(R, bad, device):
     prob = P[R].with_(offset_groups=2)
     t = prob.tensors(device=device)
@@ -333,13 +334,13 @@ LOW = {1: P1.with_(offset_scale=1.5), 2: P2.with_(groups=2, offset_groups=2),
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_lower_precision(R, dtype, device):
     # Output and every gradient of the input's dtype, within deformconv.testing.TOLERANCE.
     compare_with_oracle(FUNCS[R], LOW[R], dtype, device)
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_non_contiguous_inputs(R, device):
     prob = P[R].with_(offset_groups=2)
     t = prob.tensors(device=device)
@@ -363,7 +364,7 @@ def test_non_contiguous_inputs(R, device):
                      name="channels-last output")
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_batch_of_zero(R, device):
     prob = P[R].with_(N=0)
     t = prob.tensors(torch.float32, device=device, requires_grad=True)
@@ -376,7 +377,7 @@ def test_batch_of_zero(R, device):
     assert torch.equal(t["bias"].grad, torch.zeros_like(t["bias"]))
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_only_some_inputs_require_grad(R, device):
     t = P[R].with_(N=1, C=2, O=2).tensors(device=device)
     w, off = t["weight"].requires_grad_(), t["offset"].requires_grad_()
@@ -409,7 +410,7 @@ def _random_problem(R, data):
                    offset_scale=data.draw(st.sampled_from([0.5, 2.0, 6.0])))
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
@@ -425,7 +426,7 @@ OPCHECK = {1: P1.with_(offset_groups=2, size=(5,)),
            3: P3.with_(mask=False, groups=2, O=2, size=(2, 3, 2), kernel=(2, 2, 1))}
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_opcheck(R):
     prob = OPCHECK[R]
     t = prob.tensors(requires_grad=True)
@@ -465,7 +466,7 @@ def test_compile_fullgraph_forward_backward():
         assert_close(a, e, torch.float32, n, tol=1e-4)
 
 
-@pytest.mark.parametrize("R", R_ALL)
+@pytest.mark.parametrize("R", R_ALL, ids=DIMS)
 def test_export_captures_one_node(R):
     prob, fn = P[R], FUNCS[R]
 

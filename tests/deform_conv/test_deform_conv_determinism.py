@@ -28,7 +28,7 @@ def _run(fn, prob, t):
     return [y.detach()] + [v.grad for v in leaves.values()]
 
 
-@pytest.mark.parametrize("R", [1, 2, 3])
+@pytest.mark.parametrize("R", [1, 2, 3], ids=["1d", "2d", "3d"])
 def test_forward_backward_bitwise_repeatable(R):
     fn, prob = PROBLEMS[R]
     t = prob.tensors(torch.float32)
