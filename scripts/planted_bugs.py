@@ -1,20 +1,24 @@
 """Plant known bugs in the pure-PyTorch kernels and check that the tests catch each one.
 
     python scripts/planted_bugs.py            # every bug, stop each run at its first failure
-    python scripts/planted_bugs.py --all      # run the whole selection: list every failing test
+    python scripts/planted_bugs.py --all      # run the whole selection: list every failing test,
+                                              # count them per dimensionality (1-D, 2-D, 3-D)
 
 Each bug is a small edit of the source of ``deformconv/ops/deform_conv/torch_kernels.py`` (the
 one pure-PyTorch kernel of 1-, 2- and 3-D) or of the shared sampler ``deformconv/ops/bilinear.py``,
 applied in a fresh
 pytest process (this file is loaded there as a plugin, ``-p planted_bugs``) by re-executing the
 edited source in the module's namespace; nothing on disk changes. First a run without a bug
-must pass; then every run with a bug must fail. Exit status 0 when all bugs are caught.
+must pass; then every run with a bug must fail. The kernel is shared by every dimensionality,
+so with ``--all`` a bug counts as caught only when tests of 1-D, 2-D and 3-D fail (test ids name
+the dimensionality: ``1d``, ``2d``, ``3d``). Exit status 0 when all bugs are caught.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +33,15 @@ BUGS = {
         "the input gradient is scaled by 1.001",
         "g_in = bilinear.bordered_interior(g_src, N, size, C)",
         "g_in = 1.001 * bilinear.bordered_interior(g_src, N, size, C)"),
+    "tap-grid-off-by-one": (
+        "the taps of the last dimension sit one input step further than their place",
+        "grid = ((torch.arange(first, first + o[d], device=dev) * stride[d] - padding[d])",
+        "grid = ((torch.arange(first, first + o[d], device=dev) * stride[d] - padding[d]"
+        " + (d == R - 1))"),
+    "position-grad-x1.001": (
+        "the shared sampler's position (offset) gradients are scaled by 1.001",
+        "out.append(m * _contract(diff, others).view(plan.shape))",
+        "out.append(1.001 * m * _contract(diff, others).view(plan.shape))"),
     "chunk-unwritten": (
         "the forward skips its last chunk of rows or samples when there are several",
         "    for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):\n"
@@ -42,9 +55,15 @@ BUGS = {
 
 # The tests that exercise the kernels directly (the property test is left out: hypothesis
 # shrinking a failure takes minutes).
-TESTS = ["tests/test_ops.py", "tests/test_deform_conv_nd.py", "tests/test_determinism.py",
-         "-k", "not property"]
+TESTS = ["tests/deform_conv/test_deform_conv.py",
+         "tests/deform_conv/test_deform_conv_determinism.py", "-k", "not property"]
 ENV = "DEFORMCONV_PLANTED_BUG"
+DIMS = ("1d", "2d", "3d")
+
+
+def dims(test_id: str):
+    """The dimensionalities a test id names: a ``1d``/``2d``/``3d`` parameter or name suffix."""
+    return set(re.findall(r"(?<![0-9a-z])([123]d)(?![0-9a-z])", test_id.split("::")[-1]))
 
 
 def pytest_configure(config):  # runs in the pytest child when loaded with -p planted_bugs
@@ -98,9 +117,13 @@ def main(argv=None) -> int:
     missed = []
     for name in a.bugs or list(BUGS):
         rc, failed, summary, secs, out = _run(name, stop_first=not a.all)
-        caught = rc == 1 and failed
+        per = {d: sum(d in dims(t) for t in failed) for d in DIMS}
+        caught = rc == 1 and failed and (not a.all or all(per.values()))
         print(f"{name} ({BUGS[name][0]}): {'CAUGHT' if caught else 'MISSED'}: {summary} "
               f"({secs:.0f} s)")
+        if a.all:
+            print("    failed per dimensionality: "
+                  + ", ".join(f"{d}: {n}" for d, n in per.items()))
         for t in failed:
             print(f"    {t}")
         if not caught:

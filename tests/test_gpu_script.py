@@ -274,7 +274,9 @@ def test_pytest_step_is_interrupted_at_its_timeout_and_keeps_its_counts(tmp_path
     the step ends, says it was interrupted, keeps the counts so far, and fails."""
     args = run_gpu._args(["--out", str(tmp_path), "--budget", "45",
                           "--pytest-workers", "0", "--pytest-args",
-                          "tests/test_ops.py tests/test_nn.py tests/test_deform_conv_nd.py"])
+                          "tests/deform_conv/test_deform_conv.py "
+                          "tests/deform_conv/test_deform_conv_layers.py "
+                          "tests/deform_conv/test_deform_conv_validation.py"])
     ctx = run_gpu.Context(None, args, ["pytest"])
     ctx.dry = False
     rec = run_gpu.run_step("pytest", gpu_checks.step_pytest, tmp_path, META, ctx)

@@ -60,16 +60,18 @@ def _oracle(p: RoIProblem, seed: int, dtype: torch.dtype):
                                p.spatial_scale, p.sampling_ratio, p.gamma, p.grad_out(dtype))
 
 
-def _run(p: RoIProblem, dtype, seed, fn=deform_roi_pool):
-    t = p.tensors(dtype, seed=seed, requires_grad=True)
+def _run(p: RoIProblem, dtype, seed, fn=deform_roi_pool, device="cpu"):
+    t = p.tensors(dtype, device, seed=seed, requires_grad=True)
     y = fn(t["input"], t["rois"], t["offset"], **p.kwargs())
     leaves = [t["input"]] + ([t["offset"]] if t["offset"] is not None else [])
-    grads = torch.autograd.grad(y, leaves, p.grad_out(dtype))
+    grads = torch.autograd.grad(y, leaves, p.grad_out(dtype, device))
+    assert y.device == t["input"].device and all(g.device == y.device for g in grads)
     return y, grads
 
 
-def _check(p: RoIProblem, dtype, seed=0, fn=deform_roi_pool):
-    y, grads = _run(p, dtype, seed, fn)
+def _check(p: RoIProblem, dtype, seed=0, fn=deform_roi_pool, device="cpu"):
+    """``fn`` on ``device`` against the float64 oracle (on CPU), output and gradients."""
+    y, grads = _run(p, dtype, seed, fn, device)
     out, gi, go = _oracle(p, seed, dtype)
     errs = [assert_close(y, out, dtype, "output"), assert_close(grads[0], gi, dtype, "input")]
     if go is not None and not go.any():
@@ -84,24 +86,24 @@ def _check(p: RoIProblem, dtype, seed=0, fn=deform_roi_pool):
 @pytest.mark.parametrize("gamma", [0.1, 0.5])
 @pytest.mark.parametrize("offset", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_against_oracle_every_region_kind(sampling_ratio, gamma, offset, dtype):
+def test_against_oracle_every_region_kind(sampling_ratio, gamma, offset, dtype, device):
     p = RoIProblem(sampling_ratio=sampling_ratio, gamma=gamma, offset=offset)
-    _check(p, dtype)
+    _check(p, dtype, device=device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_against_oracle(dtype):
+def test_half_precision_against_oracle(dtype, device):
     p = RoIProblem(R=21, output_size=(2, 3), spatial_scale=1.0, gamma=0.5)
-    y, grads = _run(p, dtype, 0)
+    y, grads = _run(p, dtype, 0, device=device)
     assert y.dtype == dtype and grads[1].dtype == dtype
-    _check(p, dtype)
+    _check(p, dtype, device=device)
 
 
 @pytest.mark.parametrize("shape", [dict(H=1, W=5), dict(H=6, W=1), dict(H=1, W=1),
                                    dict(N=1, C=1, output_size=(1, 1)),
                                    dict(output_size=(7, 7), R=7, spatial_scale=1.0)])
-def test_awkward_shapes(shape):
-    _check(RoIProblem(**shape), torch.float64, seed=3)
+def test_awkward_shapes(shape, device):
+    _check(RoIProblem(**shape), torch.float64, seed=3, device=device)
 
 
 def test_chunking_gives_the_same_numbers(monkeypatch):
