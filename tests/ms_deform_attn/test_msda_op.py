@@ -162,13 +162,16 @@ def test_im2col_step_is_accepted_and_ignored():
     assert torch.equal(ms_deform_attn(*args, 64), ms_deform_attn(*args, im2col_step=1))
 
 
-def test_dots_by_gather_match_the_sampled_product(monkeypatch):
-    """The location and weight gradients' dot products off the CPU (a gather and a batched
-    product) against the sampled matrix product used on CPU, and both against the oracle."""
+def test_paths_off_the_cpu_match(monkeypatch):
+    """What the kernel does off the CPU, run on CPU: the location and weight gradients' dot
+    products by a gather and a batched product (not the sampled matrix product) and the value
+    gradient's rows updated by gather, add and put (not ``index_add_``), against the CPU
+    paths and the oracle."""
     t = make_inputs(**CASES[3], requires_grad=True)
     g = torch.randn(2, 4, 4 * 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     fast = torch.autograd.grad(_call(t), [t[k] for k in GRADS], g)
     monkeypatch.setattr(torch_kernels, "SDDMM_DEVICES", ())
+    monkeypatch.setattr(torch_kernels, "INDEX_ADD_DEVICES", ())
     monkeypatch.setattr(torch_kernels, "PLAN_BUDGET_BYTES", 1)  # sub-chunks of one bag
     slow = torch.autograd.grad(_call(t), [t[k] for k in GRADS], g)
     _, ref = _oracle({k: v.detach() for k, v in t.items()}, g)

@@ -55,6 +55,11 @@ SAMPLE_BYTES = 160
 # Rows of a table from which indices need 64 bits.
 INDEX_64_FROM = 2 ** 31 - 1
 
+# Devices where the value gradient's rows are updated by ``index_add_`` (measured 15x faster than
+# a gather, add and put on CPU); CUDA's ``index_add_`` refuses deterministic mode, in which the
+# Triton backward calls this kernel for the value gradient, so elsewhere gather, add and put.
+INDEX_ADD_DEVICES = ("cpu",)
+
 # Devices whose dot products come from ``torch.sparse.sampled_addmm`` (its CPU kernel takes
 # duplicate and unsorted column indices); elsewhere a gather in sub-chunks and a batched
 # product.
@@ -257,8 +262,11 @@ def _scatter_level(g_rows: Tensor, gcol: Tensor, p: _Plan, lvl: int, steps) -> N
     for c, step in enumerate((0, sx, sy, sx + sy)):
         sums = F.embedding_bag(owner, gcol, bounds, mode="sum", per_sample_weights=weights[c],
                                include_last_offset=True)
-        # Distinct rows, and index_add_ is serial on CPU: a fixed order.
-        g_rows.index_add_(0, firsts + step, sums)
+        rows = firsts + step  # distinct: each row is updated once, so in a fixed order
+        if g_rows.device.type in INDEX_ADD_DEVICES:
+            g_rows.index_add_(0, rows, sums)
+        else:
+            g_rows[rows] += sums
 
 
 def _sample_grads(d: Tensor, p: _Plan, lv: _Levels) -> Tuple[Tensor, Tensor]:
