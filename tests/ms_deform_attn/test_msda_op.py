@@ -132,11 +132,14 @@ def test_hostile_locations_with_infinite_weight_contribute_zero():
     assert (_call(t) == 0).all()
 
 
-def test_chunking_matches_one_chunk(monkeypatch):
+@pytest.mark.parametrize("rows_per_chunk", [1, 2])  # 2: chunks straddle batch elements
+def test_chunking_matches_one_chunk(monkeypatch, rows_per_chunk):
     t = make_inputs(N=3, Q=9, M=2, D=3, requires_grad=True)
     out = _call(t)
     grads = torch.autograd.grad(out, [t[k] for k in GRADS], torch.ones_like(out))
-    monkeypatch.setattr(torch_kernels, "PLAN_BUDGET_BYTES", 1)  # one (n, q) row per chunk
+    M, L, P = t["attention_weights"].shape[2:]
+    monkeypatch.setattr(torch_kernels, "PLAN_BUDGET_BYTES",
+                        rows_per_chunk * M * L * P * torch_kernels.SAMPLE_BYTES)
     out1 = _call(t)
     grads1 = torch.autograd.grad(out1, [t[k] for k in GRADS], torch.ones_like(out))
     torch.testing.assert_close(out1, out, atol=1e-14, rtol=0)
@@ -157,3 +160,47 @@ def test_im2col_step_is_accepted_and_ignored():
     t = make_inputs()
     args = [t[k] for k in ARGS]
     assert torch.equal(ms_deform_attn(*args, 64), ms_deform_attn(*args, im2col_step=1))
+
+
+def test_paths_off_the_cpu_match(monkeypatch):
+    """What the kernel does off the CPU, run on CPU: the location and weight gradients' dot
+    products by a gather and a batched product (not the sampled matrix product) and the value
+    gradient's rows updated by gather, add and put (not ``index_add_``), against the CPU
+    paths and the oracle."""
+    t = make_inputs(**CASES[3], requires_grad=True)
+    g = torch.randn(2, 4, 4 * 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fast = torch.autograd.grad(_call(t), [t[k] for k in GRADS], g)
+    monkeypatch.setattr(torch_kernels, "SDDMM_DEVICES", ())
+    monkeypatch.setattr(torch_kernels, "INDEX_ADD_DEVICES", ())
+    monkeypatch.setattr(torch_kernels, "PLAN_BUDGET_BYTES", 1)  # sub-chunks of one bag
+    slow = torch.autograd.grad(_call(t), [t[k] for k in GRADS], g)
+    _, ref = _oracle({k: v.detach() for k, v in t.items()}, g)
+    for name, a, b, want in zip(GRADS, fast, slow, ref):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
+        assert_close(b, want, name=name)
+
+
+@pytest.mark.parametrize("shapes", [((5, 7), (1, 1), (1, 4), (3, 1)), ((2, 2),)])
+def test_border_bands_match_oracle(shapes):
+    """Every sample within a pixel of the edge (floor -1 or the last pixel along each axis,
+    where the kernel's two slots of that axis trade places), on maps of 1 and 2 pixels too."""
+    t = make_inputs(N=2, Q=6, M=2, D=3, shapes=shapes, P=4)
+    sizes = t["spatial_shapes"].flip(-1).to(torch.float64).view(1, 1, 1, -1, 1, 2)
+    g = torch.Generator().manual_seed(4)
+    frac = torch.rand(t["sampling_locations"].shape, generator=g, dtype=torch.float64) * 0.9
+    frac += 0.05  # pixel coordinate strictly between -1 and 0, or between size-1 and size
+    low = torch.rand(frac.shape, generator=g) < 0.5
+    pix = torch.where(low, frac - 1, sizes - 1 + frac)
+    loc = ((pix + 0.5) / sizes).requires_grad_(True)
+    t["sampling_locations"] = loc
+    t["value"].requires_grad_(True)
+    t["attention_weights"].requires_grad_(True)
+    out = _call(t)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad(out, [t[k] for k in GRADS], go)
+    ref_out, ref_grads = _oracle({k: v.detach() for k, v in t.items()}, go)
+    assert ref_out.abs().max() > 0.1 and ref_grads[1].abs().max() > 0.1
+    assert_close(out, ref_out)
+    for name, got, want in zip(GRADS, grads, ref_grads):
+        assert_close(got, want, name=name)
+    assert torch.autograd.gradcheck(lambda *a: ms_deform_attn(*a), tuple(t[k] for k in ARGS))
