@@ -5,17 +5,22 @@ The design of the deformable convolution's CPU path (``torch_impl``), for DCNv3'
 - The input is copied once to a channels-last source with a one-pixel zero border,
   ``src[((n*(H+2) + y+1)*(W+2) + x+1)*G + g]`` a row of the group's ``Cg`` channels. Every
   corner of a position inside ``-1 < y < H``, ``-1 < x < W`` has a row; corners off the image
-  read the border: no per-corner test, no clamping.
-- A plan gives, per (output position, group), the ``4*P`` corner rows of its ``P`` taps and
-  their bilinear weights times the mask; one ``embedding_bag`` gathers and sums them, and its
-  ``(N*oH*oW*G, Cg)`` result is the channels-last output itself. Nothing the size of
-  InternImage's ``(N*G, Cg, oH*oW, P)`` sample tensor is built: work runs in chunks of
-  ``torch_impl.COLUMN_BUDGET_BYTES`` of plan.
-- Backward: the output gradient is scattered to the source by a stably sorted gather
-  (``bilinear.scatter_samples``: one sort key per tap, deterministic, no atomics); the offset
-  and mask gradients are the output gradient row dotted with blends of each tap's four
-  corners (``bilinear.sample_grads``), with the floor held constant: the one-sided
-  derivative.
+  read the border: no per-corner test. Positions outside (or not finite) are clamped into
+  the bordered map and weigh 0.
+- Per chunk of output rows (``_taps``): each sample's first corner row (int32 where the rows
+  fit), its fractions, and the mask times ``inside``; the four corners are the first one
+  plus fixed steps (``G`` across, ``(W+2)*G`` down). The forward builds the ``4*P`` corner
+  rows and weights of each (output position, group) and one ``embedding_bag`` gathers and
+  sums them: its ``(N*oH*oW*G, Cg)`` result is the channels-last output itself. Nothing the
+  size of InternImage's ``(N*G, Cg, oH*oW, P)`` sample tensor is built: work runs in chunks
+  of ``torch_impl.COLUMN_BUDGET_BYTES`` of plan.
+- Backward, input: the output gradient is scattered to the source without atomics
+  (``_scatter``): one stable sort of the samples by their first corner row, then per corner
+  one ``embedding_bag`` summing, for each source row of the touched band, the gradient rows
+  of the samples there, in a fixed order: deterministic, bitwise repeatable.
+- Backward, offsets and mask (``_grads``): the output gradient row dotted with three blends
+  of each sample's corners (two y-blends, bags of two, and one x-blended difference), with the
+  floor held constant: the one-sided derivative.
 
 The kernels take the offsets as a (N, oH, oW, G, P, 2) and the mask as a (N, oH, oW, G, P)
 view of any strides, so ``dcnv4`` runs them on its fused tensor without copies. Arguments are
