@@ -142,6 +142,24 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_sort_padding_changes_nothing(monkeypatch):
+    """The input gradient's scatter pads short key lists up to the radix sort's size; without
+    the padding (every list sorted as it is) the gradients are bitwise the same."""
+    from deformconv.ops.dcnv3 import torch_kernels as dcnv3_kernels
+
+    p = CASES["far-offsets"].with_(N=2, H=9, W=9)
+    t = p.tensors(torch.float32, requires_grad=True)
+
+    def grads():
+        y = deformconv.dcnv3(*(t[k] for k in LEAVES), *p.params())
+        return torch.autograd.grad(y, [t[k] for k in LEAVES], t["grad_out"])
+
+    padded = grads()
+    monkeypatch.setattr(dcnv3_kernels, "RADIX_SORT_FROM", 0)
+    for a, b in zip(padded, grads()):
+        assert torch.equal(a, b)
+
+
 def test_non_contiguous_arguments():
     p = CASES["groups4"]
     t = p.tensors()
