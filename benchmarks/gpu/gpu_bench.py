@@ -6,10 +6,10 @@ variance; float32 with TF32 off (cuDNN's flag, which our kernels and conv2d foll
 contenders in one process, alternating within every repeat: cuDNN ``conv2d`` (the floor),
 torchvision ``deform_conv2d`` (float16 and float32: it has no bfloat16 kernel), deformops
 (``deformops.integrations.torchvision.deform_conv2d``; in ``--deformops-dtypes`` only, its
-autotuner compiles 40 configurations per dtype), ours, and the 1-D/3-D kernel family called
-at R=2 through its launcher (``deformconv_nd_r2``). A contender that is missing or fails is a
-row with the reason, never a crash; a shape whose estimate no longer fits the budget is a row
-saying so.
+autotuner compiles 40 configurations per dtype), ours, and the N-D kernel family (the
+library's 1-D/3-D kernels) called at R=2 through its launcher (``deformconv_nd_r2``). A
+contender that is missing or fails is a row with the reason, never a crash; a shape whose
+estimate no longer fits the budget is a row saying so.
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def _call_fn(name):
 
 
 def nd_r2_function():
-    """The 1-D/3-D kernel family's launchers called on 2-D tensors (R=2), with an autograd
-    wrapper: ``f(x, offset, w, b, mask, stride, padding, dilation)``."""
+    """The N-D kernel family's launchers (the 1-D/3-D kernels of the library) called on the 2-D
+    tensors, R=2, with an autograd wrapper: ``f(x, offset, w, b, mask, stride, padding,
+    dilation)``. Raises RuntimeError on CPU tensors outside Triton's interpreter."""
     import torch
 
+    from deformconv.ops import dispatch
     from deformconv.ops.deform_conv.triton import launch_nd
 
     class NdR2(torch.autograd.Function):
@@ -108,7 +110,7 @@ def nd_r2_function():
             ctx.save_for_backward(x, off, w, b, m)
             ctx.geometry = (s, p, d)
             return launch_nd.deform_conv_fwd(input=x, weight=w, offset=off, mask=m, bias=b,
-                                                stride=s, padding=p, dilation=d)
+                                             stride=s, padding=p, dilation=d)
 
         @staticmethod
         def backward(ctx, go):
@@ -120,11 +122,10 @@ def nd_r2_function():
             return gi, goff, gw, gb, gm, None, None, None
 
     def call(x, off, w, b, m, s, p, d):
-        try:
-            return NdR2.apply(x, off, w, b, m, tuple(s), tuple(p), tuple(d))
-        except (ValueError, TypeError, IndexError, KeyError) as e:
-            raise RuntimeError(f"the 1-D/3-D launcher cannot take R=2 yet: "
-                               f"{type(e).__name__}: {e}") from e
+        if not x.is_cuda and not dispatch.interpreting():
+            raise RuntimeError("the N-D Triton kernels run on CUDA tensors, or on CPU tensors "
+                               "in Triton's interpreter (TRITON_INTERPRET=1)")
+        return NdR2.apply(x, off, w, b, m, tuple(s), tuple(p), tuple(d))
     return call
 
 
