@@ -202,7 +202,11 @@ def test_correctness_tasks_cover_every_operator_and_the_torch_path_once():
     two_d = set(gpu_checks.oracle_cases(False)) - {"batch0"}
     assert {(a[1], a[2][0]) for a in oracle if a[2][0] in two_d and a[0] == "triton"} == {
         (d, c) for d in gpu_checks.DTYPES for c in two_d}
-    assert all(a[0] == "triton" for a in oracle[:-1])
+    assert all(a[0] in ("triton", gpu_checks.ND_R2) for a in oracle[:-1])
+    # the N-D kernels at R=2 (the benchmark's contender) on the 2-D cases, every dtype
+    assert {(a[1], tuple(a[2])) for a in oracle if a[0] == gpu_checks.ND_R2} == {
+        (d, tuple(c for c in gpu_checks.oracle_cases(False) if c != "batch0"))
+        for d in gpu_checks.DTYPES}
     assert tasks[-1] == ("oracle_task", ("torch", "float32", list(gpu_checks.oracle_cases(
         False)), False))  # the pure-PyTorch path, once, last
     assert names[0] == "hostile_task"  # the longest first
