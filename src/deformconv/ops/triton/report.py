@@ -68,7 +68,8 @@ def kernel_specs() -> List[KernelSpec]:
 
 def _config_name(config, index_64: bool) -> str:
     blocks = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
-    return f"{blocks},warps={config.num_warps},stages={config.num_stages}," + \
+    regs = f"maxnreg={config.maxnreg}," if getattr(config, "maxnreg", None) else ""
+    return f"{blocks},warps={config.num_warps},stages={config.num_stages},{regs}" + \
         ("i64" if index_64 else "i32")
 
 
@@ -129,9 +130,10 @@ def compile_row(spec: KernelSpec, config, label: str, arch: str, index_64: bool)
     aligned = [n for n, t in sig.items() if t.startswith("*") or n in spec.aligned]
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                            options=dict(num_warps=config.num_warps,
-                                         num_stages=config.num_stages))
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if getattr(config, "maxnreg", None):
+        options["maxnreg"] = config.maxnreg
+    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
     ptx = kernel.asm["ptx"]
     regs, spill = _ptxas_usage(ptx, capability, gpu_name)
     return dict(kernel=spec.name, config=_config_name(config, index_64), dtype=label, arch=arch,
