@@ -202,7 +202,11 @@ def test_correctness_tasks_cover_every_operator_and_the_torch_path_once():
     two_d = set(gpu_checks.oracle_cases(False)) - {"batch0"}
     assert {(a[1], a[2][0]) for a in oracle if a[2][0] in two_d and a[0] == "triton"} == {
         (d, c) for d in gpu_checks.DTYPES for c in two_d}
-    assert all(a[0] == "triton" for a in oracle[:-1])
+    assert all(a[0] in ("triton", gpu_checks.ND_R2) for a in oracle[:-1])
+    # the N-D kernels at R=2 (the benchmark's contender) on the 2-D cases, every dtype
+    assert {(a[1], tuple(a[2])) for a in oracle if a[0] == gpu_checks.ND_R2} == {
+        (d, tuple(c for c in gpu_checks.oracle_cases(False) if c != "batch0"))
+        for d in gpu_checks.DTYPES}
     assert tasks[-1] == ("oracle_task", ("torch", "float32", list(gpu_checks.oracle_cases(
         False)), False))  # the pure-PyTorch path, once, last
     assert names[0] == "hostile_task"  # the longest first
@@ -373,9 +377,9 @@ def test_bench_rows_carry_the_issue_fields(tmp_path, monkeypatch):
     f32 = {(r["contender"], r["mode"]) for r in timed if r["dtype"] == "float32"}
     assert f32 == {(c, m) for c in gpu_bench.CONTENDERS if c != gpu_bench.ND_R2
                    for m in ("fwd", "fwd+bwd")}
-    # the 1-D/3-D launcher does not take R=2 yet: a row saying so, not a crash
+    # the N-D kernels at R=2 need CUDA tensors or the interpreter: a row saying so, not a crash
     nd = [r for r in rows if r["contender"] == gpu_bench.ND_R2]
-    assert len(nd) == 2 and all("R=2" in r["skipped"] for r in nd)
+    assert len(nd) == 2 and all("TRITON_INTERPRET" in r["skipped"] for r in nd)
     for r in timed:
         assert ("speedup_of_ours" in r) == (r["contender"] != "deformconv")
         assert r["tf32"] == "off" and r["version"]
@@ -384,8 +388,17 @@ def test_bench_rows_carry_the_issue_fields(tmp_path, monkeypatch):
                         warmup=None, k=1, skip={"deformops": "skipped: not in this dtype"})
     assert next(r for r in skip.rows if r["contender"] == "deformops")["skipped"] == (
         "skipped: not in this dtype")
-    tv_bf16 = [r for r in rows if r["contender"] == "torchvision" and r["dtype"] == "bfloat16"]
-    assert len(tv_bf16) == 1 and "no bfloat16" in tv_bf16[0]["skipped"]
+    # torchvision has no bfloat16 kernel: in the bfloat16 run it runs in float16 beside ours,
+    # and the goal compares that run with ours in bfloat16
+    tv = [r for r in rows if r["contender"] == "torchvision" and r.get("alongside")]
+    assert {(r["mode"], r["dtype"], r["alongside"]) for r in tv} == {
+        ("fwd", "float16", "bfloat16"), ("fwd+bwd", "float16", "bfloat16")}
+    ours = next(r for r in rows if r["contender"] == "deformconv" and r["dtype"] == "bfloat16"
+                and r["mode"] == "fwd+bwd")
+    tv_fb = next(r for r in tv if r["mode"] == "fwd+bwd")
+    assert tv_fb["speedup_of_ours"] == pytest.approx(tv_fb["median_ms"] / ours["median_ms"])
+    goal = next(g for g in table.goals(rows) if g["goal"].startswith("torchvision"))
+    assert goal["measured"] == pytest.approx(tv_fb["speedup_of_ours"])
     monkeypatch.setitem(sys.modules, "deformops.integrations.torchvision", None)
     rec2 = run_gpu.Recorder(tmp_path, "bench2", META)
     gpu_bench.bench_one(rec2, torch, "cpu", (1, 4, 3, 4), 4, "float16", reps=1, main=True,

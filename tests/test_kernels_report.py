@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,10 @@ from deformconv.commands import kernels as command  # noqa: E402
 
 COLUMNS = {"kernel", "config", "dtype", "arch", "registers", "spill_bytes", "shared_bytes",
            "tensor_cores"}
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# The Triton of the GPU machines (with torch 2.11) and the newest one: every shipped
+# configuration is compiled under each, for each architecture, by benchmarks/kernel_reports.py.
+REPORTED_TRITONS = ("3.6.0", "3.9.0")
 
 
 def _rows(arch):
@@ -44,6 +49,7 @@ def test_no_register_spills(arch):
     kernels = {r["kernel"] for r in rows}
     assert {f"deform_conv{d}d_{role}" for d in (1, 2, 3)
             for role in ("fwd", "bwd_data", "bwd_weight")} | \
+        {f"deform_conv2d_nd_{role}" for role in ("fwd", "bwd_data", "bwd_weight")} | \
         {"deform_roi_pool_fwd", "deform_roi_pool_bwd"} | \
         {"ms_deform_attn_fwd", "ms_deform_attn_bwd"} | {"dcnv3_fwd", "dcnv3_bwd"} == kernels
     for name in kernels:
@@ -64,6 +70,24 @@ def test_no_register_spills(arch):
     half = {r["tensor_cores"] for r in rows if r["dtype"] in ("fp16", "bf16")
             and "conv" in r["kernel"]}
     assert half <= ({"wgmma", "mma"} if arch == "sm_90a" else {"mma"}) and half
+
+
+@pytest.mark.parametrize("version", REPORTED_TRITONS)
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
+def test_committed_reports_match_the_shipped_configurations(version, arch):
+    """The committed report of each Triton and architecture has one row per configuration the
+    kernel modules ship now, and none spills: a changed table (or a new kernel) without new
+    reports fails here, under whatever Triton is installed, without compiling anything."""
+    from deformconv.ops.triton import report
+
+    doc = json.loads((RESULTS / f"kernels-triton-{version}-{arch}.json").read_text())
+    assert (doc["triton"], doc["arch"]) == (version, arch)
+    shipped = {(spec.name, report._config_name(config, index_64), label)
+               for spec, config, label, _, index_64 in report._jobs(arch)}
+    rows = doc["rows"]
+    assert len(rows) == doc["configurations"] == len(shipped)
+    assert {(r["kernel"], r["config"], r["dtype"]) for r in rows} == shipped
+    assert [r for r in rows if r["spill_bytes"]] == [] and doc["spilling"] == 0
 
 
 def test_command_contract():
@@ -131,16 +155,19 @@ def test_every_kernel_module_declares_its_shipped_configurations():
                 for config in spec.configs[family(label, index_64)]:
                     assert set(consts) | set(config.kwargs) == _constexprs(spec.fn), spec.name
                     assert {a for a in spec.fn.arg_names if a.endswith("_ptr")} <= set(types)
+    names = {nd_kernels.report_name(role, R): (role, R) for R in (1, 2, 3)
+             for role in ("fwd", "bwd_data", "bwd_weight")}
     for spec in nd_kernels.KERNEL_SPECS:
-        role, R = spec.name.split("_", 2)[2], int(spec.name[len("deform_conv")])
+        role, R = names[spec.name]
         for (label,) in [spec.dtypes]:
             for index_64 in (False, True):
                 (config,) = spec.configs[family(label, index_64)]
+                regs = {"maxnreg": config.maxnreg} if config.maxnreg else {}
                 assert dict(config.kwargs, num_warps=config.num_warps,
-                            num_stages=config.num_stages) == \
+                            num_stages=config.num_stages, **regs) == \
                     nd_kernels.gpu_blocks(role, R, label, index_64), spec.name
     labels = {(s.name, s.dtypes) for s in nd_kernels.KERNEL_SPECS}
-    assert len(labels) == 2 * 3 * 4  # dimensions x kernels x dtypes
+    assert len(labels) == 3 * 3 * 4  # dimensions x kernels x dtypes
     for spec in roi_pool_kernels.KERNEL_SPECS:
         for configs in spec.configs.values():
             assert [(c.kwargs["BLOCK_C"], c.num_warps) for c in configs] == \

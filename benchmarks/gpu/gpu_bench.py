@@ -4,12 +4,13 @@ four main 2-D shapes), ``bench_small`` (small FPN maps), ``bench_nd`` and ``benc
 2-D: 3x3, padding 1, offsets N(0, 2^2) pixels, masks U(0, 1), weights scaled to unit output
 variance; float32 with TF32 off (cuDNN's flag, which our kernels and conv2d follow);
 contenders in one process, alternating within every repeat: cuDNN ``conv2d`` (the floor),
-torchvision ``deform_conv2d`` (float16 and float32: it has no bfloat16 kernel), deformops
+torchvision ``deform_conv2d`` (it has no bfloat16 kernel: in the bfloat16 runs it runs in
+float16, its rows marked ``"alongside": "bfloat16"``), deformops
 (``deformops.integrations.torchvision.deform_conv2d``; in ``--deformops-dtypes`` only, its
-autotuner compiles 40 configurations per dtype), ours, and the 1-D/3-D kernel family called
-at R=2 through its launcher (``deformconv_nd_r2``). A contender that is missing or fails is a
-row with the reason, never a crash; a shape whose estimate no longer fits the budget is a row
-saying so.
+autotuner compiles 40 configurations per dtype), ours, and the N-D kernel family (the
+library's 1-D/3-D kernels) called at R=2 through its launcher (``deformconv_nd_r2``). A
+contender that is missing or fails is a row with the reason, never a crash; a shape whose
+estimate no longer fits the budget is a row saying so.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ def _call_fn(name):
 
 
 def nd_r2_function():
-    """The 1-D/3-D kernel family's launchers called on 2-D tensors (R=2), with an autograd
-    wrapper: ``f(x, offset, w, b, mask, stride, padding, dilation)``."""
+    """The N-D kernel family's launchers (the 1-D/3-D kernels of the library) called on the 2-D
+    tensors, R=2, with an autograd wrapper: ``f(x, offset, w, b, mask, stride, padding,
+    dilation)``. Raises RuntimeError on CPU tensors outside Triton's interpreter."""
     import torch
 
+    from deformconv.ops import dispatch
     from deformconv.ops.deform_conv.triton import launch_nd
 
     class NdR2(torch.autograd.Function):
@@ -108,7 +111,7 @@ def nd_r2_function():
             ctx.save_for_backward(x, off, w, b, m)
             ctx.geometry = (s, p, d)
             return launch_nd.deform_conv_fwd(input=x, weight=w, offset=off, mask=m, bias=b,
-                                                stride=s, padding=p, dilation=d)
+                                             stride=s, padding=p, dilation=d)
 
         @staticmethod
         def backward(ctx, go):
@@ -120,11 +123,10 @@ def nd_r2_function():
             return gi, goff, gw, gb, gm, None, None, None
 
     def call(x, off, w, b, m, s, p, d):
-        try:
-            return NdR2.apply(x, off, w, b, m, tuple(s), tuple(p), tuple(d))
-        except (ValueError, TypeError, IndexError, KeyError) as e:
-            raise RuntimeError(f"the 1-D/3-D launcher cannot take R=2 yet: "
-                               f"{type(e).__name__}: {e}") from e
+        if not x.is_cuda and not dispatch.interpreting():
+            raise RuntimeError("the N-D Triton kernels run on CUDA tensors, or on CPU tensors "
+                               "in Triton's interpreter (TRITON_INTERPRET=1)")
+        return NdR2.apply(x, off, w, b, m, tuple(s), tuple(p), tuple(d))
     return call
 
 
@@ -190,15 +192,19 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3, skip=No
                   kernel=f"{k}x{k}", padding=k // 2,
                   cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
     cons, reasons = {}, {}
+    # torchvision has no bfloat16 kernel: in a bfloat16 run it runs in float16 (what its users
+    # train with) on the same values, alternating with the others; its rows say float16 and
+    # "alongside": "bfloat16", and its speedup_of_ours is over ours in bfloat16 (the goal).
+    alongside = {"torchvision": torch.float16} if dname == "bfloat16" else {}
     for name in CONTENDERS:
-        if name == "torchvision" and dname == "bfloat16":
-            reasons[name] = "skipped: torchvision's deform_conv2d has no bfloat16 kernel"
-            continue
         if skip and name in skip:
             reasons[name] = skip[name]
             continue
         try:
-            c = Contender(torch, name, t, gy, kw)
+            cast = alongside.get(name)
+            c = Contender(torch, name, t if cast is None else {
+                k: v if v is None else v.to(cast) for k, v in t.items()},
+                gy if cast is None else gy.to(cast), kw)
             for _ in range(0 if warmup is None else 1 + warmup):  # autotunes and compiles
                 c.fwd()
                 c.fwd_bwd()
@@ -236,13 +242,16 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3, skip=No
                     median_ms=None, skipped=reasons.get(n, "not run"))
             print(f"{sname} {dname:8s} {n:13s} {reasons.get(n)}", flush=True)
             continue
+        own = {} if n not in alongside else dict(
+            dtype=str(alongside[n]).replace("torch.", ""), alongside=dname)
         for mode in ("fwd", "fwd+bwd"):
             ms = med[(n, mode)]
             floor = med.get((FLOOR, mode))
             ours = med.get((OURS, mode))
             fl = flops * (3 if mode == "fwd+bwd" else 1)
             pk, pk0 = peaks.get(n), peaks.get(FLOOR)
-            row = dict(**common, contender=n, version=version_of(n), mode=mode, median_ms=ms,
+            row = dict(common, **own, contender=n, version=version_of(n), mode=mode,
+                       median_ms=ms,
                        min_ms=min(times[(n, mode)]), tflops=fl / ms / 1e9,
                        ratio_to_conv2d=ms / floor if floor else None,
                        peak_bytes_fwd_bwd=pk,
@@ -250,7 +259,7 @@ def bench_one(rec, torch, dev, shape, O, dname, reps, main, warmup, k=3, skip=No
             if n != OURS:
                 row["speedup_of_ours"] = ms / ours if ours else None
             rec.add(**row)
-            print(f"{sname} {dname:8s} {n:13s} {mode:8s} {ms:9.3f} ms "
+            print(f"{sname} {row['dtype']:8s} {n:13s} {mode:8s} {ms:9.3f} ms "
                   f"{row['tflops']:7.2f} TFLOP/s  x{row['ratio_to_conv2d'] or 0:5.2f} conv2d"
                   + (f"  peak x{row['peak_ratio_to_conv2d']:.2f}"
                      if row["peak_ratio_to_conv2d"] else ""), flush=True)

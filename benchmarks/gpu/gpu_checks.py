@@ -23,6 +23,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 HOSTILE_VALUES = (float("nan"), float("inf"), -float("inf"), 1e30, -1e30)
+# The correctness step's backend name for the N-D kernels' launchers at R=2 (the 2-D cases
+# through ``gpu_bench.nd_r2_function``, the benchmark's contender ``deformconv_nd_r2``).
+ND_R2 = "nd_r2"
 
 
 def guard(rec, fn, **fields):
@@ -228,6 +231,13 @@ def compare_oracle(torch, p, dtype, dev, backend, hostile, tol, seed=0) -> dict:
     from deformconv.testing import outputs_and_grads
 
     fn = getattr(deformconv, f"deform_conv{p.ndim}d")
+    if backend == ND_R2:  # the N-D kernels' launchers at R=2, the benchmark's contender
+        import gpu_bench
+        nd = gpu_bench.nd_r2_function()
+        backend = "triton"
+
+        def fn(x, off, w, b, mask, stride, padding, dilation):
+            return nd(x, off, w, b, mask, stride, padding, dilation)
     t = p.tensors(dtype, dev, seed)
     go = p.grad_out(dtype, dev, seed + 1)
     t64 = {k: (v.detach().cpu().double() if v is not None else None) for k, v in t.items()}
@@ -462,6 +472,10 @@ def correctness_tasks(dry: bool, operators=(), deformops_dtypes=("bfloat16",)) -
         else:
             tasks.append(("operator_task", (op, dry)))
     tasks += [("oracle_task", ("triton", d, list(nd_cases(dry)), dry)) for d in dtypes]
+    # the N-D kernels at R=2 (the benchmark's contender): the 2-D cases that are one
+    # specialisation each, hostile at the benchmark's (its kernels then come from the cache)
+    tasks += [("oracle_task", (ND_R2, d, [n for n in oracle_cases(dry) if n != "batch0"], dry))
+              for d in dtypes]
     tasks += [("deformops_warm_task", (i, DEFORMOPS_PARTS, d, dry))
               for d in deformops_dtypes for i in range(1 if dry else DEFORMOPS_PARTS)]
     for name in oracle_cases(dry):

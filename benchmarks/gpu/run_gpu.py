@@ -16,8 +16,9 @@ that runs out cuts the least important ones:
    pure-PyTorch 2-D path on CUDA once. Sub-tasks run in spawned worker processes, so the
    Triton compiles overlap; deformops' autotuning configurations are compiled there too;
 2. ``bench_bf16``, ``bench_fp16``, ``bench_fp32``: the four main 2-D shapes, forward and
-   forward+backward and peak memory, against cuDNN ``conv2d``, torchvision (float16 and
-   float32), deformops 3.0.1 (bfloat16) and the 1-D/3-D kernel family at R=2;
+   forward+backward and peak memory, against cuDNN ``conv2d``, torchvision (in float16
+   beside the bfloat16 runs: it has no bfloat16 kernel), deformops 3.0.1 (bfloat16) and the
+   N-D kernel family at R=2;
    ``bench_small`` (the small FPN maps), ``bench_nd`` (1-D/3-D), ``bench_roi`` (RoI pooling),
    then each operator module's timing (``bench_<op>``);
 3. ``compile``: ``torch.compile(fullgraph=True)`` forward and backward, one CUDA-graph capture

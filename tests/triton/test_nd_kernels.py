@@ -1,4 +1,5 @@
-"""The 1-D/3-D Triton kernels against the float64 oracle: forward and all five gradients.
+"""The N-D Triton kernels at R = 1, 2, 3 against the float64 oracle: forward and all five
+gradients (the library runs them for 1-D and 3-D; R=2 is the GPU benchmark's contender).
 
 Run in the Triton interpreter on CPU (``TRITON_INTERPRET=1 python -m pytest -q
 tests/triton/test_nd_kernels.py``: the variable must be set before Triton is imported), or
@@ -31,6 +32,12 @@ CASES = {
                                        padding=2, dilation=2, groups=2, offset_groups=3),
     "1d-v1-nobias": Problem(N=1, C=3, O=5, size=(17,), kernel=(4,), padding=1, mask=False,
                             bias=False),
+    "2d": Problem(N=2, C=4, O=5, size=(5, 6), kernel=(3, 3), padding=1),
+    "2d-groups-og-stride-dil-asym": Problem(N=2, C=6, O=4, size=(7, 6), kernel=(3, 2),
+                                            stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                                            groups=2, offset_groups=3),
+    "2d-v1-nobias": Problem(N=1, C=3, O=5, size=(4, 5), kernel=(2, 3), padding=(0, 1),
+                            mask=False, bias=False),
     "3d": Problem(N=1, C=4, O=5, size=(3, 4, 5), kernel=(3, 2, 3), padding=(1, 0, 1)),
     "3d-groups-og-asym": Problem(N=2, C=4, O=4, size=(3, 5, 4), kernel=(2, 3, 2),
                                  stride=(1, 2, 1), padding=(0, 1, 1), dilation=(2, 1, 1),
@@ -39,9 +46,13 @@ CASES = {
     # Zero offsets with padding: border taps sit exactly at -1 (one-sided derivative +I[0])
     # and every position is an integer.
     "1d-integer": Problem(N=1, C=2, O=3, size=(9,), kernel=(3,), padding=1, offset_scale=0.0),
+    "2d-integer": Problem(N=1, C=2, O=3, size=(3, 4), kernel=(3, 3), padding=1,
+                          offset_scale=0.0),
     "3d-integer": Problem(N=1, C=2, O=3, size=(2, 3, 3), kernel=(3, 3, 3), padding=1,
                           offset_scale=0.0),
 }
+# One case per dimensionality for the tests parametrised over R.
+BY_R = {1: CASES["1d"], 2: CASES["2d"], 3: CASES["3d"]}
 
 
 def _check(prob: Problem, dtype=torch.float32, tensors=None):
@@ -73,24 +84,27 @@ def test_kernels_match_oracle(name):
     _check(CASES[name])
 
 
+@pytest.mark.parametrize("R", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision(dtype):
-    _check(CASES["1d"].with_(offset_scale=1.0), dtype)
+def test_half_precision(dtype, R):
+    _check(BY_R[R].with_(offset_scale=1.0), dtype)
 
 
-def test_64bit_indices(monkeypatch):
+@pytest.mark.parametrize("R", [1, 2, 3])
+def test_64bit_indices(monkeypatch, R):
     from deformconv.ops.triton import spec
 
     seen = []
     real = spec.index_64
     monkeypatch.setattr(spec, "INDEX_64_FROM", 1)
     monkeypatch.setattr(spec, "index_64", lambda *s: seen.append(real(*s)) or seen[-1])
-    _check(CASES["3d"])
+    _check(BY_R[R])
     assert seen and all(seen)
 
 
-def test_hostile_offsets():
-    prob = CASES["3d"]
+@pytest.mark.parametrize("R", [1, 2, 3])
+def test_hostile_offsets(R):
+    prob = BY_R[R]
     t = prob.tensors(torch.float32, device=DEV)  # the launchers take no float64
     off = t["offset"].clone()
     off.view(-1)[::7] = float("nan")
@@ -110,8 +124,9 @@ def test_hostile_offsets():
     assert (g_off.view(-1)[::7] == 0).all() and (g_off.view(-1)[1::11] == 0).all()
 
 
-def test_batch_zero():
-    prob = CASES["1d"].with_(N=0)
+@pytest.mark.parametrize("R", [1, 2, 3])
+def test_batch_zero(R):
+    prob = BY_R[R].with_(N=0)
     t = prob.tensors(torch.float32, device=DEV)  # the launchers take no float64
     params = [list(prob.strides), list(prob.paddings), list(prob.dilations)]
     args = (t["input"], t["weight"], t["offset"], t["mask"], t["bias"], *params)

@@ -2,9 +2,10 @@
 tensor-core instructions, per configuration, dtype and GPU architecture. No GPU needed.
 
 Each kernel is compiled with ``triton.compile`` for a ``GPUTarget`` (the Triton wheel ships
-``ptxas``), the PTX is assembled again with ``ptxas -v`` (the flags Triton uses) to read the
-register and spill counts, and the PTX is searched for ``wgmma`` (Hopper) or ``mma``
-(Ampere-style) instructions. Shared memory is Triton's own figure from the kernel metadata.
+``ptxas``), the PTX is assembled again with ``ptxas -v`` (with the options the installed
+Triton passes) to read the register and spill counts, and the PTX is searched for ``wgmma``
+(Hopper) or ``mma`` (Ampere-style) instructions. Shared memory is Triton's own figure from the
+kernel metadata.
 
 Registration hook: every module of an operator's ``deformconv.ops.<op>.triton`` that defines
 ``KERNEL_SPECS: list[spec.KernelSpec]`` is reported, each kernel at each of its configurations
@@ -16,8 +17,10 @@ Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the kernels the compi
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import os
 import pkgutil
 import re
@@ -65,7 +68,8 @@ def kernel_specs() -> List[KernelSpec]:
 
 def _config_name(config, index_64: bool) -> str:
     blocks = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
-    return f"{blocks},warps={config.num_warps},stages={config.num_stages}," + \
+    regs = f"maxnreg={config.maxnreg}," if getattr(config, "maxnreg", None) else ""
+    return f"{blocks},warps={config.num_warps},stages={config.num_stages},{regs}" + \
         ("i64" if index_64 else "i32")
 
 
@@ -78,17 +82,25 @@ def _ptxas(arch: int):
     return tool.path if hasattr(tool, "path") else tool[0]  # Triton 3.3: (path, version)
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_ptxas_flags() -> Tuple[str, ...]:
+    """The register-allocation option the installed Triton passes to ``ptxas`` (Triton 3.9
+    passes ``--regAllocOptLevel=2``, Triton 3.6 nothing), so the report's counts are the ones a
+    launch of that Triton gets."""
+    from triton.backends.nvidia import compiler  # noqa: PLC0415 (nvidia only)
+    flag = "--regAllocOptLevel=2"
+    return (flag,) if flag in inspect.getsource(compiler.CUDABackend.make_cubin) else ()
+
+
 def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> Tuple[int, int]:
     """(registers, spill bytes = spill stores + loads) per thread from ``ptxas -v``."""
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        cmd = [_ptxas(capability), "-lineinfo", "-v", f"--gpu-name={gpu_name}", src, "-o",
-               os.path.join(d, "k.cubin")]
-        r = subprocess.run(cmd + ["--regAllocOptLevel=2"], capture_output=True, text=True)
-        if r.returncode != 0:  # older ptxas lacks the option Triton >= 3.6 passes
-            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cmd = [_ptxas(capability), "-lineinfo", "-v", *_triton_ptxas_flags(),
+               f"--gpu-name={gpu_name}", src, "-o", os.path.join(d, "k.cubin")]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     log = r.stdout + r.stderr
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
@@ -118,9 +130,10 @@ def compile_row(spec: KernelSpec, config, label: str, arch: str, index_64: bool)
     aligned = [n for n, t in sig.items() if t.startswith("*") or n in spec.aligned]
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                            options=dict(num_warps=config.num_warps,
-                                         num_stages=config.num_stages))
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if getattr(config, "maxnreg", None):
+        options["maxnreg"] = config.maxnreg
+    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
     ptx = kernel.asm["ptx"]
     regs, spill = _ptxas_usage(ptx, capability, gpu_name)
     return dict(kernel=spec.name, config=_config_name(config, index_64), dtype=label, arch=arch,

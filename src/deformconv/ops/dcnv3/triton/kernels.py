@@ -187,11 +187,14 @@ GPU_BLOCKS_C = (16, 32, 64)
 GPU_BWD_BLOCK_C = 16
 GPU_BWD_WARPS = 8
 BLOCK_M_GPU_BWD = 64  # 32 rows with 4 or 8 warps, and 16 rows with 4, spill a few bytes
+# A register budget for ptxas: without one, Triton 3.6's ptxas aimed at 80 registers for the
+# backward and spilled (float16/bfloat16, sm_80); Triton 3.9 uses up to ~200 either way.
+GPU_BWD_MAXNREG = 255
 BLOCK_M_GPU = 32
 _FWD_CONFIGS = [triton.Config({"BLOCK_M": BLOCK_M_GPU, "BLOCK_C": bc}, num_warps=4,
                               num_stages=1) for bc in GPU_BLOCKS_C]
 _BWD_CONFIGS = [triton.Config({"BLOCK_M": BLOCK_M_GPU_BWD, "BLOCK_C": GPU_BWD_BLOCK_C},
-                              num_warps=GPU_BWD_WARPS, num_stages=1)]
+                              num_warps=GPU_BWD_WARPS, num_stages=1, maxnreg=GPU_BWD_MAXNREG)]
 
 
 def _report_signature(pointers, flags):

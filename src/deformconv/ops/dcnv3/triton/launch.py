@@ -27,7 +27,14 @@ from ...triton import spec
 from .. import torch_kernels
 from ..torch_kernels import Geometry
 from . import kernels
-from .kernels import BLOCK_M_GPU, BLOCK_M_GPU_BWD, GPU_BLOCKS_C, GPU_BWD_BLOCK_C, GPU_BWD_WARPS
+from .kernels import (
+    BLOCK_M_GPU,
+    BLOCK_M_GPU_BWD,
+    GPU_BLOCKS_C,
+    GPU_BWD_BLOCK_C,
+    GPU_BWD_MAXNREG,
+    GPU_BWD_WARPS,
+)
 
 # The interpreter (CPU tensors): small blocks, so tiny test shapes span several tiles.
 INTERPRETER_BLOCKS = {"BLOCK_M": 8, "BLOCK_C": 4}
@@ -40,7 +47,8 @@ def _blocks(t: Tensor, Cg: int, backward: bool = False):
     if not t.is_cuda:
         return dict(INTERPRETER_BLOCKS)
     if backward:
-        return dict(BLOCK_M=BLOCK_M_GPU_BWD, BLOCK_C=GPU_BWD_BLOCK_C, num_warps=GPU_BWD_WARPS)
+        return dict(BLOCK_M=BLOCK_M_GPU_BWD, BLOCK_C=GPU_BWD_BLOCK_C, num_warps=GPU_BWD_WARPS,
+                    maxnreg=GPU_BWD_MAXNREG)
     bc = min(max(triton.next_power_of_2(Cg), GPU_BLOCKS_C[0]), GPU_BLOCKS_C[-1])
     return dict(BLOCK_M=BLOCK_M_GPU, BLOCK_C=bc, num_warps=4)
 

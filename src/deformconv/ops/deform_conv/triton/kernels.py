@@ -123,11 +123,16 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
 def config_table(names, rows_by_family, num_stages=2):
     """Autotune config lists by family (``spec.family``: float16/bfloat16 ("half") or float32
     data, with 32-bit or 64-bit ("_i64") indices) from rows of block sizes (in the order of
-    ``names``) followed by ``num_warps``. Each kernel's table follows the kernel; each list is
-    the set that compiles without register spills for sm_90a and sm_80 (``deformconv
-    kernels``)."""
-    return {fam: [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1],
-                                num_stages=num_stages) for row in rows]
+    ``names``) followed by ``num_warps`` and, optionally, the row's stages (default
+    ``num_stages``) and its register budget ``maxnreg`` (ptxas' own choice otherwise). Each
+    kernel's table follows the kernel; each list is the set that compiles without register
+    spills for sm_90a and sm_80 under Triton 3.6 and 3.9 (``deformconv kernels``; results in
+    ``benchmarks/results/kernels-triton-*.json``)."""
+    n = len(names)
+    return {fam: [triton.Config(dict(zip(names, row[:n])), num_warps=row[n],
+                                num_stages=row[n + 1] if len(row) > n + 1 else num_stages,
+                                maxnreg=row[n + 2] if len(row) > n + 2 else None)
+                  for row in rows]
             for fam, rows in rows_by_family.items()}
 
 
@@ -189,12 +194,15 @@ def _deform_conv2d_fwd_kernel(
 # Forward: [BLOCK_M pixels, BLOCK_N output channels] tiles. Small maps split the taps over
 # SPLIT programs (the launcher chooses SPLIT from the device's SM count) instead of using
 # smaller tiles, so every config below stays a valid choice for every map. float32 (FMA or
-# TF32 dots) needs narrower channel blocks than float16/bfloat16 to stay within registers.
+# TF32 dots) needs narrower channel blocks than float16/bfloat16 to stay within registers, and
+# no software pipelining (one stage): with two, Triton 3.6's code spilled on sm_80/sm_90a. A
+# sixth entry is a register budget (maxnreg): without one, ptxas aimed at fewer registers than
+# the tile needs under one Triton version or the other and spilled.
 FWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_C"), {
     "half": [(64, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8)],
-    "float32": [(64, 64, 16, 4), (128, 64, 16, 8)],
-    "half_i64": [(64, 64, 32, 4)],
-    "float32_i64": [(32, 64, 16, 8)],
+    "float32": [(64, 64, 16, 8, 1), (128, 64, 16, 8, 1, 255)],
+    "half_i64": [(64, 64, 32, 8)],
+    "float32_i64": [(32, 64, 16, 8, 2, 255)],
 })
 
 
@@ -290,12 +298,13 @@ def _deform_conv2d_bwd_data_kernel(
                      gm.to(gmask_ptr.dtype.element_ty), mask=pix_ok)
 
 
-# Input/offset/mask gradients: one program per (pixel tile, offset group x tap).
+# Input/offset/mask gradients: one program per (pixel tile, offset group x tap). Rows as in
+# FWD_CONFIGS (blocks, warps, optional stages and register budget).
 BWD_DATA_CONFIGS = config_table(("BLOCK_M", "BLOCK_O", "BLOCK_C"), {
-    "half": [(32, 64, 32, 4), (32, 32, 32, 4), (64, 32, 32, 8)],
-    "float32": [(32, 16, 16, 4), (32, 32, 32, 8)],
-    "half_i64": [(32, 32, 32, 4), (64, 32, 32, 8)],
-    "float32_i64": [(32, 32, 32, 8)],
+    "half": [(32, 64, 32, 8), (32, 32, 32, 4, 2, 255), (64, 32, 32, 8)],
+    "float32": [(32, 16, 16, 4), (32, 32, 16, 8, 2, 255)],
+    "half_i64": [(32, 32, 32, 8, 2, 255), (64, 32, 32, 8)],
+    "float32_i64": [(32, 32, 16, 8, 2, 255)],
 })
 
 

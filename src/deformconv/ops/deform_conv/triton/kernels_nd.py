@@ -1,10 +1,14 @@
-"""Triton kernels of 1-D and 3-D deformable convolution (``@triton.jit`` only; launchers in
-``launch_nd.py``).
+"""Triton kernels of 1-D, 2-D and 3-D deformable convolution (``@triton.jit`` only; launchers
+in ``launch_nd.py``).
 
-One set of kernels serves both: ``R`` (1 or 3) is a compile-time constant and a 1-D problem is
-laid out as 3-D with unit depth and height (kernel ``1 x 1 x kW``); its offsets hold one
-displacement per tap (``dx``), so ``dz = dy = 0`` and only the 2 corners along ``x`` are
-visited. 3-D visits the 8 trilinear corners.
+One set of kernels serves every dimensionality: ``R`` (1, 2 or 3) is a compile-time constant
+and a problem of fewer dimensions is laid out as 3-D with unit leading sizes: 1-D with unit
+depth and height (kernel ``1 x 1 x kW``), 2-D with unit depth (kernel ``1 x kH x kW``). The
+offsets hold ``R`` displacements per tap in the order of the axes (1-D ``dx``; 2-D ``dy, dx``;
+3-D ``dz, dy, dx``), the missing ones are 0, and only the ``2**R`` corners along the sampled
+axes are visited (2 linear, 4 bilinear, 8 trilinear). The library's 2-D operator runs the
+specialised kernels of ``kernels.py``; R=2 here lets the GPU benchmark time one family for
+every dimensionality against them.
 
 Layouts (all contiguous):
 
@@ -12,7 +16,8 @@ Layouts (all contiguous):
   run of channels sharing the offset of their offset group;
 - weight ``w``: ``(groups, K, Cg, Og)``, rows ordered (tap, channel);
 - offset ``(N, R*G*K, oD, oH, oW)``, mask ``(N, G*K, oD, oH, oW)``, output / output gradient
-  ``(N, O, oD, oH, oW)``: the caller's layouts (1-D: the same with unit oD, oH).
+  ``(N, O, oD, oH, oW)``: the caller's layouts (1-D: the same with unit oD, oH; 2-D: with
+  unit oD).
 
 Positions are flattened over ``(n, oz, oy, ox)`` into ``P``. Channel blocks run inside the
 intersection of one conv group and one offset group, so every row of a gathered tile uses one
@@ -43,30 +48,51 @@ GPU_BLOCKS = {
                    "num_stages": 1},
 }
 # Where ptxas spilled a few bytes with GPU_BLOCKS (its register targets move with the dtype,
-# dimension and index width), other blocks or warps, found with ``deformconv kernels``:
+# dimension, index width and Triton version), other blocks, warps or a register budget
+# (``maxnreg``: without one, ptxas of Triton 3.6 aimed at a register count it could not keep),
+# found with ``deformconv kernels`` under Triton 3.6 and 3.9:
 # (role, R, dtype label of ``spec.DTYPES``, INDEX_64) -> changes to GPU_BLOCKS[role].
 GPU_BLOCKS_OVERRIDES = {
     ("fwd", 1, "fp32", False): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
     ("fwd", 1, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
     ("fwd", 1, "fp16", True): {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 2, "fp32", False): {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "maxnreg": 255},
+    ("fwd", 2, "fp32", True): {"maxnreg": 255},
+    ("fwd", 2, "fp16", False): {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 2, "fp16", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8},
+    ("fwd", 2, "bf16", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8},
     ("fwd", 3, "fp32", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("fwd", 3, "fp32", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "maxnreg": 168},
+    ("fwd", 3, "tf32", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "maxnreg": 168},
     ("bwd_data", 1, "fp32", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 8},
     ("bwd_data", 1, "tf32", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
     ("bwd_data", 3, "fp32", False): {"BLOCK_M": 32, "BLOCK_O": 16, "num_warps": 4},
+    ("bwd_data", 3, "fp32", True): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
     ("bwd_data", 3, "tf32", True): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
+    ("bwd_data", 3, "fp16", False): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
+    ("bwd_data", 3, "bf16", False): {"BLOCK_M": 16, "BLOCK_O": 32, "num_warps": 8},
     ("bwd_data", 3, "fp16", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
     ("bwd_data", 3, "bf16", True): {"BLOCK_M": 16, "BLOCK_O": 16, "num_warps": 4},
     ("bwd_weight", 1, "fp32", True): {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4},
+    ("bwd_weight", 1, "tf32", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8},
+    ("bwd_weight", 1, "fp16", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8},
+    ("bwd_weight", 1, "bf16", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8},
+    ("bwd_weight", 2, "fp32", True): {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8},
     ("bwd_weight", 3, "fp32", True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
     ("bwd_weight", 3, "tf32", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
     ("bwd_weight", 3, "tf32", True): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
     ("bwd_weight", 3, "fp16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
     ("bwd_weight", 3, "bf16", False): {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4},
+    ("bwd_weight", 2, "fp32", False): {"maxnreg": 255},
+    # R=2 input gradient: Triton 3.9's ptxas aimed at 168 registers and spilled
+    **{("bwd_data", 2, label, idx64): {"maxnreg": 255} for label in ("fp32", "tf32", "fp16", "bf16")
+       for idx64 in (False, True)},
 }
 
 
 def gpu_blocks(role, R, label, idx64):
-    """Blocks, warps and stages of kernel ``role`` on the GPU for ``R`` dimensions (1 or 3),
+    """Blocks, warps, stages (and ``maxnreg`` where set) of kernel ``role`` on the GPU for ``R``
+    dimensions (1, 2, 3),
     dtype label ``label`` (``spec.DTYPES``) and index width."""
     return dict(GPU_BLOCKS[role], **GPU_BLOCKS_OVERRIDES.get((role, R, label, idx64), {}))
 
@@ -146,6 +172,10 @@ def _plan(off_ptr,   # offset (N, R*G*K, oD, oH, oW)
         y += tl.load(off_ptr + base + (3 * ch + 1) * o_vol, mask=pos_ok,
                      other=0.0).to(tl.float32)
         x += tl.load(off_ptr + base + (3 * ch + 2) * o_vol, mask=pos_ok,
+                     other=0.0).to(tl.float32)
+    elif R == 2:
+        y += tl.load(off_ptr + base + (2 * ch) * o_vol, mask=pos_ok, other=0.0).to(tl.float32)
+        x += tl.load(off_ptr + base + (2 * ch + 1) * o_vol, mask=pos_ok,
                      other=0.0).to(tl.float32)
     else:
         x += tl.load(off_ptr + base + ch * o_vol, mask=pos_ok, other=0.0).to(tl.float32)
@@ -343,6 +373,11 @@ def _deform_conv_nd_bwd_data_kernel(
                              mask=pos_ok)
                     tl.store(goff_ptr + o_base + (3 * ch + 2) * o_vol, (mm * t_x).to(ty),
                              mask=pos_ok)
+                elif R == 2:
+                    tl.store(goff_ptr + o_base + (2 * ch) * o_vol, (mm * t_y).to(ty),
+                             mask=pos_ok)
+                    tl.store(goff_ptr + o_base + (2 * ch + 1) * o_vol, (mm * t_x).to(ty),
+                             mask=pos_ok)
                 else:
                     tl.store(goff_ptr + o_base + ch * o_vol, (mm * t_x).to(ty), mask=pos_ok)
                 if HAS_MASK:
@@ -401,8 +436,9 @@ def _deform_conv_nd_bwd_weight_kernel(
 
 
 def _report_signature(R, kd, kh, kw, flags):
-    """Signature builder of the report (``spec.KernelSpec``): 1-D (kernel 1x1x3) or 3-D (3x3x3)
-    taps with a mask, 32- or 64-bit indices, as the launcher calls the kernel on a GPU."""
+    """Signature builder of the report (``spec.KernelSpec``): 1-D (kernel 1x1x3), 2-D (1x3x3)
+    or 3-D (3x3x3) taps with a mask, 32- or 64-bit indices, as the launcher calls the kernel on
+    a GPU."""
     def build(label, index_64=False):
         e = "*" + ELEMENT[label]
         types = dict.fromkeys(("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr",
@@ -419,18 +455,25 @@ def _gpu_configs(role, R, label):
     def config(idx64):
         b = gpu_blocks(role, R, label, idx64)
         return triton.Config({k: v for k, v in b.items() if k.startswith("BLOCK_")},
-                             num_warps=b["num_warps"], num_stages=b["num_stages"])
+                             num_warps=b["num_warps"], num_stages=b["num_stages"],
+                             maxnreg=b.get("maxnreg"))
     return {f + i: [config(i == "_i64")] for f in ("half", "float32") for i in ("", "_i64")}
 
 
+def report_name(role, R):
+    """The report's name of kernel ``role`` at ``R`` dimensions: ``deform_conv1d_fwd``, ...;
+    at R=2 ``deform_conv2d_nd_fwd``, beside the specialised 2-D kernels' ``deform_conv2d_*``."""
+    return f"deform_conv{R}d_{'nd_' if R == 2 else ''}{role}"
+
+
 # What the ``deformconv kernels`` report compiles offline: each kernel with its GPU blocks,
-# for the 1-D case (R=1, kernel 1x1x3) and the 3-D case (R=3, 3x3x3), with a mask, for
-# float32 (FMA and TF32 dots), float16 and bfloat16, with 32- and 64-bit indices (one spec
-# per dtype, as the blocks may depend on it).
+# for the 1-D case (R=1, kernel 1x1x3), the 2-D case (R=2, 1x3x3) and the 3-D case (R=3,
+# 3x3x3), with a mask, for float32 (FMA and TF32 dots), float16 and bfloat16, with 32- and
+# 64-bit indices (one spec per dtype, as the blocks may depend on it).
 KERNEL_SPECS = [
-    KernelSpec(f"deform_conv{R}d_{role}", fn, _gpu_configs(role, R, label),
+    KernelSpec(report_name(role, R), fn, _gpu_configs(role, R, label),
                _report_signature(R, kd, kh, kw, flags), dtypes=(label,))
-    for R, kd, kh, kw in ((1, 1, 1, 3), (3, 3, 3, 3))
+    for R, kd, kh, kw in ((1, 1, 1, 3), (2, 1, 3, 3), (3, 3, 3, 3))
     for role, fn, flags in (("fwd", _deform_conv_nd_fwd_kernel, dict(HAS_BIAS=True)),
                             ("bwd_data", _deform_conv_nd_bwd_data_kernel,
                              dict(NEED_IN=True, NEED_OM=True)),

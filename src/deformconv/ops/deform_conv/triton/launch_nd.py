@@ -1,4 +1,6 @@
-"""Launchers of the 1-D/3-D Triton kernels (``nd_kernels.py``): layouts, allocation, grids.
+"""Launchers of the N-D Triton kernels (``kernels_nd.py``): layouts, allocation, grids. The
+library runs them for 1-D and 3-D; they take 2-D too (the GPU benchmark's contender against the
+specialised 2-D kernels).
 
 ``deform_conv_fwd`` and ``deform_conv_bwd`` have the signatures and returns of their
 namesakes in ``torch_kernels`` and assume validated arguments. They run on CUDA tensors, and on
@@ -52,8 +54,9 @@ def _new(shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
 
 
 def _as_3d(v: Sequence[int], fill: int) -> List[int]:
-    """A 1-D tuple as 3-D with unit depth and height; 3-D unchanged."""
-    return [fill, fill, *v] if len(v) == 1 else list(v)
+    """A 1-D or 2-D tuple as 3-D, ``fill`` in front (unit depth and height, or unit depth);
+    3-D unchanged."""
+    return [fill] * (3 - len(v)) + list(v)
 
 
 def _setup(input: Tensor, weight: Tensor, offset: Tensor, stride, padding, dilation):
