@@ -85,11 +85,13 @@ def _contenders(p: Problem, mode: str, old=None):
 
 
 _CHILD = r"""
-import json, sys, torch, torch.nn.functional as F
-import deformconv
-from deformconv.testing import Problem
+import importlib, json, sys, torch, torch.nn.functional as F
+which, mode, module, path = sys.argv[2:6]
+if path:
+    sys.path.insert(0, path)
+deformconv = importlib.import_module(module)
+Problem = importlib.import_module(module + '.testing').Problem
 p = Problem(**json.loads(sys.argv[1]))
-which, mode = sys.argv[2], sys.argv[3]
 train = mode == 'train'
 def rss(key):
     with open('/proc/self/status') as f:
@@ -121,15 +123,16 @@ with torch.set_grad_enabled(train):
 """
 
 
-def peak_extra_bytes(p: Problem, which: str, mode: str = "forward") -> int:
+def peak_extra_bytes(p: Problem, which: str, mode: str = "forward",
+                     module: str = "deformconv", path: str = "") -> int:
     """Extra peak resident memory of one forward or forward+backward (``mode``: 'forward' or
-    'train'; ``which``: 'deform' or 'conv') beyond the inputs, their gradients and the output.
-    """
+    'train'; ``which``: 'deform' or 'conv') beyond the inputs, their gradients and the output;
+    deform is ``module``'s (imported from ``path`` when given: an older commit's copy)."""
     spec = json.dumps({k: getattr(p, k) for k in ("N", "C", "O", "size", "kernel", "stride",
                                                     "padding", "dilation", "groups",
                                                     "offset_groups", "mask", "bias",
                                                     "offset_scale", "weight_scale")})
-    done = subprocess.run([sys.executable, "-c", _CHILD, spec, which, mode],
+    done = subprocess.run([sys.executable, "-c", _CHILD, spec, which, mode, module, path],
                           capture_output=True, text=True, check=True, env=dict(os.environ))
     return max(0, int(done.stdout.strip().splitlines()[-1]))
 
@@ -150,13 +153,13 @@ def summarize(rows) -> list:
 
 
 def run(shapes, repeats: int, warmup: int, memory: bool, threads=(None,), old=None,
-        log=print) -> dict:
+        timing: bool = True, log=print) -> dict:
     # the machine's load over the minute before the run (the run's own threads would count)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     default_threads = torch.get_num_threads()
     rows = []
     for p in shapes:
-        for n in threads:
+        for n in threads if timing else ():
             torch.set_num_threads(n or default_threads)
             for mode in ("forward", "train"):
                 times = time_contenders(_contenders(p, mode, old), repeats, warmup)
@@ -174,10 +177,14 @@ def run(shapes, repeats: int, warmup: int, memory: bool, threads=(None,), old=No
         if memory:
             for mode in ("forward", "train"):
                 extra = {w: peak_extra_bytes(p, w, mode) for w in ("conv", "deform")}
+                if old is not None:
+                    extra["before"] = peak_extra_bytes(
+                        p, "deform", mode, old.__name__,
+                        os.path.dirname(os.path.dirname(os.path.abspath(old.__file__))))
                 rows.append(dict(shape=p.name, mode=f"{mode}-peak-extra-bytes", ndim=p.ndim,
                                  **extra))
-                log(f"{p.name:40s} peak extra memory of a {mode}: deform "
-                    f"{extra['deform'] / 2**20:.1f} MiB, conv {extra['conv'] / 2**20:.1f} MiB")
+                log(f"{p.name:40s} peak extra memory of a {mode}: " + ", ".join(
+                    f"{k} {v / 2**20:.1f} MiB" for k, v in extra.items()))
     summary = summarize(rows)
     for s in summary:
         log(f"geomean {s['ndim']}-D {s['threads']}t {s['mode']:8s} {s['contender']:11s} "
@@ -187,6 +194,51 @@ def run(shapes, repeats: int, warmup: int, memory: bool, threads=(None,), old=No
             "load_average_after": list(after),
             "provisional": load[0] > 0.5 * (os.cpu_count() or 1), "rows": rows,
             "summary": summary}
+
+
+def table(result: dict) -> str:
+    """The README's Markdown table of a results file: per shape and thread count, the forward
+    and forward+backward ratios to the plain convolution of every contender, and the peak extra
+    memory of deformconv against the plain convolution."""
+    cell, mem = {}, {}
+    for r in result["rows"]:
+        if "ratio_to_conv" in r:
+            cell.setdefault((r["shape"], r["threads"]), {})[(r["mode"], r["contender"])] = r
+        else:
+            mem[(r["shape"], r["mode"].split("-")[0])] = r
+    names = [n for n in ("deformconv", "before", "onnxruntime")
+             if any(k[1] == n for c in cell.values() for k in c)]
+    cols = [f"forward {n}" for n in names] + [f"train {n}" for n in names if n != "onnxruntime"]
+    out = ["| shape | threads | conv forward / train ms | " + " | ".join(cols)
+           + " | peak extra MiB forward / train |", "|" + "---|" * (len(cols) + 4)]
+    for (shape, threads), c in cell.items():
+        conv = [v for (m, n), v in c.items() if n.startswith("conv")]
+        vals = []
+        for col in cols:
+            mode, n = col.split(" ")
+            r = c.get(("forward" if mode == "forward" else "train", n))
+            vals.append(f"x{r['ratio_to_conv']:.2f}" if r else "-")
+        peaks = []
+        for mode in ("forward", "train"):
+            m = mem.get((shape, mode))
+            before = f", before {m['before'] / 2**20:.0f}" if m and "before" in m else ""
+            peaks.append(f"{m['deform'] / 2**20:.0f} (conv {m['conv'] / 2**20:.0f}{before})"
+                         if m else "-")
+        out.append(f"| {shape.split(',s')[0]} | {threads} | "
+                   + " / ".join(f"{v['median_ms']:.0f}" for v in conv) + " | "
+                   + " | ".join(vals) + " | " + " / ".join(peaks) + " |")
+    out.append("")
+    for s in result["summary"]:
+        if s["contender"] in names:
+            out.append(f"- geomean {s['ndim']}-D, {s['threads']} thread(s), {s['mode']}: "
+                       f"{s['contender']} x{s['geomean_ratio']:.2f}")
+    m = result["machine"]
+    out.append(f"- machine: {m['cpu']} ({m['vector_isa']}), torch {m['torch']}, onnxruntime "
+               f"{m.get('onnxruntime', '-')}, commit {m['commit']}, before = "
+               f"{result.get('before_commit', '-')[:7]}, load average before/after "
+               f"{result['load_average_before'][0]:.1f}/{result['load_average_after'][0]:.1f}"
+               + (" (provisional)" if result["provisional"] else ""))
+    return "\n".join(out)
 
 
 def main(argv=None) -> None:
@@ -199,8 +251,21 @@ def main(argv=None) -> None:
                     help="comma-separated thread counts, each run in turn (default: torch's)")
     ap.add_argument("--before", help="also time deformconv of this older commit")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    ap.add_argument("--no-timing", action="store_true", help="only the peak-memory children")
     ap.add_argument("--out", help="write the JSON results here")
+    ap.add_argument("--table", metavar="RESULTS", nargs="+",
+                    help="print the Markdown table of results files (timings of the first, "
+                    "peak memory of the last that has it) and exit")
     a = ap.parse_args(argv)
+    if a.table:
+        results = []
+        for path in a.table:
+            with open(path) as f:
+                results.append(json.load(f))
+        first = results[0]
+        first["rows"] = [r for res in results for r in res["rows"]]
+        print(table(first))
+        return
     dims = {int(x) for x in a.dims.split(",")}
     shapes = [p for p in (QUICK if a.quick else SHAPES) if p.ndim in dims]
     threads = [int(x) for x in a.threads.split(",")] if a.threads else [None]
@@ -209,7 +274,8 @@ def main(argv=None) -> None:
         if a.before:
             from before_after_cpu import import_old  # this folder
             old = import_old(a.before, folder)
-        result = run(shapes, a.repeats, a.warmup, not a.no_memory, threads, old)
+        result = run(shapes, a.repeats, a.warmup, not a.no_memory, threads, old,
+                     timing=not a.no_timing)
     if a.before:
         result["before_commit"] = subprocess.run(["git", "rev-parse", a.before], text=True,
                                                  capture_output=True).stdout.strip()
