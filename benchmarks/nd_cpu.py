@@ -9,7 +9,8 @@ minima reported, with the ratio to the plain convolution (the floor). Modes: ``f
 ``deformconv bench`` (``deformconv.bench.cpu.SHAPES``). ``--threads`` takes a list (e.g.
 ``2,1``): every shape is timed at each thread count in turn, in the same process. Peak
 memory: the extra resident memory of one forward (and of one forward+backward) beyond its
-inputs and output, measured in a fresh process (Linux). ``--before <commit>`` adds that
+inputs and output, measured in a fresh process (Linux; glibc's mmap threshold fixed at 64 KiB
+so that the peak follows the live tensors). ``--before <commit>`` adds that
 commit's deformconv (imported as in ``before_after_cpu.py``) as the contender ``before``.
 Results are written as JSON with the machine, versions, commit, load averages and threads;
 the summary holds, per dimensionality, mode, contender and thread count, the geometric mean
@@ -132,8 +133,13 @@ def peak_extra_bytes(p: Problem, which: str, mode: str = "forward",
                                                     "padding", "dilation", "groups",
                                                     "offset_groups", "mask", "bias",
                                                     "offset_scale", "weight_scale")})
+    # A fixed mmap threshold: buffers above 64 KiB are mapped and unmapped when freed, so the
+    # resident peak follows the live tensors. glibc's default threshold moves up after the
+    # first large free, and what the heap then keeps moved the peak by up to 30 MiB between
+    # runs of one code (measured on 2x512x25x42->512 training).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     done = subprocess.run([sys.executable, "-c", _CHILD, spec, which, mode, module, path],
-                          capture_output=True, text=True, check=True, env=dict(os.environ))
+                          capture_output=True, text=True, check=True, env=env)
     return max(0, int(done.stdout.strip().splitlines()[-1]))
 
 
