@@ -58,7 +58,8 @@ def import_old(commit: str, folder: str):
     for path in dst.rglob("*.py"):
         text = path.read_text()
         text = text.replace("deformconv::", "deformconv_old::")
-        text = text.replace("torch.ops.deformconv.", "torch.ops.deformconv_old.")
+        # every reference to the op namespace, also getattr(torch.ops.deformconv, name)
+        text = re.sub(r"\btorch\.ops\.deformconv\b", "torch.ops.deformconv_old", text)
         text = re.sub(r'Library\("deformconv"', 'Library("deformconv_old"', text)
         text = re.sub(r"\b(from|import) deformconv\b", r"\1 deformconv_old", text)
         path.write_text(text)

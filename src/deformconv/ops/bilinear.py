@@ -157,11 +157,12 @@ def corner_plan(positions: Sequence[Tensor], size: Sequence[int], *,
         p = torch.where(inside, p, 0.0)
         low = torch.floor(p)
         frac.append(p - low)
-        lo = low.long() + 1
-        cell = lo if cell is None else cell * padded[d] + lo
+        # In the index dtype: the cells are rows of the source, so they fit.
+        lo = low.to(index_dtype) + 1
+        cell = lo if cell is None else torch.add(lo, cell, alpha=padded[d])
     cell = cell * rows_per_cell if rows_per_cell != 1 else cell
     if base is not None:
-        cell = cell + base
+        cell = cell + base.to(index_dtype)
     first = cell.expand(shape).reshape(-1)
     M = first.shape[0]
     pitch = [math.prod(padded[d + 1:]) * rows_per_cell for d in range(R)]
@@ -212,7 +213,7 @@ def scatter_rows(grad_src: Tensor, grad_rows: Tensor, plan: Corners) -> None:
                                                       device=targets.device))
     grad_src[first:last + 1] += F.embedding_bag(
         torch.div(perm, corners, rounding_mode="floor"), grad_rows, starts, mode="sum",
-        per_sample_weights=plan.weight.reshape(-1)[perm])
+        per_sample_weights=plan.weight.reshape(-1).index_select(0, perm))
 
 
 def scatter_samples(grad_src: Tensor, grad_rows: Tensor, plan: Corners, per_row: int = 1

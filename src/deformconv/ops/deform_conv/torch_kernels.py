@@ -12,10 +12,12 @@ One kernel for every dimensionality, built on the shared sampler ``deformconv.op
   the channels-last "tap volume" ``T`` of shape ``(b, o_1*k_1, .., o_R*k_R, C)`` whose
   ``k_1 x .. x k_R`` blocks are the taps of each output position: the deformable convolution
   is ``conv{R}d(T, weight, stride=kernel, groups=groups)``, which runs on oneDNN (measured
-  about 2x faster than a plain GEMM of the same size in 2-D).
+  about 2x faster than a plain GEMM of the same size in 2-D; 1-D runs as 2-D of height 1,
+  which reads ``T`` channels-last without a copy).
 - Backward: the column gradient is the input gradient of that convolution; it is scattered to
   the input by a stably sorted gather (deterministic, no atomics); the weight gradient is a
-  GEMM per image and conv group on recomputed columns (oneDNN's weight gradient of the
+  GEMM per image and conv group on recomputed columns, gathered straight into the GEMM's
+  position-major order from the plan's reordered tables (oneDNN's weight gradient of the
   tap-volume convolution was measured 1.1-1.4x slower per 2-D training step on 2 threads); the
   offset and mask gradients come from the ``2^R`` dot products ``<column gradient, corner
   value>``.
@@ -112,9 +114,12 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
                 .view(-1, 1) + (torch.arange(kernel[d], device=dev) * dilation[d]).view(1, -1))
         view = [1] * (2 * R + 2)
         view[1 + 2 * d], view[2 + 2 * d] = o[d], kernel[d]
-        # Logical (row-major) order from here on, whatever the offsets' strides.
-        positions.append((grid.to(dtype).view(view) + off.select(R + 2, d).permute(*order))
-                         .contiguous())
+        # Logical (row-major) order from here on, whatever the offsets' strides: written
+        # straight into a contiguous tensor (an add's own output would follow the offsets'
+        # strides and need a copy).
+        pos = torch.empty(row_shape, dtype=dtype, device=dev)
+        positions.append(torch.add(grid.to(dtype).view(view),
+                                   off.select(R + 2, d).permute(*order), out=pos))
     msk = None
     if mask is not None:
         msk = mask[n0:n1, :, r0:r1].view(b, G, *kernel, *o).permute(*order).to(dtype)
@@ -134,6 +139,30 @@ def _tap_volume(cols: Tensor, rows: Sequence[int]) -> Tensor:
     return cols.view(rows[0], *vol, -1).permute(0, R + 1, *range(1, R + 1))
 
 
+def _tap_conv(T: Tensor, w: Tensor, b: Optional[Tensor], kernel: Sequence[int],
+              groups: int) -> Tensor:
+    """``conv{R}d(T, w, b, stride=kernel)`` of the channels-last tap volume ``T``. In 1-D it
+    runs as a 2-D convolution of height 1: oneDNN then reads ``T`` channels-last as it is,
+    whereas conv1d first copies it to channels-first (measured 2.9x slower, 1 thread)."""
+    if len(kernel) == 1:
+        return F.conv2d(T.unsqueeze(2), w.unsqueeze(2), b, stride=(1, kernel[0]),
+                        groups=groups).squeeze(2)
+    return _CONV[len(kernel)](T, w, b, stride=tuple(kernel), groups=groups)
+
+
+def _tap_conv_input_grad(go: Tensor, T: Tensor, w: Tensor, kernel: Sequence[int],
+                         groups: int) -> Tensor:
+    """The gradient of ``_tap_conv`` with respect to ``T`` (of ``T``'s shape), for the output
+    gradient ``go``; 1-D as 2-D, as there."""
+    R = len(kernel)
+    if R == 1:
+        go, T, w, kernel = go.unsqueeze(2), T.unsqueeze(2), w.unsqueeze(2), [1, kernel[0]]
+    g_T, _, _ = torch.ops.aten.convolution_backward(
+        go, T, w, None, list(kernel), [0] * len(kernel), [1] * len(kernel), False,
+        [0] * len(kernel), groups, [True, False, False])
+    return g_T.squeeze(2) if R == 1 else g_T
+
+
 def _source(input: Tensor, G: int, dtype: torch.dtype) -> Tensor:
     """(N, C, *S) -> bordered channels-last rows (N*prod(S+2)*G, C/G) in ``dtype``."""
     return bilinear.bordered_source(input.movedim(1, -1), dtype).view(-1, input.shape[1] // G)
@@ -145,7 +174,6 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
     """Forward of ``deform_conv{R}d``: Tensor[N, O, *o] of the input's dtype."""
     N, C, *size = input.shape
     O, _, *kernel = weight.shape
-    R = len(size)
     groups = geometry.groups_of(C, weight.shape, offset.shape[1])
     out_sz = geometry.out_size(size, kernel, stride, padding, dilation)
     ct = _compute_dtype(input.dtype)
@@ -161,7 +189,7 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
         p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
                   groups.offset_groups, ct, it)
         T = _tap_volume(bilinear.sample(src, p.c), p.rows)
-        out[n0:n1, :, r0:r1] = _CONV[R](T, w, b_, stride=tuple(kernel), groups=groups.groups)
+        out[n0:n1, :, r0:r1] = _tap_conv(T, w, b_, kernel, groups.groups)
     return out.to(input.dtype)
 
 
@@ -174,18 +202,26 @@ def _group_cols(cols: Tensor, K: int, groups: int, j: int) -> Tensor:
     return cols.view(P, K, groups, Cg)[:, :, j].reshape(P, K * Cg)
 
 
-def _weight_grad(g_w: Tensor, cols: Tensor, go: Tensor, rows: Sequence[int], C: int,
-                 grp: geometry.Groups) -> None:
+def _gemm_order(t: Tensor, rows: Sequence[int]) -> Tensor:
+    """Per-sample tables ``t`` (M, ...) in row order (b, o_1, k_1, .., o_R, k_R, G) -> the same
+    rows in GEMM order (b, o_1..o_R, k_1..k_R, G), contiguous."""
+    R = (len(rows) - 2) // 2
+    perm = ([0] + [1 + 2 * d for d in range(R)] + [2 + 2 * d for d in range(R)]
+            + list(range(2 * R + 1, 2 * R + 2 + t.dim() - 1)))
+    return t.view(*rows, *t.shape[1:]).permute(*perm).reshape(t.shape)
+
+
+def _weight_grad(g_w: Tensor, src: Tensor, c: bilinear.Corners, go: Tensor, rows: Sequence[int],
+                 C: int, grp: geometry.Groups) -> None:
     """``g_w (O, K*Cg) += grad_out (O, P) @ columns (P, K*C)`` per image and conv group, the
-    columns tap-major per position."""
+    columns tap-major per position: sampled straight into that order from the plan's tables
+    reordered (``2^R`` indices and weights per sample instead of ``C`` column values)."""
     R = (len(rows) - 2) // 2
     b = rows[0]
     o = [rows[1 + 2 * d] for d in range(R)]
-    k = [rows[2 + 2 * d] for d in range(R)]
-    # (b, o_1, k_1, .., o_R, k_R, C) -> (b, o_1..o_R, k_1..k_R, C)
-    perm = [0] + [1 + 2 * d for d in range(R)] + [2 + 2 * d for d in range(R)] + [2 * R + 1]
-    cols = cols.view(b, *[x for d in range(R) for x in (o[d], k[d])], C).permute(*perm)
-    cols = cols.reshape(b, math.prod(o), grp.taps * C)
+    cols = F.embedding_bag(_gemm_order(c.index, rows), src,
+                           per_sample_weights=_gemm_order(c.weight, rows), mode="sum")
+    cols = cols.view(b, math.prod(o), grp.taps * C)
     Og = grp.out_per_group
     for n in range(b):
         go_n = go[n].reshape(go.shape[1], -1)
@@ -230,16 +266,14 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
                       G, ct, it)
             go = go_all[n0:n1, :, r0:r1]
             if need_w:
-                _weight_grad(g_w, bilinear.sample(src, p.c), go, p.rows, C, grp)
+                _weight_grad(g_w, src, p.c, go, p.rows, C, grp)
             if not (need_in or need_om):
                 continue
             # Column gradient: the input gradient of conv{R}d(T, weight, stride=kernel).
             rows = p.rows
             vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(R)]
             T = torch.empty(rows[0], *vol, C, dtype=ct, device=dev).movedim(-1, 1)
-            g_T, _, _ = torch.ops.aten.convolution_backward(
-                go, T, w, None, list(kernel), [0] * R, [1] * R, False, [0] * R, grp.groups,
-                [True, False, False])
+            g_T = _tap_conv_input_grad(go, T, w, kernel, grp.groups)
             gcol = g_T.movedim(1, -1).reshape(-1, C // G)
             if need_om:
                 dots = bilinear.corner_dots(gcol, src, p.c)
