@@ -7,6 +7,12 @@ kernels (Triton) when there is a GPU. The Triton interpreter runs the same cases
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -51,3 +57,37 @@ def broken_triton(monkeypatch):
         monkeypatch.setattr(dispatch, "_failed", {})
         return dispatch
     return install
+
+
+class GPUScript:
+    """The GPU script (``benchmarks/gpu``) run on CPU: one step's ``--dry-run`` and one operator
+    module's correctness task in the Triton interpreter, each in a subprocess."""
+
+    root = Path(__file__).resolve().parents[1]
+
+    def __init__(self):
+        self.env = dict(os.environ, PYTHONPATH=str(self.root / "src"))
+
+    def dry_run(self, step: str, out) -> list:
+        """The rows ``run_gpu.py --dry-run --steps <step>`` wrote into ``out``."""
+        r = subprocess.run([sys.executable, str(self.root / "benchmarks/gpu/run_gpu.py"),
+                            "--dry-run", "--steps", step, "--out", str(out)], env=self.env,
+                           cwd=self.root, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return json.loads((out / "bench.json").read_text())
+
+    def operator_task(self, name: str) -> list:
+        """The rows of ``gpu_checks.operator_task(name, True)`` in the Triton interpreter."""
+        code = ("import json, sys; sys.path[:0] = [sys.argv[1]]; import gpu_checks; "
+                f"print(json.dumps(gpu_checks.operator_task({name!r}, True)))")
+        r = subprocess.run([sys.executable, "-c", code, str(self.root / "benchmarks/gpu")],
+                           env=dict(self.env, TRITON_INTERPRET="1"), cwd=self.root,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def gpu_script():
+    """``gpu_script.dry_run(step, out)`` and ``gpu_script.operator_task(name)``: see GPUScript."""
+    return GPUScript()

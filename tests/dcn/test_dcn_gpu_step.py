@@ -4,7 +4,6 @@ CPU benchmark's quick run: the plumbing works without a GPU."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,27 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_gpu_step_dry_run(tmp_path):
+def test_gpu_step_dry_run(tmp_path, gpu_script):
     """DCNv3 is an operator module of the GPU script: its checks are a task of the
     correctness step, its timing is step bench_dcnv3."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu/run_gpu.py"), "--dry-run",
-                        "--steps", "bench_dcnv3", "--out", str(tmp_path)], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    rows = json.loads((tmp_path / "bench.json").read_text())
+    rows = gpu_script.dry_run("bench_dcnv3", tmp_path)
     assert rows[-1]["status"] == "done" and all(r["dry_run"] for r in rows)
     timing = [r for r in rows if r.get("kind") == "timing"]
     assert {(r["contender"], r["mode"]) for r in timing} == {
         (c, m) for c in ("deformconv", "internimage_pytorch", "dwconv3x3")
         for m in ("fwd", "fwd+bwd")}
-    code = ("import json, sys; sys.path[:0] = [sys.argv[1]]; import gpu_checks; "
-            "print(json.dumps(gpu_checks.operator_task('dcnv3', True)))")
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks/gpu")],
-                       env=dict(env, TRITON_INTERPRET="1"), cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    checks = json.loads(r.stdout.strip().splitlines()[-1])
+    checks = gpu_script.operator_task("dcnv3")
     assert {c["check"] for c in checks} == {"dcnv3_vs_oracle", "dcnv4_equals_dcnv3"}
     assert all(c["passed"] and c["operator"] == "dcnv3" for c in checks)
 
