@@ -48,15 +48,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Corners", "bordered_interior", "bordered_source", "corner_dots", "corner_plan",
-           "index_dtype", "position_grad", "sample", "sample_grads", "scale_grad",
-           "scatter_rows", "scatter_samples"]
+           "index_dtype", "position_grad", "sample", "scale_grad", "scatter_rows"]
 
 # Rows of a source (or elements of any indexed tensor) from which indices need 64 bits.
 INDEX_64_FROM = 2 ** 31 - 1
-
-# ``scatter_samples`` updates only the touched rows when they are fewer than a band's
-# rows over this ratio (a band update costs a pass over every row of the band).
-SPARSE_BAND_RATIO = 4
 
 
 def index_dtype(rows: int) -> torch.dtype:
@@ -214,95 +209,6 @@ def scatter_rows(grad_src: Tensor, grad_rows: Tensor, plan: Corners) -> None:
     grad_src[first:last + 1] += F.embedding_bag(
         torch.div(perm, corners, rounding_mode="floor"), grad_rows, starts, mode="sum",
         per_sample_weights=plan.weight.reshape(-1).index_select(0, perm))
-
-
-def scatter_samples(grad_src: Tensor, grad_rows: Tensor, plan: Corners, per_row: int = 1
-                    ) -> None:
-    """``grad_src[index[s, c]] += weight[s, c] * grad_rows[s // per_row]`` (in place), for the
-    samples that are inside, without atomics: ``scatter_rows`` for plans whose samples share a
-    gradient row (``per_row`` consecutive samples per row, e.g. the taps of one output).
-
-    Only one key per sample is sorted (stably), its first corner's row, a ``2^R``-th of the
-    keys ``scatter_rows`` sorts: every corner ``c`` of a sample sits at the same step from the
-    first corner (the plan's construction), so for each corner one ``embedding_bag`` sums, for
-    every row of the touched band, the gradient rows of the samples whose first corner falls
-    there, in a fixed order (bitwise repeatable), and the band is added at that corner's step.
-    Samples not inside weigh 0 and are left out (they would widen the band). When the
-    distinct first corners are few against the band's width, only their rows are updated.
-    """
-    live = plan.inside.reshape(-1).nonzero().squeeze(1)
-    if live.numel() == 0:
-        return
-    keys = plan.index[live, 0]
-    if keys.dtype != torch.int32 and grad_src.shape[0] < INDEX_64_FROM:
-        keys = keys.to(torch.int32)
-    steps = (plan.index[0] - plan.index[0, 0]).tolist()
-    keys, order = torch.sort(keys, stable=True)
-    order = live[order]
-    lo, hi = int(keys[0]), int(keys[-1]) + 1
-    owner = torch.div(order, per_row, rounding_mode="floor") if per_row != 1 else order
-    weight = plan.weight[order]
-    firsts, counts = torch.unique_consecutive(keys, return_counts=True)
-    if firsts.shape[0] * SPARSE_BAND_RATIO < hi - lo:
-        # Few rows of a wide band (e.g. a few hundred queries over a large map): sum per
-        # distinct first corner and update only those rows (distinct, so the read-add-write
-        # is deterministic) instead of adding a band mostly of zeros.
-        bounds = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        for c, step in enumerate(steps):
-            rows = firsts.long() + step
-            grad_src[rows] += F.embedding_bag(
-                owner, grad_rows, bounds, mode="sum", per_sample_weights=weight[:, c],
-                include_last_offset=True)
-        return
-    bounds = torch.searchsorted(keys, torch.arange(lo, hi + 1, dtype=keys.dtype,
-                                                   device=keys.device))
-    for c, step in enumerate(steps):
-        grad_src[lo + step:hi + step] += F.embedding_bag(
-            owner, grad_rows, bounds, mode="sum", per_sample_weights=weight[:, c],
-            include_last_offset=True)
-
-
-def sample_grads(grad_rows: Tensor, src: Tensor, plan: Corners, per_row: int = 1
-                 ) -> Tuple[List[Tensor], Tensor]:
-    """``(position_grad(dots, plan), scale_grad(dots, plan))`` with ``dots`` the corner dot
-    products against ``grad_rows[s // per_row]`` for sample ``s``, without forming the dots.
-
-    Each of the R + 1 gradients is linear in the corner values: ``sum_c a_c <g, v_c> = <g,
-    sum_c a_c v_c>``. One ``embedding_bag`` per gradient blends the corners with the
-    coefficients ``a_c`` (the derivative of the corner weight along dimension d, or the weight
-    without the scale) and one batched matrix product dots the blends with the gradient rows:
-    measured 10-20% faster than ``corner_dots`` with ``position_grad`` and ``scale_grad``
-    (DCNv3 stage shapes, one thread), whose per-corner dot products of few channels cost a
-    call each.
-    """
-    R = len(plan.frac)
-    fr = [f.reshape(-1) for f in plan.frac]
-    per_dim = [(1 - f, f) for f in fr]
-    bits = corner_bits(R)
-    S = fr[0].shape[0]
-    C = grad_rows.shape[-1]
-    g = grad_rows.reshape(-1, C, 1)
-    out = []
-    for d in range(R + 1):  # d == R: the scale's gradient
-        coef = torch.empty(S, len(bits), dtype=src.dtype, device=src.device)
-        for c, corner in enumerate(bits):
-            t = None
-            for e in range(R):
-                if e != d:
-                    t = per_dim[e][corner[e]] if t is None else t * per_dim[e][corner[e]]
-            if d == R or corner[d]:
-                coef[:, c] = 1.0 if t is None else t
-            elif t is None:
-                coef[:, c] = -1.0
-            else:
-                torch.neg(t, out=coef[:, c])
-        blend = F.embedding_bag(plan.index, src, per_sample_weights=coef, mode="sum")
-        out.append(torch.bmm(blend.view(-1, per_row, C), g).view(plan.shape))
-    m = plan.inside.to(src.dtype)
-    grad_scale = m * out[R]
-    if plan.scale is not None:
-        m = m * plan.scale
-    return [m * o for o in out[:R]], grad_scale
 
 
 def corner_dots(grad_rows: Tensor, src: Tensor, plan: Corners) -> Tensor:
