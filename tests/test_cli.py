@@ -283,12 +283,13 @@ def test_demo_then_visualize(tmp_path, capsys):
 
 
 def test_info_shows_the_dispatch_description(monkeypatch, capsys):
-    """`info` prints deformconv.ops.dispatch.describe() when the dispatch module has one."""
+    """`info` prints what deformconv.ops.dispatch.describe() says."""
     import types
 
     import deformconv.ops
     fake = types.ModuleType("deformconv.ops.dispatch")
     fake.describe = lambda: "  cpu: BACKEND-UNDER-TEST"
+    fake.backend = lambda: "auto"
     monkeypatch.setitem(sys.modules, "deformconv.ops.dispatch", fake)
     monkeypatch.setattr(deformconv.ops, "dispatch", fake, raising=False)
     assert main(["info"]) == 0

@@ -118,13 +118,27 @@ def grid_sample_baseline(p: Problem) -> Dict[str, Fn]:
             "train": _train_fn(lambda: fwd(*leaves), leaves, go)}
 
 
+def unavailable(name: str) -> Optional[str]:
+    """Why the optional contender ``name`` cannot run here, or None when it can."""
+    try:
+        if name == "torchvision":
+            from torchvision.ops import deform_conv2d
+            deform_conv2d(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2),
+                          torch.zeros(1, 1, 1, 1))
+        elif name == "onnxruntime":
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+    except Exception as e:  # not installed, or its compiled ops do not load with this torch
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def onnxruntime_deformconv(p: Problem) -> Dict[str, Fn]:
     """onnxruntime's DeformConv (opset 19), inference only, with torch's thread count."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-    except ImportError:
+    if unavailable("onnxruntime"):
         return {"forward": None, "train": None}
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
     x, off, w, b, m, _ = bench_tensors(p)
     feeds = {"X": x, "W": w, "offset": off, "B": b, "mask": m}
     node = helper.make_node(
@@ -149,11 +163,9 @@ def onnxruntime_deformconv(p: Problem) -> Dict[str, Fn]:
 
 
 def torchvision_deformconv(p: Problem) -> Dict[str, Fn]:
-    try:
-        from torchvision.ops import deform_conv2d as tv
-        tv(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 1, 1))
-    except Exception:  # not installed, or its compiled ops do not load with this torch
+    if unavailable("torchvision"):
         return {"forward": None, "train": None}
+    from torchvision.ops import deform_conv2d as tv
     return _functional(tv, p)
 
 

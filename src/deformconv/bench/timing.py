@@ -108,20 +108,18 @@ def time_contenders(fns: Dict[Hashable, Callable[[], object]], repeats: int, war
     ``sync`` (for example ``torch.cuda.synchronize``) runs before and after every timed call,
     so asynchronous devices are timed to completion.
     """
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: Dict[Hashable, List[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]  # alternate, so drift hits all alike
-        for k in order:
-            if sync is not None:
-                sync()
+        for k in names if r % 2 == 0 else names[::-1]:  # alternate, so drift hits all alike
+            sync()
             t0 = time.perf_counter()
             fns[k]()
-            if sync is not None:
-                sync()
+            sync()
             times[k].append(time.perf_counter() - t0)
     return times
 

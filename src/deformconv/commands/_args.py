@@ -11,32 +11,24 @@ import os
 from typing import Callable
 
 
-def int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    """argparse ``type``: an integer >= ``minimum``; the error says ``what`` was expected."""
-    def parse(text: str) -> int:
+def _number(kind: Callable[[str], object], ok: Callable[[object], bool],
+            what: str) -> Callable[[str], object]:
+    """argparse ``type``: ``kind(text)`` where ``ok`` accepts it; the error says ``what`` was
+    expected and shows the text given."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
     return parse
 
 
-positive_int = int_at_least(1, "a positive integer")
-non_negative_int = int_at_least(0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    """argparse ``type``: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def check_device(parser: argparse.ArgumentParser, name: str) -> None:

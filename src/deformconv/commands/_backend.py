@@ -8,11 +8,8 @@ from typing import Optional
 def backend_setting_error() -> Optional[str]:
     """What is wrong with the kernel backend setting (``DEFORMCONV_BACKEND``), or None."""
     from ..ops import dispatch
-    backend = getattr(dispatch, "backend", None)
-    if backend is None:  # a dispatch module without the setting has nothing to check
-        return None
     try:
-        backend()
+        dispatch.backend()
     except ValueError as e:  # names the variable, the allowed values and the given one
         return str(e)
     return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
 
 from ._args import make_folder, non_negative_int, positive_int
 
@@ -40,27 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(its folder is created; checked before the run)")
 
 
-def unavailable(name: str) -> Optional[str]:
-    """Why the optional contender ``name`` cannot run here, or None when it can."""
-    import torch
-    try:
-        if name == "torchvision":
-            from torchvision.ops import deform_conv2d
-            deform_conv2d(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2),
-                          torch.zeros(1, 1, 1, 1))
-        elif name == "onnxruntime":
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
-    except Exception as e:  # not installed, or its compiled ops do not load with this torch
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import cpu
-    from ..bench.contenders import CONTENDERS
+    from ..bench.contenders import CONTENDERS, unavailable
 
     parser = args.parser
     explicit = args.contenders is not None
