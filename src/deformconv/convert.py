@@ -58,12 +58,6 @@ def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Mod
     return out
 
 
-def _deformable_from(conv: nn.Module, version: int, offset_groups: int,
-                     preserve_output: bool) -> nn.Module:
-    """The Pack layer of ``conv``'s dimensionality that starts as ``conv``."""
-    return deformable_from_conv(conv, version, offset_groups, preserve_output)
-
-
 def _replace_everywhere(model: nn.Module, new_of: dict) -> None:
     """Put ``new_of[id(old)]`` at every place ``old`` is a child in ``model``: a module used
     twice stays one module (its uses keep sharing their weights)."""
@@ -195,7 +189,7 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
     converted, new_of = [], {}
     for n, conv in chosen:
         try:
-            new = _deformable_from(conv, v, offset_groups, preserve_output)
+            new = deformable_from_conv(conv, v, offset_groups, preserve_output)
         except ValueError as e:  # e.g. a padding the layer of that dimensionality lacks
             if names is not None:
                 raise ValueError(f"names: module {n!r} cannot be converted: {e}") from None

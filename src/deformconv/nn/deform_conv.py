@@ -24,13 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import deform_conv1d, deform_conv2d, deform_conv3d
-from ..ops.checks import _is_int, int_tuple
+from ..ops.checks import _COUNT_WORDS, _is_int, int_tuple
 from ._scripting import NotScriptable
 
 _Size = Union[int, Tuple[int, ...]]
 _FUNCTIONS = {1: deform_conv1d, 2: deform_conv2d, 3: deform_conv3d}
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_COUNT_WORDS = {1: "a tuple of 1 int", 2: "a pair of ints", 3: "a tuple of 3 ints"}
 
 
 def _positive_int(name: str, value) -> int:

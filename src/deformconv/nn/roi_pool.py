@@ -85,16 +85,13 @@ class DeformRoIPoolPack(DeformRoIPool):
     def _offset(self, input: Tensor, rois: Tensor) -> Tuple[Tensor, Tensor]:
         """The plain pool flattened per region, and the offsets predicted from it."""
         self._check_channels(input)
-        x = deform_roi_pool(input, rois, None, self.output_size, self.spatial_scale,
-                            self.sampling_ratio, self.gamma)
-        flat = x.flatten(1)  # (R, C*ph*pw) in (c, i, j) order; R may be 0
+        # (R, C*ph*pw) in (c, i, j) order; R may be 0
+        flat = DeformRoIPool.forward(self, input, rois).flatten(1)
         offset = self.offset_fc(flat).view(rois.shape[0], 2, *self.output_size)
         return flat, offset
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
-        _, offset = self._offset(input, rois)
-        return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                               self.sampling_ratio, self.gamma)
+        return DeformRoIPool.forward(self, input, rois, self._offset(input, rois)[1])
 
 
 class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
@@ -116,6 +113,4 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
         flat, offset = self._offset(input, rois)
         mask = self.mask_fc(flat).view(rois.shape[0], 1, *self.output_size)
-        out = deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                              self.sampling_ratio, self.gamma)
-        return out * mask
+        return DeformRoIPool.forward(self, input, rois, offset) * mask

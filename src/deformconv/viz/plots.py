@@ -53,8 +53,6 @@ def density(points: Tensor, weights: Optional[Tensor], height: int, width: int,
     return img / img.max().clamp_min(1e-300)
 
 
-
-
 def draw_sampling(ax, image: Tensor, points: Tensor, weights: Optional[Tensor] = None,
                   mark: Optional[Tuple[float, float]] = None, margin: float = 0.0) -> dict:
     """Draw where ``points`` (Tensor[P, 2], ``(y, x)``) read over the grey ``image``
@@ -87,14 +85,19 @@ def draw_sampling(ax, image: Tensor, points: Tensor, weights: Optional[Tensor] =
     ax.add_patch(_circle((mean[1].item(), mean[0].item()), spread.item()))
     if mark is not None:
         ax.scatter([mark[1]], [mark[0]], s=60, c=MARK_COLOUR, marker="x", linewidths=2)
-    ax.set_xlim(ext[0], ext[1])
-    ax.set_ylim(ext[2], ext[3])
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xlim=ext[:2], ylim=ext[2:], xticks=[], yticks=[])
     off = off_image(p, H, W)
     return {"points": len(p), "off_image": int(off.sum()),
             "off_weight": (w[off].sum() / w.sum().clamp_min(1e-300)).item(),
             "spread": spread.item()}
+
+
+def _save(fig, path, **layout) -> str:
+    """Lay out, write (100 dpi) and close ``fig``; the path written."""
+    fig.tight_layout(**layout)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return str(path)
 
 
 def _rectangle(xy, width, height):
@@ -148,10 +151,7 @@ def plot_sampling_points(images: Sequence[Tensor], regular: Sequence[Tensor],
             if titles is not None:
                 cap = f"{titles[r]}\n{cap}"
             axes[r][c].set_title(cap, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, path)
 
 
 class Cell(NamedTuple):
@@ -226,9 +226,7 @@ def comparison_figure(rows: Sequence[Sequence[Cell]], path, title: str, note: st
         import textwrap
         fig.text(0.5, 0.05 / total_h, "\n".join(textwrap.wrap(note, 125)), ha="center",
                  va="bottom", fontsize=7)
-    fig.tight_layout(rect=(0, (legend_h + 0.1) / total_h, 1, 1 - 0.35 / total_h), h_pad=2.5)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, rect=(0, (legend_h + 0.1) / total_h, 1, 1 - 0.35 / total_h), h_pad=2.5)
     return {"cells": cells}
 
 
@@ -273,10 +271,7 @@ def spread_plot(sizes: Sequence[float], per_seed: Sequence[Sequence[float]],
     ax.set_title(f"Does the receptive field grow with the {object_name}?", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, path)
 
 
 __all__: List[str] = ["density", "draw_sampling", "plot_sampling_points", "Cell",

@@ -138,30 +138,18 @@ def sampling_locations(source: Union[LayerSampling, Tensor, nn.Module],
     return _regular(grid, s).movedim(-2, 0) + off  # (K, *o, R) + (N, G, K, *o, R)
 
 
-def _interp(field: Tensor, y: Tensor, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
-    """Bilinear values of ``field`` (C, H, W) at (M,) positions, clamped to the border -> (M, C).
-
-    With ``batch`` (Tensor[M] of indices) ``field`` is (B, C, H, W) and point ``m`` reads
-    ``field[batch[m]]``. Exact at integer positions inside the field.
-    """
+def _interp(field: Tensor, y: Tensor, x: Tensor, batch: Tensor) -> Tensor:
+    """Bilinear values of ``field`` (B, C, H, W) at (M,) positions, clamped to the border:
+    point ``m`` reads ``field[batch[m]]`` -> (M, C). Exact at integer positions inside."""
     H, W = field.shape[-2:]
     y = y.clamp(0, H - 1)
     x = x.clamp(0, W - 1)
     y0, x0 = y.floor().long(), x.floor().long()
     y1, x1 = (y0 + 1).clamp(max=H - 1), (x0 + 1).clamp(max=W - 1)
     ly, lx = (y - y0)[:, None], (x - x0)[:, None]
-    if batch is None:
-        f = field.permute(1, 2, 0)
-
-        def at(a, b):
-            return f[a, b]
-    else:
-        f = field.permute(0, 2, 3, 1)
-
-        def at(a, b):
-            return f[batch, a, b]
-    return ((1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1))
-            + ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1)))
+    f = field.permute(0, 2, 3, 1)
+    return ((1 - ly) * ((1 - lx) * f[batch, y0, x0] + lx * f[batch, y0, x1])
+            + ly * ((1 - lx) * f[batch, y1, x0] + lx * f[batch, y1, x1]))
 
 
 def effective_sampling(stack: Sequence[LayerSampling], pixel: Tuple[float, float],
