@@ -32,6 +32,16 @@ def empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def on_device(t):
+    """The context every launch runs in: ``torch.cuda.device(t.device)`` for a CUDA tensor,
+    nothing for a CPU one (the interpreter)."""
+    import contextlib  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def index_64(*sizes) -> bool:
     """Whether a kernel addressing tensors (or element counts) ``sizes`` needs
     ``INDEX_64=True``: some count reaches ``INDEX_64_FROM``. Registers are the scarce resource

@@ -14,7 +14,6 @@ scatters with atomics, and under ``torch.use_deterministic_algorithms(True)`` co
 
 from __future__ import annotations
 
-import contextlib
 from typing import Tuple
 
 import torch
@@ -59,10 +58,6 @@ def new(shape, like: Tensor, dtype=None) -> Tensor:
     return t.fill_(float("nan")) if DEBUG_FILL_NAN else t
 
 
-def _on(t: Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _args(input: Tensor, off: Tensor, msk: Tensor, g: Geometry):
     """Scalar keyword arguments of both kernels; ``off``/``msk`` are the kernels' strided
     views (N, oH, oW, G, P, 2) / (N, oH, oW, G, P) with unit innermost strides."""
@@ -100,7 +95,7 @@ def launch_fwd(input: Tensor, off: Tensor, msk: Tensor, g: Geometry) -> Tensor:
     bl = _blocks(x, g.group_channels)
     grid = (triton.cdiv(a["M"], bl["BLOCK_M"]), g.group, triton.cdiv(g.group_channels,
                                                                       bl["BLOCK_C"]))
-    with _on(x):
+    with spec.on_device(x):
         kernels._dcnv3_fwd_kernel[grid](x_ptr=x, off_ptr=off, mask_ptr=msk, out_ptr=out, **a,
                                         **bl)
     return out
@@ -119,7 +114,7 @@ def launch_bwd(grad_out: Tensor, input: Tensor, off: Tensor, msk: Tensor, g: Geo
         gin = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if run_in else x
         bl = _blocks(x, g.group_channels, backward=True)
         grid = (triton.cdiv(go.shape[0] * go.shape[1] * go.shape[2], bl["BLOCK_M"]), g.group)
-        with _on(x):
+        with spec.on_device(x):
             kernels._dcnv3_bwd_kernel[grid](
                 x_ptr=x, off_ptr=off, mask_ptr=msk, gout_ptr=go, gin_ptr=gin,
                 goff_ptr=goff if need_om else off, gmask_ptr=gmsk if need_om else msk,

@@ -15,7 +15,6 @@ partial sums added here) are deterministic; the input gradient scatters with ato
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -98,15 +97,11 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
     bl = _blocks("fwd", input, consts)
     grid = (triton.cdiv(sizes["P"], bl["BLOCK_M"]), triton.cdiv(sizes["Og"], bl["BLOCK_N"]),
             grp.groups)
-    with _on(input):
+    with spec.on_device(input):
         nd_kernels._deform_conv_nd_fwd_kernel[grid](
             x_ptr=x, w_ptr=w, off_ptr=off, mask_ptr=msk, bias_ptr=b, out_ptr=out, **sizes,
             HAS_MASK=mask is not None, HAS_BIAS=bias is not None, **consts, **bl)
     return out
-
-
-def _on(t: Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
@@ -128,7 +123,7 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
         goff = _new(offset.shape, offset) if need_om else off
         gmask = _new(mask.shape, mask) if need_om and mask is not None else off
         bl = _blocks("bwd_data", input, consts)
-        with _on(input):
+        with spec.on_device(input):
             nd_kernels._deform_conv_nd_bwd_data_kernel[(triton.cdiv(sizes["P"],
                                                                     bl["BLOCK_M"]),)](
                 x_ptr=x, w_ptr=w, off_ptr=off, mask_ptr=msk, gout_ptr=go, gin_ptr=gin,
@@ -164,7 +159,7 @@ def _weight_grad(x, off, msk, go, weight, grp, sizes, consts, has_mask) -> Tenso
     K = grp.taps
     part = _new((split, grp.groups, K, sizes["Cg"], sizes["Og"]), x, torch.float32)
     grid = (grp.groups * K, triton.cdiv(sizes["Og"], bl["BLOCK_N"]), split)
-    with _on(x):
+    with spec.on_device(x):
         nd_kernels._deform_conv_nd_bwd_weight_kernel[grid](
             x_ptr=x, off_ptr=off, mask_ptr=msk, gout_ptr=go, gw_ptr=part, **sizes,
             groups=grp.groups, SPLIT=split, HAS_MASK=has_mask, **consts, **bl)

@@ -15,7 +15,6 @@ gather) instead.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence, Tuple
 
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor
 import triton
 
 from ... import dispatch
+from ...triton import spec
 from .. import torch_kernels
 from . import kernels
 
@@ -74,7 +74,7 @@ def ms_deform_attn_fwd(value: Tensor, spatial_shapes: Tensor, level_start_index:
         return torch.zeros(N, Q, M * D, dtype=value.dtype, device=value.device)
     out = empty((N, Q, M * D), value.dtype, value.device)
     grid, tensors, consts = _launch_args("fwd", *args)
-    with _device(value):
+    with spec.on_device(value):
         kernels._ms_deform_attn_fwd_kernel[grid](out_ptr=out, **tensors, **consts)
     return out
 
@@ -107,7 +107,7 @@ def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
     if work and (need_v or need_pos):
         grid, tensors, consts = _launch_args("bwd", *args)
         dummy = tensors["value_ptr"]
-        with _device(value):
+        with spec.on_device(value):
             kernels._ms_deform_attn_bwd_kernel[grid](
                 gout_ptr=grad_out.contiguous(), gval_ptr=g_val if need_v else dummy,
                 gloc_ptr=g_loc if need_pos else dummy, gatt_ptr=g_att if need_pos else dummy,
@@ -120,8 +120,3 @@ def ms_deform_attn_bwd(grad_out: Tensor, value: Tensor, spatial_shapes: Tensor,
     gl = g_loc.to(sampling_locations.dtype) if need_loc else empty_t
     ga = g_att.to(attention_weights.dtype) if need_att else empty_t
     return gv, gl, ga
-
-
-def _device(t: Tensor):
-    """``torch.cuda.device(t.device)`` for CUDA tensors, nothing for CPU ones."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -75,7 +75,7 @@ def deform_roi_pool_fwd(input: Tensor, rois: Tensor, offset: Optional[Tensor], p
     if out.numel() == 0:
         return out
     x, r, off, grid, consts = _common(input, rois, offset, ph, pw)
-    with _device(input):
+    with spec.on_device(input):
         kernels._deform_roi_pool_fwd_kernel[grid](
             x_ptr=x, rois_ptr=r, off_ptr=off, out_ptr=out, N=N, C=C, H=H, W=W,
             spatial_scale=float(spatial_scale), gamma=float(gamma),
@@ -100,7 +100,7 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
         x, r, off, grid, consts = _common(input, rois, offset, ph, pw)
         partial = (_new((grid[1], R, 2, ph, pw), input, torch.float32) if need_offset
                    else empty)
-        with _device(input):
+        with spec.on_device(input):
             kernels._deform_roi_pool_bwd_kernel[grid](
                 x_ptr=x, rois_ptr=r, off_ptr=off, go_ptr=grad_out.contiguous(),
                 gin_ptr=g_in if need_input else x, goff_ptr=partial if need_offset else x,
@@ -116,19 +116,3 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
     else:
         gi = empty
     return gi, (g_off if need_offset else empty)
-
-
-class _device:
-    """``torch.cuda.device(t.device)`` for CUDA tensors, nothing for CPU ones."""
-
-    def __init__(self, t: Tensor):
-        self.guard = torch.cuda.device(t.device) if t.is_cuda else None
-
-    def __enter__(self):
-        if self.guard is not None:
-            self.guard.__enter__()
-
-    def __exit__(self, *exc):
-        if self.guard is not None:
-            return self.guard.__exit__(*exc)
-        return False
