@@ -9,7 +9,7 @@ configurations and dtypes offline; nothing else needs registering.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 # Dtype labels of the report: the element type of the data tensors and the tl.dot precision.
 # "tf32" is float32 data with TF32 dots.
@@ -62,6 +62,19 @@ def input_precision(dtype) -> str:
 def dot_precision(label: str) -> str:
     """``INPUT_PRECISION`` of ``tl.dot`` for a dtype label."""
     return "tf32" if label == "tf32" else "ieee"
+
+
+def conv_signature(consts: Dict[str, object], types: Optional[Dict[str, str]] = None):
+    """``KernelSpec.signature`` of a deformable convolution kernel: every data pointer of the
+    label's element type except those in ``types``, a mask, the label's dot precision, 32- or
+    64-bit indices, and ``consts`` (the kernel's taps and flags)."""
+    def build(label, index_64=False):
+        data = ("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr", "gout_ptr",
+                "goff_ptr", "gmask_ptr")
+        return (dict(dict.fromkeys(data, "*" + ELEMENT[label]), **(types or {})),
+                dict(HAS_MASK=True, INPUT_PRECISION=dot_precision(label), DOT_UPCAST=False,
+                     INDEX_64=index_64, **consts))
+    return build
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import triton.language as tl
 import triton
 
 from ...triton.bilinear import corner_flags_2d, position_grad_2d
-from ...triton.spec import ELEMENT, KernelSpec, dot_precision
+from ...triton.spec import KernelSpec, conv_signature
 
 _DYNAMIC = ["N", "H", "W", "oH", "oW", "SPLIT", "SIZE_BUCKET"]
 
@@ -373,24 +373,12 @@ def _deform_conv2d_bwd_weight_kernel(
              mask=c_ok[:, None] & oc_ok[None, :])
 
 
-def _signature(extra_ptrs, extra_consts):
-    """Signature builder of the report: 3x3 taps with a mask, 32- or 64-bit indices."""
-    def build(label, index_64=False):
-        e = "*" + ELEMENT[label]
-        types = dict.fromkeys(("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr",
-                               "gout_ptr", "goff_ptr", "gmask_ptr"), e)
-        types.update(extra_ptrs)
-        consts = dict(KH=3, KW=3, HAS_MASK=True, INPUT_PRECISION=dot_precision(label),
-                      DOT_UPCAST=False, INDEX_64=index_64, **extra_consts)
-        return types, consts
-    return build
-
-
 KERNEL_SPECS = [
     KernelSpec("deform_conv2d_fwd", _deform_conv2d_fwd_kernel, FWD_CONFIGS,
-               _signature({}, dict(HAS_BIAS=True))),
+               conv_signature(dict(KH=3, KW=3, HAS_BIAS=True))),
     KernelSpec("deform_conv2d_bwd_data", _deform_conv2d_bwd_data_kernel, BWD_DATA_CONFIGS,
-               _signature({"gin_ptr": "*fp32"}, dict(NEED_IN=True, NEED_OM=True))),
+               conv_signature(dict(KH=3, KW=3, NEED_IN=True, NEED_OM=True),
+                              {"gin_ptr": "*fp32"})),
     KernelSpec("deform_conv2d_bwd_weight", _deform_conv2d_bwd_weight_kernel, BWD_WEIGHT_CONFIGS,
-               _signature({"gw_ptr": "*fp32", "blk_ptr": "*i32"}, {})),
+               conv_signature(dict(KH=3, KW=3), {"gw_ptr": "*fp32", "blk_ptr": "*i32"})),
 ]

@@ -34,7 +34,7 @@ import triton.language as tl
 
 import triton
 
-from ...triton.spec import ELEMENT, KernelSpec, dot_precision
+from ...triton.spec import KernelSpec, conv_signature
 
 # The configuration of each kernel on the GPU (no autotuning: the no-spill report compiles
 # exactly these). Small tiles and no software pipelining: with the 8 trilinear corners'
@@ -435,21 +435,6 @@ def _deform_conv_nd_bwd_weight_kernel(
                      mask=c_ok[:, None] & oc_ok[None, :])
 
 
-def _report_signature(R, kd, kh, kw, flags):
-    """Signature builder of the report (``spec.KernelSpec``): 1-D (kernel 1x1x3), 2-D (1x3x3)
-    or 3-D (3x3x3) taps with a mask, 32- or 64-bit indices, as the launcher calls the kernel on
-    a GPU."""
-    def build(label, index_64=False):
-        e = "*" + ELEMENT[label]
-        types = dict.fromkeys(("x_ptr", "w_ptr", "off_ptr", "mask_ptr", "bias_ptr", "out_ptr",
-                               "gout_ptr", "goff_ptr", "gmask_ptr"), e)
-        types.update(gin_ptr="*fp32", gw_ptr="*fp32")
-        consts = dict(KD=kd, KH=kh, KW=kw, R=R, HAS_MASK=True, INDEX_64=index_64,
-                      INPUT_PRECISION=dot_precision(label), DOT_UPCAST=False, **flags)
-        return types, consts
-    return build
-
-
 def _gpu_configs(role, R, label):
     """``gpu_blocks`` as the report's config lists (``spec.family`` keys) for one dtype."""
     def config(idx64):
@@ -472,7 +457,8 @@ def report_name(role, R):
 # 64-bit indices (one spec per dtype, as the blocks may depend on it).
 KERNEL_SPECS = [
     KernelSpec(report_name(role, R), fn, _gpu_configs(role, R, label),
-               _report_signature(R, kd, kh, kw, flags), dtypes=(label,))
+               conv_signature(dict(KD=kd, KH=kh, KW=kw, R=R, **flags),
+                              {"gin_ptr": "*fp32", "gw_ptr": "*fp32"}), dtypes=(label,))
     for R, kd, kh, kw in ((1, 1, 1, 3), (2, 1, 3, 3), (3, 3, 3, 3))
     for role, fn, flags in (("fwd", _deform_conv_nd_fwd_kernel, dict(HAS_BIAS=True)),
                             ("bwd_data", _deform_conv_nd_bwd_data_kernel,
