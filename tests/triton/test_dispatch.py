@@ -30,7 +30,7 @@ PROBLEM = Problem(N=1, C=4, O=3, size=(4, 5), offset_groups=2)
 def calls(monkeypatch):
     """Counts of the Triton launchers' calls."""
     seen = {"fwd": 0, "bwd": 0}
-    fwd, bwd = launch.deform_conv2d_fwd, launch.deform_conv2d_bwd
+    fwd, bwd = launch.deform_conv_fwd, launch.deform_conv_bwd
 
     def spy_fwd(*a):
         seen["fwd"] += 1
@@ -40,8 +40,8 @@ def calls(monkeypatch):
         seen["bwd"] += 1
         return bwd(*a)
 
-    monkeypatch.setattr(launch, "deform_conv2d_fwd", spy_fwd)
-    monkeypatch.setattr(launch, "deform_conv2d_bwd", spy_bwd)
+    monkeypatch.setattr(launch, "deform_conv_fwd", spy_fwd)
+    monkeypatch.setattr(launch, "deform_conv_bwd", spy_bwd)
     return seen
 
 

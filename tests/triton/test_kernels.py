@@ -19,7 +19,7 @@ LAUNCH_ORDER = ("input", "weight", "offset", "mask", "bias")
 
 
 def _params(p: Problem):
-    return (*p.strides, *p.paddings, *p.dilations)
+    return p.strides, p.paddings, p.dilations
 
 
 def _oracle(p: Problem, t, grad_out):
@@ -34,9 +34,9 @@ def _oracle(p: Problem, t, grad_out):
 
 def _run(p: Problem, t, output_mask=(True, True, True, True), grad_dtype=None):
     args = [t[n] for n in LAUNCH_ORDER]
-    out = launch.deform_conv2d_fwd(*args, *_params(p))
+    out = launch.deform_conv_fwd(*args, *_params(p))
     grad_out = p.grad_out(grad_dtype or out.dtype, DEVICE)
-    grads = launch.deform_conv2d_bwd(grad_out, *args, *_params(p), list(output_mask))
+    grads = launch.deform_conv_bwd(grad_out, *args, *_params(p), list(output_mask))
     # Strides must match the registered fake implementation's (contiguous), or compile breaks.
     assert out.is_contiguous() and all(g.is_contiguous() for g in grads)
     return out, grad_out, dict(zip(GRADS, grads))
@@ -133,7 +133,7 @@ def test_float32_offsets_keep_their_precision():
     t32 = p.tensors(torch.float32, DEVICE)
     t32["offset"][:, 1] = 0.3  # x = ox + 0.3: bfloat16 would round 250.3 to 250
     t = dict(zip(LAUNCH_ORDER, cuda_cast(*(t32[n] for n in LAUNCH_ORDER), torch.bfloat16)))
-    out = launch.deform_conv2d_fwd(*(t[n] for n in LAUNCH_ORDER), *_params(p))
+    out = launch.deform_conv_fwd(*(t[n] for n in LAUNCH_ORDER), *_params(p))
     ref, _ = _oracle(p, t, p.grad_out(torch.float64))
     assert_close(out, ref, torch.bfloat16, "output")
 
@@ -160,9 +160,9 @@ def test_output_mask_subsets_and_empty_batch():
     assert all(grads[n].numel() == 0 for n in ("input", "offset", "mask", "bias"))
     e = {n: v[:0] if n not in ("weight", "bias") else v for n, v in t.items()}
     args = [e[n] for n in LAUNCH_ORDER]
-    out = launch.deform_conv2d_fwd(*args, *_params(p))
+    out = launch.deform_conv_fwd(*args, *_params(p))
     assert out.shape == (0, 3, 4, 4)
-    g = launch.deform_conv2d_bwd(out, *args, *_params(p), [True, True, True, True])
+    g = launch.deform_conv_bwd(out, *args, *_params(p), [True, True, True, True])
     assert g[0].shape == (0, 4, 4, 4) and g[2].shape == e["offset"].shape
     assert g[1].shape == t["weight"].shape and (g[1] == 0).all() and (g[4] == 0).all()
 

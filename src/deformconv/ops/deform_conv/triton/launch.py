@@ -1,14 +1,13 @@
 """Launchers of the 2-D Triton kernels: layouts, allocation, grids, block sizes.
 
 ``deform_conv_fwd`` and ``deform_conv_bwd`` have the signatures and returns of their namesakes
-in ``torch_kernels`` (``deform_conv2d_fwd``/``_bwd`` take the six ints of the 2-D op instead of
-three pairs) and assume validated arguments of float16, bfloat16 or float32 (``dispatch``
-sends float64, and the backward under deterministic mode, to the pure-PyTorch kernels).
-``input`` and ``weight`` share one dtype; ``offset``, ``mask`` and ``bias`` may be float32
-beside half precision data (the CUDA autocast rule, ``ops/autocast.py``); every result has the
-dtype of its argument, the output the input's. They run on CUDA tensors, and on CPU tensors
-when the kernels were compiled by the Triton interpreter (``TRITON_INTERPRET=1`` set before
-``kernels`` was imported).
+in ``torch_kernels`` (``stride``, ``padding``, ``dilation``: pairs) and assume validated
+arguments of float16, bfloat16 or float32 (``dispatch`` sends float64, and the backward under
+deterministic mode, to the pure-PyTorch kernels). ``input`` and ``weight`` share one dtype;
+``offset``, ``mask`` and ``bias`` may be float32 beside half precision data (the CUDA autocast
+rule, ``ops/autocast.py``); every result has the dtype of its argument, the output the
+input's. They run on CUDA tensors, and on CPU tensors when the kernels were compiled by the
+Triton interpreter (``TRITON_INTERPRET=1`` set before ``kernels`` was imported).
 
 Dots: float16/bfloat16 on tensor cores with float32 accumulation; float32 follows the one TF32
 rule of every launcher, ``triton.spec.input_precision``.
@@ -130,11 +129,10 @@ def _tap_splits(input: Tensor, programs: int, taps: int, partial_numel: int) -> 
     return max(1, min(taps, want, by_mem))
 
 
-def deform_conv2d_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                      bias: Optional[Tensor], sh: int, sw: int, ph: int, pw: int, dh: int,
-                      dw: int) -> Tensor:
+def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                    bias: Optional[Tensor], stride, padding, dilation) -> Tensor:
     """Forward, see ``torch_kernels.deform_conv_fwd``: (N, C, H, W) -> (N, O, oH, oW)."""
-    gr, shape, consts = _common(input, weight, offset, mask, (sh, sw, ph, pw, dh, dw))
+    gr, shape, consts = _common(input, weight, offset, mask, (*stride, *padding, *dilation))
     N, O, oH, oW = shape["N"], shape["O"], shape["oH"], shape["oW"]
     P = N * oH * oW
     if P * O == 0:
@@ -183,14 +181,14 @@ def _pixel_splits(P: int, programs: int, weight_numel: int, device: torch.device
     return max(1, min(triton.cdiv(P, 32), want, by_mem))
 
 
-def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
-                      mask: Optional[Tensor], bias: Optional[Tensor], sh: int, sw: int,
-                      ph: int, pw: int, dh: int, dw: int,
-                      output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of (input, weight, offset, mask, bias), see ``torch_kernels.deform_conv_bwd``.
-    Those not asked for come back empty."""
+def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
+                    mask: Optional[Tensor], bias: Optional[Tensor], stride, padding, dilation,
+                    output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (input, weight, offset, mask, bias), see ``torch_kernels.deform_conv_bwd``;
+    those not asked for come back empty. The input gradient scatters with atomics
+    (``NONDETERMINISTIC``)."""
     need_in, need_w, need_om, need_b = output_mask
-    gr, shape, consts = _common(input, weight, offset, mask, (sh, sw, ph, pw, dh, dw))
+    gr, shape, consts = _common(input, weight, offset, mask, (*stride, *padding, *dilation))
     N, C, H, W = input.shape
     O, Cg, kH, kW = weight.shape
     K, Og = gr.taps, gr.out_per_group
@@ -243,18 +241,3 @@ def deform_conv2d_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: T
         gb = grad_out.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
     return gi, gw, g_off, g_mask, gb
 
-
-def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                    bias: Optional[Tensor], stride, padding, dilation) -> Tensor:
-    """The forward with the signature every launcher shares (``stride``, ``padding``,
-    ``dilation``: pairs)."""
-    return deform_conv2d_fwd(input, weight, offset, mask, bias, *stride, *padding, *dilation)
-
-
-def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
-                    mask: Optional[Tensor], bias: Optional[Tensor], stride, padding, dilation,
-                    output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The backward with the signature every launcher shares; the input gradient scatters
-    with atomics (``NONDETERMINISTIC``)."""
-    return deform_conv2d_bwd(grad_out, input, weight, offset, mask, bias, *stride, *padding,
-                             *dilation, output_mask)
