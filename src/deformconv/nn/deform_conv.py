@@ -213,85 +213,7 @@ class DeformConv3d(_DeformConvNd):
     _ndim = 3
 
 
-class _Convertible:
-    """Mixin (before the module base) for the Pack layers of every dimensionality: what a layer
-    made from a plain convolution (:func:`_copy_conv`) does on loading, and v2's ``mask_gain``.
-
-    - A plain convolution's state dict (``weight``/``bias`` only) loads into a converted layer:
-      ``conv_offset`` (and ``mask_gain``) are not missing, they restart (zero, gain kept).
-    - v2: a state dict with ``mask_gain`` sets it; one with ``conv_offset`` but no
-      ``mask_gain`` (an mmcv checkpoint) removes it, so the mask is mmcv's ``sigmoid``.
-    """
-
-    _mask = False
-    _converted = False  # set on an instance by _copy_conv
-
-    def init_offset(self) -> None:
-        """Zero the offset predictor: the layer starts on the regular grid."""
-        self.conv_offset.reset_parameters()
-
-    def _watch_loading(self) -> None:
-        self.register_load_state_dict_post_hook(_Convertible._after_load)
-
-    def set_mask_gain(self, gain: Optional[float]) -> None:
-        """Multiply the mask by ``gain`` (a persistent buffer); None removes it (mmcv's mask)."""
-        if gain is None:
-            self._buffers.pop("mask_gain", None)
-        else:
-            self.register_buffer("mask_gain", torch.tensor(
-                float(gain), dtype=self.weight.dtype, device=self.weight.device))
-
-    def _gained(self, mask: Tensor) -> Tensor:
-        gain = self._buffers.get("mask_gain")
-        return mask if gain is None else mask * gain
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        own = [prefix + "conv_offset." + n for n in ("weight", "bias")]
-        if self._mask and prefix + "mask_gain" in state_dict:
-            self.set_mask_gain(float(state_dict[prefix + "mask_gain"]))
-        elif self._mask and own[0] in state_dict:
-            self.set_mask_gain(None)  # a trained mmcv layer: mmcv's mask
-        if (self._converted and prefix + "weight" in state_dict
-                and not any(k in state_dict for k in own)):
-            # A plain convolution's state dict into a converted layer: see _after_load.
-            self._plain_conv_prefix = prefix
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    @staticmethod
-    def _after_load(module: "_Convertible", incompatible_keys) -> None:
-        """After a plain convolution's state dict was loaded into a converted layer (children
-        included): its offset predictor (and ``mask_gain``) are not missing, they restart."""
-        prefix = module.__dict__.pop("_plain_conv_prefix", None)
-        if prefix is None:
-            return
-        missing = incompatible_keys.missing_keys
-        missing[:] = [k for k in missing if not (k.startswith(prefix + "conv_offset.")
-                                                 or k == prefix + "mask_gain")]
-        module.init_offset()
-
-
-def _copy_conv(new: _Convertible, conv: nn.Module, preserve_output: bool) -> _Convertible:
-    """Make ``new`` (a freshly built Pack layer of ``conv``'s shape) the converted ``conv``:
-    weight and bias copied unchanged, ``requires_grad`` and training mode as ``conv``'s; v2 with
-    ``preserve_output`` gets ``mask_gain = 2`` (mask ``2 * sigmoid(0) = 1`` exactly)."""
-    new._converted = True
-    if new._mask and preserve_output:
-        new.set_mask_gain(2.0)
-    with torch.no_grad():
-        new.weight.copy_(conv.weight)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    new.weight.requires_grad_(conv.weight.requires_grad)
-    if conv.bias is not None:
-        new.bias.requires_grad_(conv.bias.requires_grad)
-    if not any(p.requires_grad for p in conv.parameters()):  # frozen: the predictor too
-        new.conv_offset.requires_grad_(False)
-    return new.train(conv.training)
-
-
-class _PackNd(_Convertible):
+class _PackNd:
     """Mixin (first base) for the layers that predict their own offsets (and mask).
 
     ``conv_offset`` maps the input to ``R*G*K`` offset channels (v1), or ``(R+1)*G*K`` (v2:
@@ -314,12 +236,16 @@ class _PackNd(_Convertible):
     sibling ``<name>_offset.weight/bias`` (and carries no version metadata for the layer) is
     renamed to ``<name>.conv_offset.*`` on load, as mmcv does. A layer made by
     :meth:`from_conv` (or :func:`~deformconv.convert_to_deformable`) also loads the plain
-    convolution's state dict (``weight``, ``bias`` only): its offset predictor then restarts
-    at zero, so it computes that convolution (see ``_Convertible``).
+    convolution's state dict (``weight``, ``bias`` only): its offset predictor (and
+    ``mask_gain``) are then not missing, they restart (zero, gain kept), so it computes that
+    convolution. v2: a state dict with ``mask_gain`` sets it; one with ``conv_offset`` but no
+    ``mask_gain`` (an mmcv checkpoint) removes it, so the mask is mmcv's ``sigmoid``.
     """
 
     # 2: conv_offset inside the layer (mmcv's version too). No version: maybe the old layout.
     _version = 2
+    _mask = False
+    _converted = False  # set on an instance by from_conv
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: Union[_Size, str] = 0, dilation: _Size = 1,
@@ -345,7 +271,19 @@ class _PackNd(_Convertible):
                                             self.kernel_size, self.stride, self.padding,
                                             self.dilation, bias=True, device=device,
                                             dtype=dtype)
-        self._watch_loading()
+        self.register_load_state_dict_post_hook(_PackNd._after_load)
+
+    def init_offset(self) -> None:
+        """Zero the offset predictor: the layer starts on the regular grid."""
+        self.conv_offset.reset_parameters()
+
+    def set_mask_gain(self, gain: Optional[float]) -> None:
+        """Multiply the mask by ``gain`` (a persistent buffer); None removes it (mmcv's mask)."""
+        if gain is None:
+            self._buffers.pop("mask_gain", None)
+        else:
+            self.register_buffer("mask_gain", torch.tensor(
+                float(gain), dtype=self.weight.dtype, device=self.weight.device))
 
     def reset_parameters(self) -> None:
         """``nn.Conv{R}d``'s initialisation for the weight and bias, zero for
@@ -374,7 +312,8 @@ class _PackNd(_Convertible):
         if not self._mask:
             return out, None
         n_off = self._ndim * self.offset_groups * math.prod(self.kernel_size)
-        return out[:, :n_off], self._gained(torch.sigmoid(out[:, n_off:]))
+        mask, gain = torch.sigmoid(out[:, n_off:]), self._buffers.get("mask_gain")
+        return out[:, :n_off], (mask if gain is None else mask * gain)
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         """``input`` (N, C, *S) or unbatched (C, *S)."""
@@ -386,7 +325,28 @@ class _PackNd(_Convertible):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
         _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
+        own = [prefix + "conv_offset." + n for n in ("weight", "bias")]
+        if self._mask and prefix + "mask_gain" in state_dict:
+            self.set_mask_gain(float(state_dict[prefix + "mask_gain"]))
+        elif self._mask and own[0] in state_dict:
+            self.set_mask_gain(None)  # a trained mmcv layer: mmcv's mask
+        if (self._converted and prefix + "weight" in state_dict
+                and not any(k in state_dict for k in own)):
+            # A plain convolution's state dict into a converted layer: see _after_load.
+            self._plain_conv_prefix = prefix
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    @staticmethod
+    def _after_load(module: "_PackNd", incompatible_keys) -> None:
+        """After a plain convolution's state dict was loaded into a converted layer (children
+        included): its offset predictor (and ``mask_gain``) are not missing, they restart."""
+        prefix = module.__dict__.pop("_plain_conv_prefix", None)
+        if prefix is None:
+            return
+        missing = incompatible_keys.missing_keys
+        missing[:] = [k for k in missing if not (k.startswith(prefix + "conv_offset.")
+                                                 or k == prefix + "mask_gain")]
+        module.init_offset()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -402,7 +362,7 @@ class _PackNd(_Convertible):
         groups, bias (unchanged), device, dtype, training mode and ``requires_grad``. v2 with
         ``preserve_output`` gets the persistent buffer ``mask_gain = 2``: its mask
         ``2 * sigmoid(0)`` is exactly 1 at the start, and the plain state dict loaded later
-        keeps its meaning (see ``_Convertible``); without it the layer starts at mmcv's mask 0.5.
+        keeps its meaning (see the class); without it the layer starts at mmcv's mask 0.5.
         """
         want = _CONVS[cls._ndim]
         if not isinstance(conv, want):
@@ -414,7 +374,19 @@ class _PackNd(_Convertible):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   conv.padding, conv.dilation, conv.groups, offset_groups,
                   conv.bias is not None, device=w.device, dtype=w.dtype)
-        return _copy_conv(new, conv, preserve_output)
+        new._converted = True
+        if new._mask and preserve_output:
+            new.set_mask_gain(2.0)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        new.weight.requires_grad_(conv.weight.requires_grad)
+        if conv.bias is not None:
+            new.bias.requires_grad_(conv.bias.requires_grad)
+        if not any(p.requires_grad for p in conv.parameters()):  # frozen: the predictor too
+            new.conv_offset.requires_grad_(False)
+        return new.train(conv.training)
 
 
 class DeformConv1dPack(_PackNd, DeformConv1d):
