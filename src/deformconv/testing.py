@@ -14,6 +14,7 @@ non-finite results.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Optional, Tuple
 
@@ -106,10 +107,7 @@ class Problem:
 
     def flops(self) -> int:
         """Multiply-adds x 2 of the convolution part (the same as the plain convolution's)."""
-        o = 1
-        for v in self.out:
-            o *= v
-        return 2 * self.N * self.O * o * (self.C // self.groups) * self.taps
+        return 2 * self.N * self.O * math.prod(self.out) * (self.C // self.groups) * self.taps
 
     def with_(self, **changes) -> "Problem":
         return replace(self, **changes)

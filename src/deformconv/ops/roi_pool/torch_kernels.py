@@ -102,12 +102,12 @@ class Geometry:
         ys = r[:, 2] * spatial_scale - 0.5
         self.roi_w = (r[:, 3] * spatial_scale - 0.5) - xs
         self.roi_h = (r[:, 4] * spatial_scale - 0.5) - ys
-        bin_w = self.roi_w / pw
-        bin_h = self.roi_h / ph
+        R = r.shape[0]
+        self.bin_w = (self.roi_w / pw).view(R, 1, 1)
+        self.bin_h = (self.roi_h / ph).view(R, 1, 1)
         self.gh = torch.where(self.valid, grid_size(self.roi_h / ph, sampling_ratio), 0)
         self.gw = torch.where(self.valid, grid_size(self.roi_w / pw, sampling_ratio), 0)
         self.count = (self.gh * self.gw).clamp_min(1).to(ct)
-        R = r.shape[0]
         ys = ys.view(R, 1, 1).expand(R, ph, pw)
         xs = xs.view(R, 1, 1).expand(R, ph, pw)
         if offset is not None:
@@ -116,17 +116,14 @@ class Geometry:
             ys = ys + gamma * self.roi_h.view(R, 1, 1) * o[:, 1]
         ii = torch.arange(ph, device=r.device, dtype=ct).view(1, ph, 1)
         jj = torch.arange(pw, device=r.device, dtype=ct).view(1, 1, pw)
-        self.y0 = ys + ii * bin_h.view(R, 1, 1)
-        self.x0 = xs + jj * bin_w.view(R, 1, 1)
-        self.bin_h = bin_h.view(R, 1, 1)
-        self.bin_w = bin_w.view(R, 1, 1)
-        ghf = self.gh.clamp_min(1).to(ct).view(R, 1, 1)
-        gwf = self.gw.clamp_min(1).to(ct).view(R, 1, 1)
-        self.ghf, self.gwf = ghf, gwf
+        self.y0 = ys + ii * self.bin_h
+        self.x0 = xs + jj * self.bin_w
+        self.ghf = self.gh.clamp_min(1).to(ct).view(R, 1, 1)
+        self.gwf = self.gw.clamp_min(1).to(ct).view(R, 1, 1)
         eps = torch.finfo(ct).eps
-        self.lo_y, self.n_y = sample_window(self.y0, bin_h.view(R, 1, 1) / ghf,
+        self.lo_y, self.n_y = sample_window(self.y0, self.bin_h / self.ghf,
                                             self.gh.view(R, 1, 1), H, eps)
-        self.lo_x, self.n_x = sample_window(self.x0, bin_w.view(R, 1, 1) / gwf,
+        self.lo_x, self.n_x = sample_window(self.x0, self.bin_w / self.gwf,
                                             self.gw.view(R, 1, 1), W, eps)
 
     def chunks(self, C: int) -> List[Tuple[int, int, int, int]]:
@@ -192,11 +189,7 @@ def _features(input: Tensor, ct: torch.dtype) -> Tensor:
     return input.permute(0, 2, 3, 1).reshape(N * H * W, C).to(ct).contiguous()
 
 
-SPARSE_DEVICES = ("cpu", "cuda")
-
-
-def _sparse_ok(t: Tensor) -> bool:
-    return t.device.type in SPARSE_DEVICES
+SPARSE_DEVICES = ("cpu", "cuda")  # where the sparse products of _pool and _scatter run
 
 
 def _pool(feat: Tensor, cols: Tensor, vals: Tensor, bins: int) -> Tensor:
@@ -205,7 +198,7 @@ def _pool(feat: Tensor, cols: Tensor, vals: Tensor, bins: int) -> Tensor:
     A CSR sparse-dense product where sparse kernels exist (one row per bin, its samples'
     corner weights as entries: no (samples, C) tile is formed), else a gather and a sum."""
     k = cols.numel() // max(bins, 1)
-    if _sparse_ok(feat):
+    if feat.device.type in SPARSE_DEVICES:
         crow = torch.arange(0, bins * k + 1, k, device=feat.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
@@ -220,7 +213,7 @@ def _scatter(g_in: Tensor, cols: Tensor, vals: Tensor, g_bins: Tensor) -> None:
     bins = g_bins.shape[0]
     k = cols.numel() // max(bins, 1)
     rows = torch.arange(bins, device=cols.device).repeat_interleave(k)
-    if _sparse_ok(g_in):
+    if g_in.device.type in SPARSE_DEVICES:
         m = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (g_in.shape[0], bins),
                                     check_invariants=False)
         g_in += torch.sparse.mm(m, g_bins)
