@@ -43,14 +43,9 @@ from .. import geometry
 OPSET = 19  # DeformConv-19: float16, float32, float64
 OPSET_BFLOAT16 = 22  # DeformConv-22 adds bfloat16
 
-
-# Translations other op modules add for the wrapped dynamo exporter (op overload -> function).
-EXTRA_TRANSLATIONS: Dict[Callable, Callable] = {}
-
-
-def export_opset():
-    """The opset of the dynamo export running now (recorded by the exporter wrapper), or None."""
-    return _export_opset.get()
+# The opset the running dynamo export writes, set by the wrapper (None: no wrapped export).
+_export_opset: contextvars.ContextVar = contextvars.ContextVar("deformconv_onnx_opset",
+                                                               default=None)
 
 
 def exporting_with_symbolic(input: Tensor) -> bool:
@@ -70,7 +65,7 @@ def exporting_with_symbolic(input: Tensor) -> bool:
 
 def _opset_ok(bf16: bool) -> bool:
     """Whether the running export's opset has DeformConv (for this dtype)."""
-    opset = export_opset()
+    opset = _export_opset.get()
     return opset is None or opset >= (OPSET_BFLOAT16 if bf16 else OPSET)
 
 
@@ -81,7 +76,7 @@ def _check_opset(bf16: bool) -> None:
         raise ValueError(
             f"ONNX DeformConv needs opset {need} or newer{' for bfloat16' if bf16 else ''} "
             f"(onnxruntime rejects it below); this export was asked for "
-            f"opset_version={export_opset()}: pass opset_version={need} or higher to "
+            f"opset_version={_export_opset.get()}: pass opset_version={need} or higher to "
             f"torch.onnx.export")
 
 
@@ -122,11 +117,6 @@ def deform_conv_symbolic(input: Tensor, weight: Tensor, offset: Tensor, mask: Op
                     dilation),
         dtype=input.dtype, shape=(N, O, *([1] if R == 1 else []), *out), version=version)
     return y.squeeze(2) if R == 1 else y
-
-
-# The opset the running dynamo export writes, set by the wrapper (None: no wrapped export).
-_export_opset: contextvars.ContextVar = contextvars.ContextVar("deformconv_onnx_opset",
-                                                               default=None)
 
 
 def _translation(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int,
@@ -188,8 +178,7 @@ def _wrap_export_compat(module) -> None:
         table = {torch.ops.deformconv.deform_conv2d.default: _translation,
                  torch.ops.deformconv.deform_conv1d.default: _untranslatable,
                  torch.ops.deformconv.deform_conv3d.default: _untranslatable,
-                 **EXTRA_TRANSLATIONS}
-        table.update(kwargs.get("custom_translation_table") or {})
+                 **(kwargs.get("custom_translation_table") or {})}
         kwargs["custom_translation_table"] = table
         token = _export_opset.set(opset)
         try:
@@ -289,9 +278,7 @@ def _torchscript_symbolic(R: int):
         elif not sym._is_none(bias):
             inputs.append(bias)
         a = _attributes(C, Cg, kernel, G, stride, padding, dilation)
-        y = g.op("DeformConv", *inputs, dilations_i=a["dilations"], group_i=a["group"],
-                 kernel_shape_i=a["kernel_shape"], offset_group_i=a["offset_group"],
-                 pads_i=a["pads"], strides_i=a["strides"])
+        y = g.op("DeformConv", *inputs, **{k + "_i": v for k, v in a.items()})
         if R == 1:
             y = g.op("Squeeze", y, g.op("Constant", value_t=torch.tensor([2])))
         return y
@@ -305,7 +292,6 @@ def register_torchscript_symbolic() -> None:
     for R in (1, 2, 3):
         torch.onnx.register_custom_op_symbolic(f"deformconv::deform_conv{R}d",
                                                _torchscript_symbolic(R), OPSET)
-
 
 
 install_dynamo_translation()
