@@ -258,12 +258,12 @@ def test_demo_then_visualize(tmp_path, capsys):
     assert state["features.10.conv_offset.weight"].shape == (27, 32, 3, 3)
     # Spread of the composed points: exactly the regular 3x3x3 grid's 8 px for a plain model,
     # different once the offsets are trained.
-    from deformconv.demo.figures import sampling_spread
+    from deformconv.demo.figures import survey
     test = demo_test_set(limit=10)
     plain = model_from_state_dict(torch.load(out / "models" / "plain_seed0.pt"))
-    sp = sampling_spread(plain, test.images, test.centre)
+    sp = survey(plain, test.images, [test.centre])[1][0]
     torch.testing.assert_close(sp, torch.full((20,), 8.0))
-    sp = sampling_spread(model_from_state_dict(state), test.images, test.centre)
+    sp = survey(model_from_state_dict(state), test.images, [test.centre])[1][0]
     assert (sp - 8).abs().max() > 1e-3
 
     model = str(out / "models" / "deformable_seed0.pt")

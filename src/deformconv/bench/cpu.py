@@ -7,8 +7,8 @@ the machine, the versions and the commit they came from.
 from __future__ import annotations
 
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -80,10 +80,6 @@ def run_problem(p: Problem, names: List[str], repeats: int, warmup: int) -> List
     return rows
 
 
-def geomean(xs: List[float]) -> float:
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
-
-
 def summarize(rows: List[dict], shapes: List[Problem]) -> List[dict]:
     """Geometric mean of the ratios over the main shapes, per contender and mode."""
     main = {label(p) for p in shapes}
@@ -92,8 +88,9 @@ def summarize(rows: List[dict], shapes: List[Problem]) -> List[dict]:
         for k in CONTENDERS:
             rs = [r["ratio_to_conv2d"] for r in rows
                   if r["mode"] == mode and r["contender"] == k and r["shape"] in main]
-            if len(rs) == len(main):
-                out.append({"mode": mode, "contender": k, "geomean_ratio": round(geomean(rs), 3)})
+            if rs and len(rs) == len(main):
+                out.append({"mode": mode, "contender": k,
+                            "geomean_ratio": round(statistics.geometric_mean(rs), 3)})
     return out
 
 

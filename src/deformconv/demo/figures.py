@@ -66,8 +66,7 @@ def traced_location(centre: Point, canvas: int) -> Point:
 
 def centre_of_mass(image: Tensor) -> Point:
     """Intensity-weighted centre (y, x) of a grey image Tensor[H, W]."""
-    y, x = _centres_of_mass(image[None])[0].tolist()
-    return y, x
+    return tuple(_centres_of_mass(image[None])[0].tolist())  # type: ignore
 
 
 def _centres_of_mass(images: Tensor) -> Tensor:
@@ -121,15 +120,6 @@ def composed(model: DigitNet, images: Tensor, centres: Sequence[Point],
                       device=device).reshape(-1, 2)
     pts, w = effective_sampling_batch(stack, px, torch.arange(len(px), device=device))
     return pts.cpu() * STRIDE + OFFSET, w.cpu()
-
-
-@torch.no_grad()
-def sampling_spread(model: DigitNet, images: Tensor, centres, batch_size: int = 256) -> Tensor:
-    """Tensor[M]: the weighted spread (canvas px) of the composed sampling points of the
-    feature pixel nearest ``centres[i]`` (Tensor[M, 2] or (y, x) pairs) in image ``i``;
-    ``PLAIN_SPREAD`` for a plain model."""
-    return survey(model, images, [torch.as_tensor(centres, dtype=torch.float32)],
-                  batch_size)[1][0]
 
 
 @torch.no_grad()

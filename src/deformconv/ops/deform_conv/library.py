@@ -51,10 +51,6 @@ def op_args(R: int, stride, padding, dilation) -> list:
     return [list(stride), list(padding), list(dilation)]
 
 
-def _static(*tensors) -> bool:
-    return all(isinstance(d, int) for t in tensors if t is not None for d in t.shape)
-
-
 def check_args(R: int, input, weight, offset, mask, bias, stride, padding, dilation,
                shapes: bool = True) -> None:
     """The public function's checks, for direct calls of the registered op."""
@@ -88,8 +84,9 @@ def _define(R: int):
     @fwd.register_fake
     def _(input, weight, offset, mask, bias, *flat):
         stride, padding, dilation = params(R, flat)
-        check_args(R, input, weight, offset, mask, bias, stride, padding, dilation,
-                   shapes=_static(input, weight, offset, mask, bias))
+        static = all(isinstance(d, int) for t in (input, weight, offset, mask, bias)
+                     if t is not None for d in t.shape)
+        check_args(R, input, weight, offset, mask, bias, stride, padding, dilation, static)
         out = geometry.out_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
         return input.new_empty(input.shape[0], weight.shape[0], *out)
 

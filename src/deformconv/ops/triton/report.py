@@ -110,11 +110,8 @@ def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> Tuple[int, int]:
 
 
 def _tensor_cores(ptx: str) -> str:
-    if re.search(r"\bwgmma\.", ptx):
-        return "wgmma"
-    if re.search(r"\bmma\.sync\.", ptx):
-        return "mma"
-    return "none"
+    return ("wgmma" if re.search(r"\bwgmma\.", ptx) else
+            "mma" if re.search(r"\bmma\.sync\.", ptx) else "none")
 
 
 def compile_row(spec: KernelSpec, config, label: str, arch: str, index_64: bool) -> dict:

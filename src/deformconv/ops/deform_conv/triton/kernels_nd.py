@@ -92,8 +92,7 @@ GPU_BLOCKS_OVERRIDES = {
 
 def gpu_blocks(role, R, label, idx64):
     """Blocks, warps, stages (and ``maxnreg`` where set) of kernel ``role`` on the GPU for ``R``
-    dimensions (1, 2, 3),
-    dtype label ``label`` (``spec.DTYPES``) and index width."""
+    dimensions (1, 2, 3), dtype label ``label`` (``spec.DTYPES``) and index width."""
     return dict(GPU_BLOCKS[role], **GPU_BLOCKS_OVERRIDES.get((role, R, label, idx64), {}))
 
 
