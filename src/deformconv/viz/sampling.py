@@ -175,24 +175,21 @@ def effective_sampling(stack: Sequence[LayerSampling], pixel: Tuple[float, float
         coordinates, the last layer's taps varying slowest, and Tensor[P] the path weights,
         ``P = prod(kH*kW)``.
     """
-    last = stack[-1].offset if len(stack) else None
-    if last is None:
-        raise ValueError("stack must hold at least one LayerSampling, got none")
     pts, w = effective_sampling_batch(
-        stack, torch.tensor([list(map(float, pixel))], dtype=last.dtype, device=last.device),
-        torch.tensor([batch], device=last.device), group)
+        stack, torch.tensor([list(map(float, pixel))], dtype=torch.float64),
+        torch.tensor([batch]), group)
     return pts[0], w[0]
 
 
 def effective_sampling_batch(stack: Sequence[LayerSampling], pixels: Tensor, batch: Tensor,
                              group: int = 0) -> Tuple[Tensor, Tensor]:
     """``effective_sampling`` for many pixels at once: ``pixels`` Tensor[B, 2] (y, x) of the
-    last layer's output, in images ``batch`` Tensor[B] (indices). Returns Tensor[B, P, 2] and
-    Tensor[B, P]."""
+    last layer's output, in images ``batch`` Tensor[B] (indices), both moved to the offsets'
+    device. Returns Tensor[B, P, 2] and Tensor[B, P]."""
     if len(stack) == 0:
         raise ValueError("stack must hold at least one LayerSampling, got none")
     B = len(pixels)
-    pts = pixels.to(stack[-1].offset.dtype).reshape(B, 2)
+    pts = pixels.to(stack[-1].offset).reshape(B, 2)
     weight = torch.ones(B, dtype=pts.dtype, device=pts.device)
     owner = batch.reshape(B).to(pts.device)
     for s in reversed(stack):

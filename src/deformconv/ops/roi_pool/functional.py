@@ -126,7 +126,9 @@ def check_deform_roi_pool(input, rois, offset, ph: int, pw: int, values: bool = 
     if offset is not None and tuple(offset.shape) != (R, 2, ph, pw):
         raise ValueError(f"offset must have shape (R, 2, ph, pw) = {(R, 2, ph, pw)}, got "
                          f"{tuple(offset.shape)}")
-    if R and values and not _tracing() and _has_values(rois):
+    tracing = (torch.compiler.is_compiling() or torch.jit.is_tracing()
+               or torch.onnx.is_in_onnx_export())
+    if R and values and not tracing and _has_values(rois):
         b = torch.trunc(rois[:, 0].detach())
         bad = ~((b >= 0) & (b < N))               # NaN is bad too
         if bool(bad.any()):
@@ -141,8 +143,3 @@ def _has_values(t: Tensor) -> bool:
         return False
     from torch._guards import detect_fake_mode  # noqa: PLC0415 (private; used here only)
     return detect_fake_mode([t]) is None
-
-
-def _tracing() -> bool:
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export())

@@ -90,14 +90,6 @@ def _launch(name: str, fn, grid, device: torch.device, warps: int = 4, **kwargs)
         fn[grid(blocks)](**kwargs, **blocks, num_warps=warps)
 
 
-_precision = spec.input_precision
-
-
-def _dot_upcast(t: Tensor) -> bool:
-    """The interpreter (CPU tensors) multiplies bfloat16 blocks wrongly: upcast there only."""
-    return not t.is_cuda and t.dtype == torch.bfloat16
-
-
 def _layouts(input: Tensor, weight: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
     """Channels-last input (N, H, W, C) (free when the input is channels-last already) and the
     weight as (groups, K, Cg, Og) in the input's dtype."""
@@ -116,8 +108,10 @@ def _common(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor
     shape = dict(N=N, C=C, H=H, W=W, oH=oH, oW=oW, Cg=gr.in_per_group, Og=gr.out_per_group,
                  G=gr.offset_groups, O=O, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw,
                  SIZE_BUCKET=size_bucket(N * oH * oW))
+    # DOT_UPCAST: the interpreter (CPU tensors) multiplies bfloat16 blocks wrongly.
     consts = dict(KH=kH, KW=kW, HAS_MASK=mask is not None,
-                  INPUT_PRECISION=_precision(input.dtype), DOT_UPCAST=_dot_upcast(input))
+                  INPUT_PRECISION=spec.input_precision(input.dtype),
+                  DOT_UPCAST=not input.is_cuda and input.dtype == torch.bfloat16)
     return gr, shape, consts
 
 
