@@ -3,8 +3,8 @@
 Defined once for every dimensionality by :func:`_define`: ``torch.library`` custom ops with
 fake (shape) implementations, so ``torch.compile`` traces them without graph breaks and
 ``torch.export`` keeps the forward as one node; registered autograd (explicit backward; double
-backward raises); the autocast rule of ``autocast.py``; CPU and CUDA kernels chosen by
-``dispatch`` (Triton ``triton/launch.py`` in 2-D, ``triton/launch_nd.py`` in 1-D/3-D, else the
+backward raises); the autocast rule of ``autocast.py``; kernels chosen by ``dispatch`` on every
+device (Triton ``triton/launch.py`` in 2-D, ``triton/launch_nd.py`` in 1-D/3-D, else the
 pure-PyTorch ``torch_kernels``).
 
 Schemas: the 1-D/3-D ops take ``stride``, ``padding``, ``dilation`` as lists of ``R`` ints; the
@@ -75,8 +75,8 @@ def _define(R: int):
     def forward(input, weight, offset, mask, bias, *flat):
         stride, padding, dilation = params(R, flat)
         check_args(R, input, weight, offset, mask, bias, stride, padding, dilation)
-        return torch_kernels.deform_conv_fwd(input, weight, offset, mask, bias, stride,
-                                             padding, dilation)
+        return _run(R, "forward", "deform_conv_fwd", input, input, weight, offset, mask, bias,
+                    stride, padding, dilation)
 
     fwd = torch.library.custom_op(f"deformconv::{name}", forward, mutates_args=(),
                                   schema=f"({_ARGS}, {tail}) -> Tensor")
@@ -92,8 +92,8 @@ def _define(R: int):
 
     def backward(grad_out, input, weight, offset, mask, bias, *flat_and_mask):
         *flat, output_mask = flat_and_mask
-        grads = torch_kernels.deform_conv_bwd(grad_out, input, weight, offset, mask, bias,
-                                              *params(R, flat), output_mask)
+        grads = _run(R, "backward", "deform_conv_bwd", input, grad_out, input, weight, offset,
+                     mask, bias, *params(R, flat), output_mask)
         # The fake implementation promises contiguous gradients (inductor checks strides).
         return tuple(g.contiguous() for g in grads)
 
@@ -126,20 +126,6 @@ def _define(R: int):
 
     fwd.register_autograd(grad, setup_context=setup_context)
     forbid_double_backward(bwd, name)
-
-    @fwd.register_kernel(("cpu", "cuda"))
-    def _(input, weight, offset, mask, bias, *flat):
-        stride, padding, dilation = params(R, flat)
-        check_args(R, input, weight, offset, mask, bias, stride, padding, dilation)
-        return _run(R, "forward", "deform_conv_fwd", input, input, weight, offset, mask, bias,
-                    stride, padding, dilation)
-
-    @bwd.register_kernel(("cpu", "cuda"))
-    def _(grad_out, input, weight, offset, mask, bias, *flat_and_mask):
-        *flat, output_mask = flat_and_mask
-        grads = _run(R, "backward", "deform_conv_bwd", input, grad_out, input, weight, offset,
-                     mask, bias, *params(R, flat), output_mask)
-        return tuple(g.contiguous() for g in grads)
 
     autocast.register(fwd, name)
     return fwd, bwd

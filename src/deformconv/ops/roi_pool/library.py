@@ -2,11 +2,10 @@
 
 ``torch.library`` custom ops with fake (shape) implementations and registered autograd, so
 ``torch.compile(fullgraph=True)`` traces them without graph breaks and ``torch.export`` keeps
-the forward as one node. The default kernel is the pure-PyTorch one (any device); on CPU and
-CUDA ``dispatch`` chooses (Triton on CUDA when it imports, else pure PyTorch). Autocast runs
-the op in float32.
-A direct ``torch.ops.deformconv.deform_roi_pool`` call on CPU or CUDA tensors gets the public
-function's argument errors too (``check_args``).
+the forward as one node. ``dispatch`` chooses the kernel on every device (Triton on CUDA when
+it imports, else pure PyTorch). Autocast runs the op in float32.
+A direct ``torch.ops.deformconv.deform_roi_pool`` call gets the public function's argument
+errors too (``check_args``).
 """
 
 from __future__ import annotations
@@ -25,8 +24,9 @@ from . import torch_kernels as roi_pool_torch
 def deform_roi_pool_op(input: Tensor, rois: Tensor, offset: Optional[Tensor], pooled_h: int,
                        pooled_w: int, spatial_scale: float, sampling_ratio: int,
                        gamma: float) -> Tensor:
-    return roi_pool_torch.deform_roi_pool_fwd(input, rois, offset, pooled_h, pooled_w,
-                                              spatial_scale, sampling_ratio, gamma)
+    check_args(input, rois, offset, pooled_h, pooled_w)
+    return _run("forward", "deform_roi_pool_fwd", input, input, rois, offset, pooled_h,
+                pooled_w, spatial_scale, sampling_ratio, gamma)
 
 
 @deform_roi_pool_op.register_fake
@@ -39,9 +39,9 @@ def deform_roi_pool_backward_op(grad_out: Tensor, input: Tensor, rois: Tensor,
                                 offset: Optional[Tensor], pooled_h: int, pooled_w: int,
                                 spatial_scale: float, sampling_ratio: int, gamma: float,
                                 need_input: bool, need_offset: bool) -> Tuple[Tensor, Tensor]:
-    gi, go = roi_pool_torch.deform_roi_pool_bwd(grad_out, input, rois, offset, pooled_h,
-                                                pooled_w, spatial_scale, sampling_ratio, gamma,
-                                                need_input, need_offset)
+    gi, go = _run("backward", "deform_roi_pool_bwd", input, grad_out, input, rois, offset,
+                  pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, need_input,
+                  need_offset)
     return gi.contiguous(), go.contiguous()
 
 
@@ -95,23 +95,3 @@ def _run(direction: str, fn: str, input: Tensor, *args):
     return dispatch.run("deform_roi_pool", direction, fn, roi_pool_torch,
                         "roi_pool.triton.launch",
                         input.device, input.dtype, *args)
-
-
-@deform_roi_pool_op.register_kernel(("cpu", "cuda"))
-def _deform_roi_pool_cuda(input: Tensor, rois: Tensor, offset: Optional[Tensor], pooled_h: int,
-                          pooled_w: int, spatial_scale: float, sampling_ratio: int,
-                          gamma: float) -> Tensor:
-    check_args(input, rois, offset, pooled_h, pooled_w)
-    return _run("forward", "deform_roi_pool_fwd", input, input, rois, offset, pooled_h,
-                pooled_w, spatial_scale, sampling_ratio, gamma)
-
-
-@deform_roi_pool_backward_op.register_kernel(("cpu", "cuda"))
-def _deform_roi_pool_backward_cuda(grad_out: Tensor, input: Tensor, rois: Tensor,
-                                   offset: Optional[Tensor], pooled_h: int, pooled_w: int,
-                                   spatial_scale: float, sampling_ratio: int, gamma: float,
-                                   need_input: bool, need_offset: bool):
-    gi, go = _run("backward", "deform_roi_pool_bwd", input, grad_out, input, rois, offset,
-                  pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, need_input,
-                  need_offset)
-    return gi.contiguous(), go.contiguous()
