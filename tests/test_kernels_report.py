@@ -30,7 +30,7 @@ def _rows(arch):
     ``TRITON_INTERPRET`` unset, and a fresh process leaves this session's Triton untouched."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    r = subprocess.run([sys.executable, "-m", "deformconv.commands.kernels", "--arch", arch,
+    r = subprocess.run([sys.executable, "-m", "deformconv", "kernels", "--arch", arch,
                         "--json"], env=env, capture_output=True, text=True, timeout=3000)
     if r.returncode != 0 and ("has no attribute" in r.stderr or "ImportError" in r.stderr):
         pytest.skip(f"this Triton cannot compile offline: {r.stderr[-300:]}")

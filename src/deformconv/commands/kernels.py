@@ -48,14 +48,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(spilling)} of {len(rows)} configurations spill registers",
               file=sys.stderr)
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=f"deformconv {NAME}", description=HELP)
-    add_arguments(parser)
-    parser.set_defaults(parser=parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
