@@ -150,16 +150,12 @@ class _DeformConvNd(NotScriptable, nn.Module):
     def _padded(self, input: Tensor) -> Tensor:
         return input if self._pad_input is None else F.pad(input, self._pad_input)
 
-    def _conv(self, input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """The convolution of a batched ``input`` (padded here for an odd 'same')."""
-        return _FUNCTIONS[self._ndim](self._padded(input), offset, self.weight, self.bias,
-                                      self.stride, self.padding, self.dilation, mask)
-
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """``input`` (N, C, *S) or unbatched (C, *S), then ``offset`` and ``mask`` too."""
         unbatched, input, [(_, offset), (_, mask)] = _batched(
             self._ndim, input, [("offset", offset), ("mask", mask)])
-        out = self._conv(input, offset, mask)
+        out = _FUNCTIONS[self._ndim](self._padded(input), offset, self.weight, self.bias,
+                                     self.stride, self.padding, self.dilation, mask)
         return out[0] if unbatched else out
 
     def extra_repr(self) -> str:
@@ -303,25 +299,18 @@ class _PackNd:
             raise ValueError(f"input must have shape (N, {self.in_channels}, {dims}) or "
                              f"({self.in_channels}, {dims}), got {tuple(input.shape)}")
         unbatched, x, _ = _batched(R, input, [])
-        offset, mask = self._split(self.conv_offset(self._padded(x)))
+        offset, mask = self.conv_offset(self._padded(x)), None
+        if self._mask:  # offsets, then mask logits
+            n_off = R * self.offset_groups * math.prod(self.kernel_size)
+            mask, gain = torch.sigmoid(offset[:, n_off:]), self._buffers.get("mask_gain")
+            offset, mask = offset[:, :n_off], (mask if gain is None else mask * gain)
         if unbatched:
             return offset[0], (None if mask is None else mask[0])
         return offset, mask
 
-    def _split(self, out: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        if not self._mask:
-            return out, None
-        n_off = self._ndim * self.offset_groups * math.prod(self.kernel_size)
-        mask, gain = torch.sigmoid(out[:, n_off:]), self._buffers.get("mask_gain")
-        return out[:, :n_off], (mask if gain is None else mask * gain)
-
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         """``input`` (N, C, *S) or unbatched (C, *S)."""
-        offset, mask = self.offset_and_mask(input)
-        unbatched, x, [(_, offset), (_, mask)] = _batched(
-            self._ndim, input, [("offset", offset), ("mask", mask)])
-        out = self._conv(x, offset, mask)
-        return out[0] if unbatched else out
+        return super().forward(input, *self.offset_and_mask(input))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
         _rename_old_offset_keys(state_dict, prefix, local_metadata.get("version"))
