@@ -35,6 +35,7 @@ import triton.language as tl
 import triton
 
 from ...triton.spec import KernelSpec, conv_signature
+from .kernels import _dot  # acc + a @ b, the 2-D kernels' helper
 
 # The configuration of each kernel on the GPU (no autotuning: the no-spill report compiles
 # exactly these). Small tiles and no software pipelining: with the 8 trilinear corners'
@@ -217,16 +218,6 @@ def _corner(c: tl.constexpr, n, z0, y0, x0, fz, fy, fx, inside, D, H, W, C):
     sy = 2.0 * by - 1.0
     sx = 2.0 * bx - 1.0
     return addr, ok, wz * wy * wx, sz * wy * wx, wz * sy * wx, wz * wy * sx
-
-
-@triton.jit
-def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
-    """acc + a @ b; DOT_UPCAST multiplies in float32 (the interpreter's bfloat16 dot)."""
-    if DOT_UPCAST:
-        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-    return acc
 
 
 @triton.jit
