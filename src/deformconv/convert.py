@@ -58,15 +58,6 @@ def _eligible(model: nn.Module, include_grouped: bool) -> List[Tuple[str, nn.Mod
     return out
 
 
-def _replace_everywhere(model: nn.Module, new_of: dict) -> None:
-    """Put ``new_of[id(old)]`` at every place ``old`` is a child in ``model``: a module used
-    twice stays one module (its uses keep sharing their weights)."""
-    for _, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in list(parent._modules.items()):
-            if child is not None and id(child) in new_of:
-                setattr(parent, child_name, new_of[id(child)])
-
-
 def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
                           names: Optional[Sequence[str]] = None,
                           filter: Optional[_Filter] = None, num_last: Optional[int] = 3,
@@ -200,5 +191,9 @@ def convert_to_deformable(model: nn.Module, version: Union[int, str] = 2,
         logger.info("converted %s to %s", n or "<root>", type(new).__name__)
     if id(model) in new_of:
         return new_of[id(model)], converted
-    _replace_everywhere(model, new_of)
+    # Every place a converted module is a child: one used twice stays one (shared weights).
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in new_of:
+                setattr(parent, child_name, new_of[id(child)])
     return model, converted

@@ -40,14 +40,9 @@ QUICK = [problem(1, 32, 20, 24, 32), problem(2, 16, 12, 12, 16, offset_groups=2)
 
 
 def peak_extra_forward_bytes(p: Problem) -> int:
-    """Peak memory a forward adds beyond its inputs and output, measured in a fresh process.
-
-    The child allocates the inputs, warms the op up on a tiny input, resets its peak resident
-    size (``/proc/self/clear_refs``; ``ru_maxrss`` would not do: Linux keeps it across fork and
-    exec, so the child would start from its parent's peak), notes its resident size, runs one
-    forward and reads the new peak (``VmHWM``); the growth minus the output's size is the
-    extra memory (buffers, columns). Linux only.
-    """
+    """Peak memory a forward adds beyond its inputs and output (buffers, columns): in a fresh
+    process that allocates the inputs and warms the op up on a tiny input, the growth
+    :func:`~deformconv.bench.timing.peak_extra_bytes` measures, minus the output's size."""
     fields = {k: getattr(p, k) for k in p.__dataclass_fields__ if k != "extra"}
     code = (
         "import torch, json\n"
