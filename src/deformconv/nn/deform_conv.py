@@ -54,10 +54,8 @@ def _padding(padding, kernel_size, stride, dilation, R: int):
         total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
         if not any(t % 2 for t in total):
             return tuple(t // 2 for t in total), None
-        pad = []
-        for t in reversed(total):  # F.pad lists the last dimension first
-            pad += [t // 2, t - t // 2]
-        return (0,) * R, tuple(pad)
+        # F.pad lists the last dimension first
+        return (0,) * R, tuple(p for t in reversed(total) for p in (t // 2, t - t // 2))
     if isinstance(padding, str):
         raise ValueError(f"padding must be an int, {_COUNT_WORDS[R]}, 'valid' or 'same', "
                          f"got {padding!r}")

@@ -11,6 +11,7 @@ prescribe (``+I[0]`` at exactly ``-1``), and masked-out corners give zero gradie
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import Tensor
@@ -60,9 +61,7 @@ def deform_conv_ref(input: Tensor, offset: Tensor, weight: Tensor, bias=None, st
     O, Cg, *k = weight.shape
     R = len(S)
     st, pd, dl = _tuple(stride, R), _tuple(padding, R), _tuple(dilation, R)
-    K = 1
-    for v in k:
-        K *= v
+    K = math.prod(k)
     groups = C // Cg
     G = offset.shape[1] // (R * K)
     Cpg = C // G

@@ -60,10 +60,8 @@ def kernel_modules() -> List[str]:
 
 def kernel_specs() -> List[KernelSpec]:
     """``KERNEL_SPECS`` of every module of :func:`kernel_modules`."""
-    specs: List[KernelSpec] = []
-    for name in kernel_modules():
-        specs.extend(getattr(importlib.import_module(name), "KERNEL_SPECS", ()))
-    return specs
+    return [spec for name in kernel_modules()
+            for spec in getattr(importlib.import_module(name), "KERNEL_SPECS", ())]
 
 
 def _config_name(config, index_64: bool) -> str:

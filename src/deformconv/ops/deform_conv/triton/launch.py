@@ -158,10 +158,8 @@ def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device: torch.devic
     """Rows (c_lo, c_hi, conv group, offset group): blocks inside one conv and offset group.
     Cached per shape and device, so a warmed-up step copies nothing to the device."""
     cuts = sorted(set(range(0, C + 1, Cg)) | set(range(0, C + 1, Cpg)))
-    rows = []
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        for c0 in range(lo, hi, block_c):
-            rows.append((c0, min(hi, c0 + block_c), lo // Cg, lo // Cpg))
+    rows = [(c0, min(hi, c0 + block_c), lo // Cg, lo // Cpg)
+            for lo, hi in zip(cuts[:-1], cuts[1:]) for c0 in range(lo, hi, block_c)]
     return torch.tensor(rows, dtype=torch.int32, device=device)
 
 
