@@ -115,12 +115,13 @@ def _common(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor
     return gr, shape, consts
 
 
-def _tap_splits(input: Tensor, programs: int, taps: int, partial_numel: int) -> int:
-    """Tap splits of the forward: enough programs for two waves over the device's SMs when the
-    map is small, within the partial-sum budget."""
-    want = math.ceil(2 * sm_count(input.device) / max(1, programs))
+def _splits(device: torch.device, programs: int, most: int, partial_numel: int) -> int:
+    """Splits of a sum over ``programs`` programs (the forward's taps, the weight gradient's
+    pixel tiles): enough programs for two waves over the device's SMs when the map is small,
+    at most ``most``, with the float32 partial sums within PARTIAL_BYTES."""
+    want = math.ceil(2 * sm_count(device) / max(1, programs))
     by_mem = max(1, PARTIAL_BYTES // (4 * max(1, partial_numel)))
-    return max(1, min(taps, want, by_mem))
+    return max(1, min(most, want, by_mem))
 
 
 def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
@@ -133,8 +134,8 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
         return input.new_empty(N, O, oH, oW)
     # Tiles of a nominal 64 x 64 decide the split, so it does not depend on the tuned config.
     nominal = triton.cdiv(P, 64) * triton.cdiv(gr.out_per_group, 64) * gr.groups
-    split = _tap_splits(input, nominal, gr.taps, P * O) if input.is_cuda else \
-        min(2, gr.taps)
+    split = (_splits(input.device, nominal, gr.taps, P * O) if input.is_cuda
+             else min(2, gr.taps))
     out = spec.empty((split, N, O, oH, oW), input.dtype if split == 1 else torch.float32,
                 input.device)
     x, w = _layouts(input, weight, gr.groups)
@@ -161,16 +162,6 @@ def _channel_blocks(C: int, Cg: int, Cpg: int, block_c: int, device: torch.devic
     rows = [(c0, min(hi, c0 + block_c), lo // Cg, lo // Cpg)
             for lo, hi in zip(cuts[:-1], cuts[1:]) for c0 in range(lo, hi, block_c)]
     return torch.tensor(rows, dtype=torch.int32, device=device)
-
-
-def _pixel_splits(P: int, programs: int, weight_numel: int, device: torch.device) -> int:
-    """Pixel-tile splits of the weight gradient: two waves over the SMs, with the float32
-    partial sums within the budget."""
-    if device.type != "cuda":
-        return min(2, triton.cdiv(P, 16))
-    want = math.ceil(2 * sm_count(device) / max(1, programs))
-    by_mem = max(1, PARTIAL_BYTES // (4 * max(1, weight_numel)))
-    return max(1, min(triton.cdiv(P, 32), want, by_mem))
 
 
 def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Tensor,
@@ -219,7 +210,8 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
                        else INTERPRETER_BLOCKS["bwd_weight"]["BLOCK_C"])
             blocks = _channel_blocks(C, Cg, gr.in_per_offset_group, block_c, dev)
             nominal = blocks.shape[0] * K * triton.cdiv(Og, 64)
-            split = _pixel_splits(P, nominal, weight.numel(), dev)
+            split = (_splits(dev, nominal, triton.cdiv(P, 32), weight.numel())
+                     if dev.type == "cuda" else min(2, triton.cdiv(P, 16)))
             part = spec.empty((split, gr.groups, K, Cg, Og), torch.float32, dev)
             grid = lambda m: (blocks.shape[0] * K, triton.cdiv(Og, m["BLOCK_N"]), split)
             _launch("bwd_weight", kernels._deform_conv2d_bwd_weight_kernel, grid, dev,
