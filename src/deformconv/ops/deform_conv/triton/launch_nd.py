@@ -117,9 +117,8 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
     msk = mask.contiguous() if mask is not None else off
     empty = input.new_empty(0)
     g_in = g_w = g_off = g_mask = g_b = empty
-    run_in = need_in
-    if sizes["P"] > 0 and (run_in or need_om):
-        gin = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if run_in else x
+    if sizes["P"] > 0 and (need_in or need_om):
+        gin = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if need_in else x
         goff = _new(offset.shape, offset) if need_om else off
         gmask = _new(mask.shape, mask) if need_om and mask is not None else off
         bl = _blocks("bwd_data", input, consts)
@@ -128,8 +127,8 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
                                                                     bl["BLOCK_M"]),)](
                 x_ptr=x, w_ptr=w, off_ptr=off, mask_ptr=msk, gout_ptr=go, gin_ptr=gin,
                 goff_ptr=goff, gmask_ptr=gmask, **sizes, HAS_MASK=mask is not None,
-                NEED_IN=run_in, NEED_OM=need_om, **consts, **bl)
-        if run_in:
+                NEED_IN=need_in, NEED_OM=need_om, **consts, **bl)
+        if need_in:
             R = len(size)
             g_in = (gin.view(N, *size, C).permute(0, R + 1, *range(1, R + 1))
                     .to(input.dtype).contiguous())

@@ -111,8 +111,5 @@ def deform_roi_pool_bwd(grad_out: Tensor, input: Tensor, rois: Tensor, offset: O
             g_off = partial.sum(0).to(dt)
     if need_offset and g_off is None:
         g_off = torch.zeros(offset.shape, dtype=dt, device=input.device)
-    if need_input:
-        gi = g_in.permute(0, 3, 1, 2).to(dt).contiguous()
-    else:
-        gi = empty
+    gi = g_in.permute(0, 3, 1, 2).to(dt).contiguous() if need_input else empty
     return gi, (g_off if need_offset else empty)
