@@ -79,10 +79,12 @@ def draw_sampling(ax, image: Tensor, points: Tensor, weights: Optional[Tensor] =
     rgba[..., 3] = 0.9 * d.sqrt()
     ext = (-0.5 - margin, W - 0.5 + margin, H - 0.5 + margin, -0.5 - margin)
     ax.imshow(rgba.numpy(), extent=ext, interpolation="bilinear")
-    ax.add_patch(_rectangle((-0.5, -0.5), W, H))
+    from matplotlib.patches import Circle, Rectangle
+    ax.add_patch(Rectangle((-0.5, -0.5), W, H, fill=False, edgecolor="white", linewidth=0.8))
     spread = weighted_spread(p, w)
     mean = (w[:, None] * p).sum(0) / w.sum().clamp_min(1e-300)
-    ax.add_patch(_circle((mean[1].item(), mean[0].item()), spread.item()))
+    ax.add_patch(Circle((mean[1].item(), mean[0].item()), spread.item(), fill=False,
+                        edgecolor=RING_COLOUR, linestyle="--", linewidth=1.2))
     if mark is not None:
         ax.scatter([mark[1]], [mark[0]], s=60, c=MARK_COLOUR, marker="x", linewidths=2)
     ax.set(xlim=ext[:2], ylim=ext[2:], xticks=[], yticks=[])
@@ -98,16 +100,6 @@ def _save(fig, path, **layout) -> str:
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
     return str(path)
-
-
-def _rectangle(xy, width, height):
-    from matplotlib.patches import Rectangle
-    return Rectangle(xy, width, height, fill=False, edgecolor="white", linewidth=0.8)
-
-
-def _circle(xy, radius):
-    from matplotlib.patches import Circle
-    return Circle(xy, radius, fill=False, edgecolor=RING_COLOUR, linestyle="--", linewidth=1.2)
 
 
 def plot_sampling_points(images: Sequence[Tensor], regular: Sequence[Tensor],

@@ -35,12 +35,6 @@ INTERPRETER_BLOCKS = {"roi_pool": dict(BLOCK_C=4)}
 NONDETERMINISTIC = ("deform_roi_pool_bwd",)
 
 
-def _block_c(C: int, cuda: bool) -> int:
-    if not cuda:
-        return INTERPRETER_BLOCKS["roi_pool"]["BLOCK_C"]
-    return max(GPU_BLOCKS_C[0], min(GPU_BLOCKS_C[-1], triton.next_power_of_2(C)))
-
-
 def _index_64(N: int, C: int, H: int, W: int, R: int, ph: int, pw: int) -> bool:
     """The one rule (``spec.index_64``) on the element counts the kernels address."""
     return spec.index_64(N * H * W * C, R * C * ph * pw, R * 2 * ph * pw * max(1, C))
@@ -56,7 +50,8 @@ def _common(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int, pw: 
     x = input.permute(0, 2, 3, 1).contiguous()
     r = rois.contiguous()
     off = offset.contiguous() if offset is not None else r
-    bc = _block_c(C, input.is_cuda)
+    bc = (max(GPU_BLOCKS_C[0], min(GPU_BLOCKS_C[-1], triton.next_power_of_2(C)))
+          if input.is_cuda else INTERPRETER_BLOCKS["roi_pool"]["BLOCK_C"])
     grid = (R * ph * pw, triton.cdiv(C, bc))
     consts = dict(PH=ph, PW=pw, HAS_OFFSET=offset is not None,
                   INDEX_64=_index_64(N, C, H, W, R, ph, pw), BLOCK_C=bc)
