@@ -8,16 +8,8 @@ lives in ``deformconv.commands.bench``; this package does not import it.
 
 from __future__ import annotations
 
+from . import timing
 from .contenders import CONTENDERS, Problem
-from .timing import (
-    is_provisional,
-    load_average,
-    machine_info,
-    medians,
-    peak_extra_bytes,
-    time_contenders,
-    write_json,
-)
+from .timing import *  # noqa: F403 (timing.__all__)
 
-__all__ = ["Problem", "CONTENDERS", "machine_info", "load_average", "is_provisional",
-           "time_contenders", "medians", "peak_extra_bytes", "write_json"]
+__all__ = ["Problem", "CONTENDERS", *timing.__all__]
