@@ -18,14 +18,7 @@ import torch
 
 from ..testing import Problem
 from .contenders import CONTENDERS, bench_tensors, label, problem
-from .timing import (
-    is_provisional,
-    load_average,
-    machine_info,
-    medians,
-    time_contenders,
-    write_json,
-)
+from .timing import is_provisional, load_average, machine_info, medians, time_contenders, write_json
 
 __all__ = ["run", "machine_info", "time_contenders"]  # the last two: older scripts import them
 
