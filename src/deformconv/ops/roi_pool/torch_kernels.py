@@ -167,8 +167,10 @@ def _axis(start, bin_size, grid_f, lo, n, T, size):
     return v, ok, low.long(), high.long(), vc - low
 
 
-def _plan(g: Geometry, a: int, e: int, Ty: int, Tx: int, H: int, W: int):
-    """Corner rows into (N*H*W, C) and weights of the chunk's samples, (Rc, ph, pw, Ty, Tx)."""
+def _entries(g: Geometry, a: int, e: int, Ty: int, Tx: int, H: int, W: int):
+    """The chunk's sparse entries: columns (corner rows into (N*H*W, C)) and values (corner
+    weight / count), bin-major, (bins * Ty * Tx * 4,) each; plus the plan: the corner rows,
+    weights, in-range flags and positions of the samples, (Rc, ph, pw, Ty, Tx)."""
     sl = slice(a, e)
     y, oky, yl, yh, ly = _axis(g.y0[sl], g.bin_h[sl], g.ghf[sl], g.lo_y[sl], g.n_y[sl], Ty, H)
     x, okx, xl, xh, lx = _axis(g.x0[sl], g.bin_w[sl], g.gwf[sl], g.lo_x[sl], g.n_x[sl], Tx, W)
@@ -180,7 +182,9 @@ def _plan(g: Geometry, a: int, e: int, Ty: int, Tx: int, H: int, W: int):
     okf = ok.to(ly.dtype)
     hy, hx = (1 - ly), (1 - lx)
     weights = (hy * hx * okf, hy * lx * okf, ly * hx * okf, ly * lx * okf)
-    return rows, weights, ok, (y.unsqueeze(-1), x.unsqueeze(-2), yl, yh, xl, xh)
+    cols = torch.stack(rows, -1).reshape(-1)
+    vals = (torch.stack(weights, -1) / g.count[sl].view(-1, 1, 1, 1, 1, 1)).reshape(-1)
+    return cols, vals, (rows, weights, ok, (y.unsqueeze(-1), x.unsqueeze(-2), yl, yh, xl, xh))
 
 
 def _features(input: Tensor, ct: torch.dtype) -> Tensor:
@@ -219,16 +223,6 @@ def _scatter(g_in: Tensor, cols: Tensor, vals: Tensor, g_bins: Tensor) -> None:
         g_in += torch.sparse.mm(m, g_bins)
     else:
         g_in.index_add_(0, cols, g_bins.index_select(0, rows) * vals.unsqueeze(1))
-
-
-def _entries(g: Geometry, a: int, e: int, Ty: int, Tx: int, H: int, W: int):
-    """The chunk's sparse entries: columns (corner rows of the input) and values (corner
-    weight / count), bin-major, (bins * Ty * Tx * 4,) each; plus the plan."""
-    plan = _plan(g, a, e, Ty, Tx, H, W)
-    rows, weights = plan[0], plan[1]
-    cols = torch.stack(rows, -1).reshape(-1)
-    vals = (torch.stack(weights, -1) / g.count[a:e].view(-1, 1, 1, 1, 1, 1)).reshape(-1)
-    return cols, vals, plan
 
 
 def deform_roi_pool_fwd(input: Tensor, rois: Tensor, offset: Optional[Tensor], ph: int,
