@@ -69,13 +69,8 @@ def _functional(op, p: Problem) -> Dict[str, Fn]:
     x, off, w, b, m, go = bench_tensors(p)
     args = p.kwargs()
     leaves = [t.clone().requires_grad_() for t in (x, off, w, b, m)]
-
-    def fwd_train():
-        xl, ol, wl, bl, ml = leaves
-        return op(xl, ol, wl, bl, mask=ml, **args)
-
     return {"forward": lambda: op(x, off, w, b, mask=m, **args),
-            "train": _train_fn(fwd_train, leaves, go)}
+            "train": _train_fn(lambda: op(*leaves[:4], mask=leaves[4], **args), leaves, go)}
 
 
 def deformconv(p: Problem) -> Dict[str, Fn]:
