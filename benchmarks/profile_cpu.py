@@ -69,9 +69,9 @@ def instrument() -> None:
               (tk, "_offset_mask_grad", "offset/mask grad: contraction, layout")]
     for mod, attr, name in stages:
         setattr(mod, attr, _timed(name, getattr(mod, attr)))
-    tk._tap_conv = _timed("GEMM: forward tap-volume conv", tk._tap_conv)
-    tk._tap_conv_input_grad = _timed("GEMM: column grad (conv data grad)",
-                                     tk._tap_conv_input_grad)
+    tk._columns_times_weight = _timed("GEMM: forward (tap-volume conv or GEMM)",
+                                      tk._columns_times_weight)
+    tk._column_grad = _timed("GEMM: column grad (conv data grad or GEMM)", tk._column_grad)
 
 
 def profile_one(p, mode: str, reps: int, ops: bool, out) -> None:

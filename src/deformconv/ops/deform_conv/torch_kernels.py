@@ -202,16 +202,36 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
         gemm = _gemm_chunk(groups.groups, (n1 - n0) * (r1 - r0) * row_bytes, w_bytes)
         p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
                   groups.offset_groups, ct, it, gemm)
-        cols = bilinear.sample(src, p.c)
-        if gemm:
-            y = cols.view(-1, groups.taps * C) @ _gemm_weight(w).t()
-            if b_ is not None:
-                y += b_
-            out[n0:n1, :, r0:r1] = y.view(n1 - n0, r1 - r0, *out_sz[1:], O).movedim(-1, 1)
-        else:
-            T = _tap_volume(cols, p.rows)
-            out[n0:n1, :, r0:r1] = _tap_conv(T, w, b_, kernel, groups.groups)
+        out[n0:n1, :, r0:r1] = _columns_times_weight(bilinear.sample(src, p.c), p, w, b_,
+                                                     groups.groups)
     return out.to(input.dtype)
+
+
+def _columns_times_weight(cols: Tensor, p: _Plan, w: Tensor, b: Optional[Tensor],
+                          groups: int) -> Tensor:
+    """The output ``(b, O, *o)`` of a chunk from its sampled columns (rows of ``p``)."""
+    if not p.gemm:
+        return _tap_conv(_tap_volume(cols, p.rows), w, b, w.shape[2:], groups)
+    y = cols.view(-1, w[0].numel()) @ _gemm_weight(w).t()
+    if b is not None:
+        y += b
+    R = len(w.shape) - 2
+    return y.view(p.rows[0], *p.rows[1:1 + R], -1).movedim(-1, 1)
+
+
+def _column_grad(go: Tensor, p: _Plan, w: Tensor, groups: int) -> Tensor:
+    """The gradient of a chunk's columns (rows of ``p``, ``(M, C/G)``) from its output
+    gradient ``go`` ``(b, O, *o)``."""
+    O, Cg, *kernel = w.shape
+    G = p.rows[-1]
+    if p.gemm:  # grad_out (P, O) @ weight (O, K*C)
+        return (go.movedim(1, -1).reshape(-1, O) @ _gemm_weight(w)).view(-1, Cg // G)
+    # The input gradient of conv{R}d(T, weight, stride=kernel, groups=groups).
+    rows = p.rows
+    vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(len(kernel))]
+    T = torch.empty(rows[0], *vol, Cg * groups, dtype=go.dtype, device=go.device)
+    g_T = _tap_conv_input_grad(go, T.movedim(-1, 1), w, kernel, groups)
+    return g_T.movedim(1, -1).reshape(-1, Cg * groups // G)
 
 
 def _conv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
@@ -308,14 +328,7 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
                 _weight_grad(g_w, src, p, go, C, grp)
             if not (need_in or need_om):
                 continue
-            if gemm:  # the column gradient: grad_out (P, O) @ weight (O, K*C)
-                gcol = (go.movedim(1, -1).reshape(-1, O) @ _gemm_weight(w)).view(-1, C // G)
-            else:  # the input gradient of conv{R}d(T, weight, stride=kernel)
-                rows = p.rows
-                vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(R)]
-                T = torch.empty(rows[0], *vol, C, dtype=ct, device=dev).movedim(-1, 1)
-                g_T = _tap_conv_input_grad(go, T, w, kernel, grp.groups)
-                gcol = g_T.movedim(1, -1).reshape(-1, C // G)
+            gcol = _column_grad(go, p, w, grp.groups)
             if need_om:
                 dots = bilinear.corner_dots(gcol, src, p.c)
                 _offset_mask_grad(dots, p, g_off, g_mask, n0, n1, r0, r1)
