@@ -194,38 +194,40 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
     out = torch.empty(N, O, *out_sz, dtype=ct, device=input.device)
     src = _source(input, groups.offset_groups, ct)
     it = bilinear.index_dtype(src.shape[0])
-    w = _conv_weight(weight, ct)
-    w_bytes = w.numel() * w.element_size()
+    w = weight.to(ct)
     b_ = bias.to(ct) if bias is not None else None
     row_bytes = math.prod(out_sz[1:]) * groups.taps * C * src.element_size()
-    for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
-        gemm = _gemm_chunk(groups.groups, (n1 - n0) * (r1 - r0) * row_bytes, w_bytes)
+    chunks = list(_chunks(N, out_sz[0], row_bytes))
+    wm = _gemm_weight(w, groups.groups, chunks[0], row_bytes)
+    for n0, n1, r0, r1 in chunks:
         p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
-                  groups.offset_groups, ct, it, gemm)
-        out[n0:n1, :, r0:r1] = _columns_times_weight(bilinear.sample(src, p.c), p, w, b_,
+                  groups.offset_groups, ct, it, wm is not None)
+        out[n0:n1, :, r0:r1] = _columns_times_weight(bilinear.sample(src, p.c), p, w, wm, b_,
                                                      groups.groups)
     return out.to(input.dtype)
 
 
-def _columns_times_weight(cols: Tensor, p: _Plan, w: Tensor, b: Optional[Tensor],
-                          groups: int) -> Tensor:
-    """The output ``(b, O, *o)`` of a chunk from its sampled columns (rows of ``p``)."""
+def _columns_times_weight(cols: Tensor, p: _Plan, w: Tensor, wm: Optional[Tensor],
+                          b: Optional[Tensor], groups: int) -> Tensor:
+    """The output ``(b, O, *o)`` of a chunk from its sampled columns (rows of ``p``): the
+    tap-volume convolution with ``w``, or when the plan is in GEMM order the GEMM with ``wm``
+    (``_gemm_weight``)."""
     if not p.gemm:
         return _tap_conv(_tap_volume(cols, p.rows), w, b, w.shape[2:], groups)
-    y = cols.view(-1, w[0].numel()) @ _gemm_weight(w).t()
+    y = cols.view(-1, wm.shape[1]) @ wm.t()
     if b is not None:
         y += b
     R = len(w.shape) - 2
     return y.view(p.rows[0], *p.rows[1:1 + R], -1).movedim(-1, 1)
 
 
-def _column_grad(go: Tensor, p: _Plan, w: Tensor, groups: int) -> Tensor:
+def _column_grad(go: Tensor, p: _Plan, w: Tensor, wm: Optional[Tensor], groups: int) -> Tensor:
     """The gradient of a chunk's columns (rows of ``p``, ``(M, C/G)``) from its output
-    gradient ``go`` ``(b, O, *o)``."""
+    gradient ``go`` ``(b, O, *o)``; ``w``, ``wm`` as for ``_columns_times_weight``."""
     O, Cg, *kernel = w.shape
     G = p.rows[-1]
     if p.gemm:  # grad_out (P, O) @ weight (O, K*C)
-        return (go.movedim(1, -1).reshape(-1, O) @ _gemm_weight(w)).view(-1, Cg // G)
+        return (go.movedim(1, -1).reshape(-1, O) @ wm).view(-1, Cg // G)
     # The input gradient of conv{R}d(T, weight, stride=kernel, groups=groups).
     rows = p.rows
     vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(len(kernel))]
@@ -234,18 +236,14 @@ def _column_grad(go: Tensor, p: _Plan, w: Tensor, groups: int) -> Tensor:
     return g_T.movedim(1, -1).reshape(-1, Cg * groups // G)
 
 
-def _conv_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """The weight in ``dtype``, channels-last in 2-D and 3-D like the tap volume: oneDNN
-    then reorders it faster on each call (measured 2-5% of a 2-D forward, 1 thread)."""
-    w = weight.to(dtype)
-    if w.dim() == 3:
-        return w
-    return w.contiguous(memory_format=torch.channels_last if w.dim() == 4
-                        else torch.channels_last_3d)
-
-
-def _gemm_weight(w: Tensor) -> Tensor:
-    """Weight (O, C, *k) -> (O, K*C), taps major: the matrix of the GEMM-ordered columns."""
+def _gemm_weight(w: Tensor, groups: int, chunk: Tuple[int, int, int, int],
+                 row_bytes: int) -> Optional[Tensor]:
+    """When the chunks run as plain GEMMs (``_gemm_chunk`` of the first chunk; the others are
+    no bigger), the weight (O, C, *k) as the matrix (O, K*C) of the GEMM-ordered columns
+    (taps major), made once per call; else None."""
+    n0, n1, r0, r1 = chunk
+    if not _gemm_chunk(groups, (n1 - n0) * (r1 - r0) * row_bytes, w.numel() * w.element_size()):
+        return None
     return w.movedim(1, -1).reshape(w.shape[0], -1)
 
 
@@ -315,20 +313,20 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
 
     if N > 0 and (need_in or need_w or need_om):
         src = _source(input, G, ct)
-        w, go_all = _conv_weight(weight, ct), grad_out.to(ct)
-        w_bytes = w.numel() * w.element_size()
+        w, go_all = weight.to(ct), grad_out.to(ct)
         it = bilinear.index_dtype(src.shape[0])
         row_bytes = math.prod(out_sz[1:]) * grp.taps * C * src.element_size()
-        for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
+        chunks = list(_chunks(N, out_sz[0], row_bytes))
+        wm = _gemm_weight(w, grp.groups, chunks[0], row_bytes)
+        for n0, n1, r0, r1 in chunks:
             go = go_all[n0:n1, :, r0:r1]
-            gemm = _gemm_chunk(grp.groups, (n1 - n0) * (r1 - r0) * row_bytes, w_bytes)
             p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
-                      G, ct, it, gemm)
+                      G, ct, it, wm is not None)
             if need_w:
                 _weight_grad(g_w, src, p, go, C, grp)
             if not (need_in or need_om):
                 continue
-            gcol = _column_grad(go, p, w, grp.groups)
+            gcol = _column_grad(go, p, w, wm, grp.groups)
             if need_om:
                 dots = bilinear.corner_dots(gcol, src, p.c)
                 _offset_mask_grad(dots, p, g_off, g_mask, n0, n1, r0, r1)
