@@ -12,8 +12,11 @@ One kernel for every dimensionality, built on the shared sampler ``deformconv.op
   the channels-last "tap volume" ``T`` of shape ``(b, o_1*k_1, .., o_R*k_R, C)`` whose
   ``k_1 x .. x k_R`` blocks are the taps of each output position: the deformable convolution
   is ``conv{R}d(T, weight, stride=kernel, groups=groups)``, which runs on oneDNN (measured
-  about 2x faster than a plain GEMM of the same size in 2-D; 1-D runs as 2-D of height 1,
-  which reads ``T`` channels-last without a copy).
+  faster than a plain GEMM of the same size in 2-D when a chunk holds more columns than
+  weights; 1-D runs as 2-D of height 1, which reads ``T`` channels-last without a copy). When
+  the weight outweighs a chunk's columns (one conv group), the plan's rows are ordered
+  ``(b, o_1..o_R, k_1..k_R, G)`` instead and the columns multiply the weight as a plain GEMM
+  (``_gemm_chunk``).
 - Backward: the column gradient is the input gradient of that convolution; it is scattered to
   the input by a stably sorted gather (deterministic, no atomics); the weight gradient is a
   GEMM per image and conv group on recomputed columns, gathered straight into the GEMM's
