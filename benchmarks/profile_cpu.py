@@ -37,6 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nd_cpu import SHAPES  # noqa: E402 (this folder)
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# The bound of the design: the passes no pure-PyTorch rearrangement removes (the GEMM-shaped
+# products, and one gather or scatter of the 2^R corners per sample for each product); the
+# rest (plan, copies, layout, autograd) is what only a fused kernel would remove.
+GEMM_SHAPED = ("GEMM", "weight grad")
+ONE_PASS = ("gather", "col2im", "offset/mask grad: corner dot")
 SPENT = collections.defaultdict(float)
 _STACK = []
 
@@ -69,9 +74,9 @@ def instrument() -> None:
               (tk, "_offset_mask_grad", "offset/mask grad: contraction, layout")]
     for mod, attr, name in stages:
         setattr(mod, attr, _timed(name, getattr(mod, attr)))
-    tk._tap_conv = _timed("GEMM: forward tap-volume conv", tk._tap_conv)
-    tk._tap_conv_input_grad = _timed("GEMM: column grad (conv data grad)",
-                                     tk._tap_conv_input_grad)
+    tk._columns_times_weight = _timed("GEMM: forward (tap-volume conv or GEMM)",
+                                      tk._columns_times_weight)
+    tk._column_grad = _timed("GEMM: column grad (conv data grad or GEMM)", tk._column_grad)
 
 
 def profile_one(p, mode: str, reps: int, ops: bool, out) -> None:
@@ -114,6 +119,14 @@ def profile_one(p, mode: str, reps: int, ops: bool, out) -> None:
             out.write(f"  {k:56s} {1e3 * m:9.1f} ms {100 * m / total:5.1f}%\n")
         out.write(f"  {'other: autograd, casts, output copies':56s} {1e3 * rest:9.1f} ms "
                   f"{100 * rest / total:5.1f}%\n")
+        med = {k: statistics.median(v) for k, v in split.items()}
+        gemm = sum(v for k, v in med.items() if k.startswith(GEMM_SHAPED))
+        passes = sum(v for k, v in med.items() if k.startswith(ONE_PASS))
+        bound = gemm + passes
+        out.write(f"  bound of the design: GEMM-shaped {1e3 * gemm:.1f} ms ({gemm / floor:.2f}x) + "
+                  f"gathers/scatters {1e3 * passes:.1f} ms ({passes / floor:.2f}x) = "
+                  f"{bound / floor:.2f}x conv{p.ndim}d; deformconv {total / floor:.2f}x, "
+                  f"{total / bound:.2f}x the bound\n")
         if ops:
             from torch.profiler import ProfilerActivity, profile
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

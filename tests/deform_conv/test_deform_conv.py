@@ -62,8 +62,18 @@ def _call(R, t, prob, **change):
     return FUNCS[R](**{**t, **change}, **prob.kwargs())
 
 
+@pytest.fixture(params=["tap-volume", "gemm"])
+def columns_product(request, monkeypatch):
+    """Both ways the pure-PyTorch kernel multiplies its columns with the weight: the tap-volume
+    convolution (forced for every chunk) and the plain GEMM (forced wherever there is one conv
+    group; the rest still take the tap-volume convolution)."""
+    gemm = request.param == "gemm"
+    monkeypatch.setattr(torch_impl, "_gemm_chunk", lambda groups, *_: gemm and groups == 1)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(GRID))
-def test_forward_and_gradients_match_oracle(name, device):
+def test_forward_and_gradients_match_oracle(name, device, columns_product):
     prob = GRID[name]
     compare_with_oracle(FUNCS[prob.ndim], prob, device=device)
 
@@ -75,7 +85,7 @@ CHUNKED = {1: P1.with_(N=3, size=(11,), stride=2, offset_groups=2),
 
 @pytest.mark.parametrize("chunks", ["slabs", "two-samples", "whole-batch"])
 @pytest.mark.parametrize("R", R_ALL, ids=DIMS)
-def test_chunking_does_not_matter(monkeypatch, R, chunks):
+def test_chunking_does_not_matter(monkeypatch, R, chunks, columns_product):
     # The pure-PyTorch kernel's column budget: 1 byte gives one slab of the first output
     # dimension per chunk; two samples' columns give whole samples, two per chunk, over a batch
     # they do not divide; 1 << 30 gives the whole batch in one chunk.
@@ -105,7 +115,7 @@ GRADCHECK = {
 
 
 @pytest.mark.parametrize("name", list(GRADCHECK))
-def test_gradcheck(name):
+def test_gradcheck(name, columns_product):
     # Random offsets are almost surely not integers, where the derivative is defined.
     prob = GRADCHECK[name]
     t = prob.tensors(requires_grad=True)

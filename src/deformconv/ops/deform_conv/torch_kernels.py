@@ -12,8 +12,11 @@ One kernel for every dimensionality, built on the shared sampler ``deformconv.op
   the channels-last "tap volume" ``T`` of shape ``(b, o_1*k_1, .., o_R*k_R, C)`` whose
   ``k_1 x .. x k_R`` blocks are the taps of each output position: the deformable convolution
   is ``conv{R}d(T, weight, stride=kernel, groups=groups)``, which runs on oneDNN (measured
-  about 2x faster than a plain GEMM of the same size in 2-D; 1-D runs as 2-D of height 1,
-  which reads ``T`` channels-last without a copy).
+  faster than a plain GEMM of the same size in 2-D when a chunk holds more columns than
+  weights; 1-D runs as 2-D of height 1, which reads ``T`` channels-last without a copy). When
+  the weight outweighs a chunk's columns (one conv group), the plan's rows are ordered
+  ``(b, o_1..o_R, k_1..k_R, G)`` instead and the columns multiply the weight as a plain GEMM
+  (``_gemm_chunk``).
 - Backward: the column gradient is the input gradient of that convolution; it is scattered to
   the input by a stably sorted gather (deterministic, no atomics); the weight gradient is a
   GEMM per image and conv group on recomputed columns, gathered straight into the GEMM's
@@ -68,8 +71,12 @@ def _chunks(N: int, o1: int, row_bytes: int):
                 yield n, n + 1, r0, min(o1, r0 + rows)
 
 
-def _row_order(R: int) -> Tuple[int, ...]:
-    """Permutation (b, G, k_1..k_R, o_1..o_R) -> (b, o_1, k_1, .., o_R, k_R, G)."""
+def _row_order(R: int, gemm: bool = False) -> Tuple[int, ...]:
+    """Permutation (b, G, k_1..k_R, o_1..o_R) -> the plan's rows: (b, o_1, k_1, .., o_R, k_R,
+    G), the tap volume's order, or with ``gemm`` (b, o_1..o_R, k_1..k_R, G), the columns of a
+    plain GEMM (each position's taps contiguous)."""
+    if gemm:
+        return (0, *range(2 + R, 2 + 2 * R), *range(2, 2 + R), 1)
     order = [0]
     for d in range(R):
         order += [2 + R + d, 2 + d]
@@ -83,37 +90,45 @@ def _inverse(order: Sequence[int]) -> Tuple[int, ...]:
     return tuple(back)
 
 
+def _gemm_chunk(groups: int, column_bytes: int, weight_bytes: int) -> bool:
+    """Whether a chunk multiplies its columns (``column_bytes``) with a plain GEMM rather than
+    with the tap-volume convolution: when there is one conv group and the weight is at least as
+    big as the columns, oneDNN's per-call handling of the weight makes the convolution the
+    slower (measured at 512 channels, 1 thread: forward 8% and training 6% faster as a GEMM;
+    at 128 channels and 1600 positions the GEMM is 16% slower)."""
+    return groups == 1 and weight_bytes >= column_bytes
+
+
 class _Plan:
-    """Sampling plan of one chunk: the corner plan ``c`` (its shape is the row order) and the
-    row shape ``(b, o_1, k_1, .., o_R, k_R, G)``."""
+    """Sampling plan of one chunk: the corner plan ``c`` (its shape is the row order), the row
+    shape (``(b, o_1, k_1, .., o_R, k_R, G)``, or ``(b, o_1..o_R, k_1..k_R, G)`` when ``gemm``)
+    and the permutation ``order`` from the offsets' layout to it (``_row_order``)."""
 
-    __slots__ = ("c", "rows")
+    __slots__ = ("c", "gemm", "order", "rows")
 
-    def __init__(self, c: bilinear.Corners, rows: Tuple[int, ...]):
-        self.c, self.rows = c, rows
+    def __init__(self, c: bilinear.Corners, rows: Tuple[int, ...], gemm: bool):
+        self.c, self.rows, self.gemm = c, rows, gemm
+        self.order = _row_order((len(rows) - 2) // 2, gemm)
 
 
 def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int,
           size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
           padding: Sequence[int], dilation: Sequence[int], G: int, dtype: torch.dtype,
-          index_dtype: torch.dtype) -> _Plan:
+          index_dtype: torch.dtype, gemm: bool) -> _Plan:
     R = len(size)
     b = n1 - n0
     dev = offset.device
     o = [r1 - r0] + list(offset.shape[3:])
-    order = _row_order(R)
+    order = _row_order(R, gemm)
     off = offset[n0:n1, :, r0:r1].view(b, G, *kernel, R, *o).to(dtype)
-    row_shape = [b]
-    for d in range(R):
-        row_shape += [o[d], kernel[d]]
-    row_shape.append(G)
+    row_shape = [(b, G, *kernel, *o)[i] for i in order]
     positions = []
     for d in range(R):
         first = r0 if d == 0 else 0
         grid = ((torch.arange(first, first + o[d], device=dev) * stride[d] - padding[d])
                 .view(-1, 1) + (torch.arange(kernel[d], device=dev) * dilation[d]).view(1, -1))
         view = [1] * (2 * R + 2)
-        view[1 + 2 * d], view[2 + 2 * d] = o[d], kernel[d]
+        view[order.index(2 + R + d)], view[order.index(2 + d)] = o[d], kernel[d]
         # Logical (row-major) order from here on, whatever the offsets' strides: written
         # straight into a contiguous tensor (an add's own output would follow the offsets'
         # strides and need a copy).
@@ -129,7 +144,7 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
     base = base + torch.arange(G, device=dev)
     c = bilinear.corner_plan(positions, size, scale=msk, base=base, rows_per_cell=G,
                              index_dtype=index_dtype)
-    return _Plan(c, tuple(row_shape))
+    return _Plan(c, tuple(row_shape), gemm)
 
 
 def _tap_volume(cols: Tensor, rows: Sequence[int]) -> Tensor:
@@ -185,12 +200,54 @@ def deform_conv_fwd(input: Tensor, weight: Tensor, offset: Tensor, mask: Optiona
     w = weight.to(ct)
     b_ = bias.to(ct) if bias is not None else None
     row_bytes = math.prod(out_sz[1:]) * groups.taps * C * src.element_size()
-    for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
+    chunks = list(_chunks(N, out_sz[0], row_bytes))
+    wm = _gemm_weight(w, groups.groups, chunks[0], row_bytes)
+    for n0, n1, r0, r1 in chunks:
         p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
-                  groups.offset_groups, ct, it)
-        T = _tap_volume(bilinear.sample(src, p.c), p.rows)
-        out[n0:n1, :, r0:r1] = _tap_conv(T, w, b_, kernel, groups.groups)
+                  groups.offset_groups, ct, it, wm is not None)
+        out[n0:n1, :, r0:r1] = _columns_times_weight(bilinear.sample(src, p.c), p, w, wm, b_,
+                                                     groups.groups)
     return out.to(input.dtype)
+
+
+def _columns_times_weight(cols: Tensor, p: _Plan, w: Tensor, wm: Optional[Tensor],
+                          b: Optional[Tensor], groups: int) -> Tensor:
+    """The output ``(b, O, *o)`` of a chunk from its sampled columns (rows of ``p``): the
+    tap-volume convolution with ``w``, or when the plan is in GEMM order the GEMM with ``wm``
+    (``_gemm_weight``)."""
+    if not p.gemm:
+        return _tap_conv(_tap_volume(cols, p.rows), w, b, w.shape[2:], groups)
+    y = cols.view(-1, wm.shape[1]) @ wm.t()
+    if b is not None:
+        y += b
+    R = len(w.shape) - 2
+    return y.view(p.rows[0], *p.rows[1:1 + R], -1).movedim(-1, 1)
+
+
+def _column_grad(go: Tensor, p: _Plan, w: Tensor, wm: Optional[Tensor], groups: int) -> Tensor:
+    """The gradient of a chunk's columns (rows of ``p``, ``(M, C/G)``) from its output
+    gradient ``go`` ``(b, O, *o)``; ``w``, ``wm`` as for ``_columns_times_weight``."""
+    O, Cg, *kernel = w.shape
+    G = p.rows[-1]
+    if p.gemm:  # grad_out (P, O) @ weight (O, K*C)
+        return (go.movedim(1, -1).reshape(-1, O) @ wm).view(-1, Cg // G)
+    # The input gradient of conv{R}d(T, weight, stride=kernel, groups=groups).
+    rows = p.rows
+    vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(len(kernel))]
+    T = torch.empty(rows[0], *vol, Cg * groups, dtype=go.dtype, device=go.device)
+    g_T = _tap_conv_input_grad(go, T.movedim(-1, 1), w, kernel, groups)
+    return g_T.movedim(1, -1).reshape(-1, Cg * groups // G)
+
+
+def _gemm_weight(w: Tensor, groups: int, chunk: Tuple[int, int, int, int],
+                 row_bytes: int) -> Optional[Tensor]:
+    """When the chunks run as plain GEMMs (``_gemm_chunk`` of the first chunk; the others are
+    no bigger), the weight (O, C, *k) as the matrix (O, K*C) of the GEMM-ordered columns
+    (taps major), made once per call; else None."""
+    n0, n1, r0, r1 = chunk
+    if not _gemm_chunk(groups, (n1 - n0) * (r1 - r0) * row_bytes, w.numel() * w.element_size()):
+        return None
+    return w.movedim(1, -1).reshape(w.shape[0], -1)
 
 
 def _group_cols(cols: Tensor, K: int, groups: int, j: int) -> Tensor:
@@ -211,19 +268,20 @@ def _gemm_order(t: Tensor, rows: Sequence[int]) -> Tensor:
     return t.view(*rows, *t.shape[1:]).permute(*perm).reshape(t.shape)
 
 
-def _weight_grad(g_w: Tensor, src: Tensor, c: bilinear.Corners, go: Tensor, rows: Sequence[int],
-                 C: int, grp: geometry.Groups) -> None:
+def _weight_grad(g_w: Tensor, src: Tensor, p: _Plan, go: Tensor, C: int,
+                 grp: geometry.Groups) -> None:
     """``g_w (O, K*Cg) += grad_out (O, P) @ columns (P, K*C)`` per image and conv group, the
     columns tap-major per position: sampled straight into that order from the plan's tables
     reordered (``2^R`` indices and weights per sample instead of ``C`` column values)."""
-    R = (len(rows) - 2) // 2
-    b = rows[0]
-    o = [rows[1 + 2 * d] for d in range(R)]
-    cols = F.embedding_bag(_gemm_order(c.index, rows), src,
-                           per_sample_weights=_gemm_order(c.weight, rows), mode="sum")
-    cols = cols.view(b, math.prod(o), grp.taps * C)
+    c, rows = p.c, p.rows
+    if p.gemm:
+        cols = bilinear.sample(src, c)
+    else:
+        cols = F.embedding_bag(_gemm_order(c.index, rows), src,
+                               per_sample_weights=_gemm_order(c.weight, rows), mode="sum")
+    cols = cols.view(go.shape[0], -1, grp.taps * C)
     Og = grp.out_per_group
-    for n in range(b):
+    for n in range(go.shape[0]):
         go_n = go[n].reshape(go.shape[1], -1)
         for j in range(grp.groups):
             sl = slice(j * Og, (j + 1) * Og)
@@ -261,20 +319,17 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
         w, go_all = weight.to(ct), grad_out.to(ct)
         it = bilinear.index_dtype(src.shape[0])
         row_bytes = math.prod(out_sz[1:]) * grp.taps * C * src.element_size()
-        for n0, n1, r0, r1 in _chunks(N, out_sz[0], row_bytes):
-            p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
-                      G, ct, it)
+        chunks = list(_chunks(N, out_sz[0], row_bytes))
+        wm = _gemm_weight(w, grp.groups, chunks[0], row_bytes)
+        for n0, n1, r0, r1 in chunks:
             go = go_all[n0:n1, :, r0:r1]
+            p = _plan(offset, mask, n0, n1, r0, r1, size, kernel, stride, padding, dilation,
+                      G, ct, it, wm is not None)
             if need_w:
-                _weight_grad(g_w, src, p.c, go, p.rows, C, grp)
+                _weight_grad(g_w, src, p, go, C, grp)
             if not (need_in or need_om):
                 continue
-            # Column gradient: the input gradient of conv{R}d(T, weight, stride=kernel).
-            rows = p.rows
-            vol = [rows[1 + 2 * d] * rows[2 + 2 * d] for d in range(R)]
-            T = torch.empty(rows[0], *vol, C, dtype=ct, device=dev).movedim(-1, 1)
-            g_T = _tap_conv_input_grad(go, T, w, kernel, grp.groups)
-            gcol = g_T.movedim(1, -1).reshape(-1, C // G)
+            gcol = _column_grad(go, p, w, wm, grp.groups)
             if need_om:
                 dots = bilinear.corner_dots(gcol, src, p.c)
                 _offset_mask_grad(dots, p, g_off, g_mask, n0, n1, r0, r1)
@@ -298,12 +353,10 @@ def deform_conv_bwd(grad_out: Tensor, input: Tensor, weight: Tensor, offset: Ten
 def _offset_mask_grad(s: Tensor, p: _Plan, g_off: Tensor, g_mask: Optional[Tensor],
                       n0: int, n1: int, r0: int, r1: int) -> None:
     """d/d(offsets, mask) from ``s = corner_dots(...)``, back in the offsets' layout."""
-    rows = p.rows
-    R = (len(rows) - 2) // 2
-    b, G = rows[0], rows[-1]
-    kernel = [rows[2 + 2 * d] for d in range(R)]
-    o = [rows[1 + 2 * d] for d in range(R)]
-    back = _inverse(_row_order(R))
+    R = (len(p.rows) - 2) // 2
+    back = _inverse(p.order)
+    b, G, *kernel_and_o = (p.rows[i] for i in back)  # the rows in the offsets' layout
+    kernel, o = kernel_and_o[:R], kernel_and_o[R:]
     g_view = g_off[n0:n1, :, r0:r1].view(b, G, *kernel, R, *o)
     for d, g in enumerate(bilinear.position_grad(s, p.c)):
         g_view.select(R + 2, d).copy_(g.permute(*back))
