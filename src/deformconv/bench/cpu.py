@@ -42,7 +42,7 @@ QUICK = [problem(1, 32, 20, 24, 32), problem(2, 16, 12, 12, 16, offset_groups=2)
 def peak_extra_forward_bytes(p: Problem) -> int:
     """Peak memory a forward adds beyond its inputs and output, measured in a fresh process.
 
-    The child allocates the inputs, warms the op up on a tiny input, resets its peak resident
+    The child allocates the inputs, warms the op up on two small inputs, resets its peak resident
     size (``/proc/self/clear_refs``; ``ru_maxrss`` would not do: Linux keeps it across fork and
     exec, so the child would start from its parent's peak), notes its resident size, runs one
     forward and reads the new peak (``VmHWM``); the growth minus the output's size is the
@@ -57,8 +57,11 @@ def peak_extra_forward_bytes(p: Problem) -> int:
         "from deformconv.bench.timing import peak_extra_bytes\n"
         f"p = Problem(**{fields!r})\n"
         "x, off, w, b, m, _ = bench_tensors(p)\n"
-        "small = p.with_(N=1, size=(8,) * p.ndim, stride=1, dilation=1)\n"
-        "deform_conv2d(**small.tensors(torch.float32), **small.kwargs())\n"
+        # Two warm-ups: the kernel's GEMM (weight above the columns) and its tap-volume
+        # convolution (columns above the weight) make their one-time allocations there.
+        f"for s in (8, {math.ceil((2 * p.O) ** 0.5) + 2}):\n"
+        "    small = p.with_(N=1, size=(s,) * p.ndim, stride=1, dilation=1)\n"
+        "    deform_conv2d(**small.tensors(torch.float32), **small.kwargs())\n"
         "grown, y = peak_extra_bytes(lambda: deform_conv2d(x, off, w, b, mask=m, **p.kwargs()))\n"
         "print(json.dumps(grown - y.numel() * y.element_size()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
