@@ -7,6 +7,7 @@ the machine, the versions and the commit they came from.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,7 +35,8 @@ QUICK = [problem(1, 32, 20, 24, 32), problem(2, 16, 12, 12, 16, offset_groups=2)
 
 def peak_extra_forward_bytes(p: Problem) -> int:
     """Peak memory a forward adds beyond its inputs and output (buffers, columns): in a fresh
-    process that allocates the inputs and warms the op up on a tiny input, the growth
+    process that allocates the inputs and warms the op up on two small inputs (the kernel's
+    GEMM and its tap-volume convolution), the growth
     :func:`~deformconv.bench.timing.peak_extra_bytes` measures, minus the output's size."""
     fields = {k: getattr(p, k) for k in p.__dataclass_fields__ if k != "extra"}
     code = (
@@ -45,8 +47,11 @@ def peak_extra_forward_bytes(p: Problem) -> int:
         "from deformconv.bench.timing import peak_extra_bytes\n"
         f"p = Problem(**{fields!r})\n"
         "x, off, w, b, m, _ = bench_tensors(p)\n"
-        "small = p.with_(N=1, size=(8,) * p.ndim, stride=1, dilation=1)\n"
-        "deform_conv2d(**small.tensors(torch.float32), **small.kwargs())\n"
+        # Two warm-ups: the kernel's GEMM (weight above the columns) and its tap-volume
+        # convolution (columns above the weight) make their one-time allocations there.
+        f"for s in (8, {math.ceil((2 * p.O) ** 0.5) + 2}):\n"
+        "    small = p.with_(N=1, size=(s,) * p.ndim, stride=1, dilation=1)\n"
+        "    deform_conv2d(**small.tensors(torch.float32), **small.kwargs())\n"
         "grown, y = peak_extra_bytes(lambda: deform_conv2d(x, off, w, b, mask=m, **p.kwargs()))\n"
         "print(json.dumps(grown - y.numel() * y.element_size()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
