@@ -140,7 +140,7 @@ def run(repeats: int, warmup: int, threads, quick: bool, memory: bool, log=print
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])

@@ -1,5 +1,6 @@
-"""CPU benchmark of deform_conv1d / 2d / 3d against conv1d / 2d / 3d of the same shape (and,
-in 2-D, onnxruntime's DeformConv at inference).
+"""CPU benchmark of deform_conv1d/2d/3d against conv1d/2d/3d of the same shape.
+
+Also, in 2-D, onnxruntime's DeformConv at inference.
 
 Method (as benchmarks/README.md for 2-D): float32, zero padding keeping the size, random
 offsets and a mask; every contender warmed up, then ``--repeats`` rounds in which the
@@ -253,7 +254,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--dims", default="1,2,3", help="comma-separated R to run (default all)")
     ap.add_argument("--repeats", type=int, default=5)

@@ -135,7 +135,7 @@ def profile_one(p, mode: str, reps: int, ops: bool, out) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dims", default="1,2,3", help="comma-separated R to profile")
