@@ -297,11 +297,15 @@ class _PackNd:
             raise ValueError(f"input must have shape (N, {self.in_channels}, {dims}) or "
                              f"({self.in_channels}, {dims}), got {tuple(input.shape)}")
         unbatched, x, _ = _batched(R, input, [])
-        offset, mask = self.conv_offset(self._padded(x)), None
+        offset = self.conv_offset(self._padded(x))
+        mask = None
         if self._mask:  # offsets, then mask logits
             n_off = R * self.offset_groups * math.prod(self.kernel_size)
-            mask, gain = torch.sigmoid(offset[:, n_off:]), self._buffers.get("mask_gain")
-            offset, mask = offset[:, :n_off], (mask if gain is None else mask * gain)
+            mask = torch.sigmoid(offset[:, n_off:])
+            gain = self._buffers.get("mask_gain")
+            if gain is not None:
+                mask = mask * gain
+            offset = offset[:, :n_off]
         if unbatched:
             return offset[0], (None if mask is None else mask[0])
         return offset, mask

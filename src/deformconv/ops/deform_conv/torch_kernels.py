@@ -106,9 +106,9 @@ class _Plan:
 
     __slots__ = ("c", "gemm", "order", "rows")
 
-    def __init__(self, c: bilinear.Corners, rows: Tuple[int, ...], gemm: bool):
-        self.c, self.rows, self.gemm = c, rows, gemm
-        self.order = _row_order((len(rows) - 2) // 2, gemm)
+    def __init__(self, c: bilinear.Corners, rows: Tuple[int, ...], gemm: bool,
+                 order: Tuple[int, ...]):
+        self.c, self.rows, self.gemm, self.order = c, rows, gemm, order
 
 
 def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1: int,
@@ -144,7 +144,7 @@ def _plan(offset: Tensor, mask: Optional[Tensor], n0: int, n1: int, r0: int, r1:
     base = base + torch.arange(G, device=dev)
     c = bilinear.corner_plan(positions, size, scale=msk, base=base, rows_per_cell=G,
                              index_dtype=index_dtype)
-    return _Plan(c, tuple(row_shape), gemm)
+    return _Plan(c, tuple(row_shape), gemm, order)
 
 
 def _tap_volume(cols: Tensor, rows: Sequence[int]) -> Tensor:
